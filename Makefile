@@ -1,0 +1,30 @@
+# The README's two commands: `make bench` (the main job) and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fewstep-installed
+
+.PHONY: bench test install lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# CPU torch first, pinned: an unpinned torch may pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	# k-diffusion is a test peer; its own dependencies pull torchvision, so only its
+	# sampling module's needs are installed.
+	$(BIN)/python -m pip install -q --no-deps k-diffusion==0.1.1.post1 torchsde==0.2.6 trampoline==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+bench: $(STAMP)
+	$(BIN)/fewstep bench --suite quick
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+
+clean:
+	rm -rf $(VENV) fewstep-results

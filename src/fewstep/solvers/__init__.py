@@ -1,0 +1,41 @@
+"""Stateless training-free solvers behind one registry.
+
+Every solver has the signature ``fn(denoiser, x, sigmas, *, callback=None, **knobs)`` and
+returns the final sample; ``x`` is the start noise already scaled to ``sigmas[0]``.
+"""
+
+from . import adaptive, dpm, euler, multistep, unipc  # noqa: F401  (fill the registry)
+from .adaptive import reference_solution, sample_dpm_solver_adaptive, sample_rk45
+from .common import generators, randn_like, singlestep_orders
+from .dpm import sample_dpm_solver, sample_dpmpp_2m_sde, sample_dpmpp_2s, sample_dpmpp_multistep
+from .euler import sample_ddim, sample_heun
+from .multistep import sample_deis, sample_ipndm
+from .registry import KINDS, Plan, SolverSpec, alias, available, get, plan, register, sample
+from .unipc import sample_unipc
+
+__all__ = [
+    "KINDS",
+    "Plan",
+    "SolverSpec",
+    "alias",
+    "available",
+    "generators",
+    "get",
+    "plan",
+    "randn_like",
+    "reference_solution",
+    "register",
+    "sample",
+    "sample_ddim",
+    "sample_deis",
+    "sample_dpm_solver",
+    "sample_dpm_solver_adaptive",
+    "sample_dpmpp_2m_sde",
+    "sample_dpmpp_2s",
+    "sample_dpmpp_multistep",
+    "sample_heun",
+    "sample_ipndm",
+    "sample_rk45",
+    "sample_unipc",
+    "singlestep_orders",
+]

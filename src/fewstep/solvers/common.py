@@ -1,0 +1,96 @@
+"""Helpers shared by every solver: input checks, the guarded denoiser call, per-sample
+noise, and the order plan of singlestep solvers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..denoiser import Denoiser, NonFiniteError
+from ..schedules import validate_sigmas
+
+Generator = torch.Generator | Sequence[torch.Generator] | None
+Callback = Callable[[dict[str, Any]], None] | None
+
+__all__ = ["Generator", "Model", "generators", "prepare", "randn_like", "singlestep_orders"]
+
+
+class Model:
+    """The denoiser as a solver sees it: takes a float sigma, checks shape and finiteness."""
+
+    def __init__(self, denoiser: Denoiser, x: Tensor, cond: dict[str, Any]):
+        self.denoiser, self.cond = denoiser, cond
+        self.shape, self.batch = tuple(x.shape), x.shape[0]
+
+    def __call__(self, x: Tensor, sigma: float) -> Tensor:
+        out = self.denoiser(x, x.new_full((self.batch,), sigma), **self.cond)
+        if tuple(out.shape) != self.shape:
+            raise ValueError(f"denoiser returned shape {tuple(out.shape)} for input shape "
+                             f"{self.shape}")
+        if not torch.isfinite(out).all():
+            raise NonFiniteError(f"denoiser returned NaN/inf at sigma={sigma:g}")
+        return out
+
+
+def prepare(denoiser: Denoiser, x: Tensor, sigmas: Tensor | Sequence[float],
+            cond: dict[str, Any] | None = None) -> tuple[Model, list[float]]:
+    """Validate a solver's inputs; return the guarded model and sigmas as Python floats."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor; got {type(x).__name__}"
+                        + (f" of dtype {x.dtype}" if isinstance(x, Tensor) else ""))
+    if x.ndim < 2:
+        raise ValueError(f"x must have shape (batch, ...); got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise NonFiniteError("x (the start noise) contains NaN/inf")
+    s = validate_sigmas(sigmas)
+    return Model(denoiser, x, cond or {}), [float(v) for v in s]
+
+
+def generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One generator per sample, so noise does not depend on batch size."""
+    return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+
+
+def randn_like(x: Tensor, generator: Generator = None) -> Tensor:
+    """Standard normal noise shaped like x; a list of generators draws row i from the i-th."""
+    if generator is None:
+        return torch.randn_like(x)
+    if isinstance(generator, torch.Generator):
+        return torch.randn(x.shape, generator=generator, device=generator.device,
+                           dtype=x.dtype).to(x.device)
+    if len(generator) != x.shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
+    return torch.stack([torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype)
+                        for g in generator]).to(x.device)
+
+
+def singlestep_orders(nfe: int, order: int) -> list[int]:
+    """Per-step orders spending exactly ``nfe`` evaluations: steps of ``order``, one lower-order
+    step for the remainder (Lu et al. 2022, Sec. 3.4), and a final first-order step to 0."""
+    m, r = divmod(nfe - 1, order)
+    return [order] * m + ([r] if r else []) + [1]
+
+
+def check_orders(orders: Sequence[int] | None, sigmas: list[float], order: int) -> list[int]:
+    """Default or validate the per-step orders of a singlestep solver."""
+    n = len(sigmas) - 1
+    if orders is None:
+        return [order] * (n - 1) + [1 if sigmas[-1] == 0 else order]
+    orders = [int(o) for o in orders]
+    if len(orders) != n:
+        raise ValueError(f"orders has {len(orders)} entries for {n} steps")
+    if any(not 1 <= o <= order for o in orders):
+        raise ValueError(f"orders must lie in 1..{order}; got {orders}")
+    if sigmas[-1] == 0 and orders[-1] != 1:
+        raise ValueError(f"the step to sigma=0 must be first order; got orders={orders}")
+    return orders
+
+
+def emit(callback: Callback, i: int, x: Tensor, sigma: float, sigma_next: float,
+         denoised: Tensor) -> None:
+    """Report a finished step to the user's callback (k-diffusion's dict convention)."""
+    if callback is not None:
+        callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "denoised": denoised})

@@ -1,0 +1,87 @@
+"""First-order steps (Euler = DDIM, ancestral DDIM/DDPM) and EDM's Heun sampler.
+
+In sigma-space the PF-ODE is ``dx/dsigma = (x - D(x, sigma)) / sigma`` (Karras et al. 2022,
+Eq. 4 with s = 1), so an Euler step is exactly a deterministic DDIM step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from ..denoiser import Denoiser
+from .common import Callback, Generator, check_orders, emit, prepare, randn_like
+from .registry import alias, register
+
+
+def ancestral_split(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
+    """DDIM's eta noise in sigma-space: ``sigma_up = eta * sqrt(s'^2 (s^2 - s'^2) / s^2)``,
+    ``sigma_down = sqrt(s'^2 - sigma_up^2)`` (Song et al. 2021a, Eq. 16, divided by alpha)."""
+    if sigma_next == 0 or eta == 0:
+        return sigma_next, 0.0
+    up = min(sigma_next, eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
+    return math.sqrt(sigma_next**2 - up**2), up
+
+
+def sample_ddim(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, eta: float = 0.0,
+                generator: Generator = None, callback: Callback = None, **cond) -> Tensor:
+    """DDIM with noise level eta (Song et al. 2021a, Eq. 12): eta = 0 is the Euler step of the
+    PF-ODE, eta = 1 is DDPM ancestral sampling (Ho et al. 2020, Alg. 2)."""
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0; got {eta}")
+    D, s = prepare(denoiser, x, sigmas, cond)
+    for i in range(len(s) - 1):
+        denoised = D(x, s[i])
+        down, up = ancestral_split(s[i], s[i + 1], eta)
+        x = denoised + (down / s[i]) * (x - denoised)
+        if up > 0:
+            x = x + up * randn_like(x, generator)
+        emit(callback, i, x, s[i], s[i + 1], denoised)
+    return x
+
+
+def sample_heun(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *,
+                orders: Sequence[int] | None = None, S_churn: float = 0.0, S_tmin: float = 0.0,
+                S_tmax: float = math.inf, S_noise: float = 1.0, generator: Generator = None,
+                callback: Callback = None, **cond) -> Tensor:
+    """EDM's 2nd-order Heun sampler with optional churn (Karras et al. 2022, Alg. 2); steps of
+    order 1 (``orders``) and the step to sigma = 0 are Euler steps."""
+    D, s = prepare(denoiser, x, sigmas, cond)
+    orders = check_orders(orders, s, 2)
+    n = len(s) - 1
+    for i in range(n):
+        sigma = s[i]
+        # Churn: raise the noise level to sigma_hat by adding fresh noise (Alg. 2, lines 4-6).
+        gamma = min(S_churn / n, math.sqrt(2) - 1) if S_tmin <= sigma <= S_tmax else 0.0
+        if gamma > 0:
+            sigma_hat = sigma * (1 + gamma)
+            x = x + math.sqrt(sigma_hat**2 - sigma**2) * S_noise * randn_like(x, generator)
+            sigma = sigma_hat
+        denoised = D(x, sigma)
+        d = (x - denoised) / sigma
+        x_next = x + (s[i + 1] - sigma) * d  # Euler step (line 8)
+        if orders[i] == 2:  # second-order correction (lines 9-11)
+            d_next = (x_next - D(x_next, s[i + 1])) / s[i + 1]
+            x_next = x + (s[i + 1] - sigma) * 0.5 * (d + d_next)
+        x = x_next
+        emit(callback, i, x, sigma, s[i + 1], denoised)
+    return x
+
+
+register("ddim", sample_ddim, order=1, knobs={"eta": 0.0},
+         reference="Song et al. 2021a, Eq. 12 (eta=0: Euler on the PF-ODE)")
+alias("euler", "ddim")
+register("ddim_eta", sample_ddim, order=1, stochastic=True, knobs={"eta": 0.5},
+         reference="Song et al. 2021a, Eq. 12 with eta = 0.5")
+register("ddpm", sample_ddim, order=1, stochastic=True, knobs={"eta": 1.0},
+         reference="Ho et al. 2020, Alg. 2 (= DDIM eta=1)")
+alias("euler_ancestral", "ddpm")
+register("heun", sample_heun, order=2, kind="singlestep",
+         reference="Karras et al. 2022, Alg. 1 (deterministic)")
+register("heun_churn", sample_heun, order=2, kind="singlestep", stochastic=True,
+         knobs={"S_churn": 40.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003},
+         reference="Karras et al. 2022, Alg. 2 (stochastic, ImageNet settings)")
+
+__all__ = ["ancestral_split", "sample_ddim", "sample_heun"]

@@ -1,0 +1,143 @@
+"""One registry of solvers and the NFE budget helper ``plan``.
+
+Kinds:
+- ``multistep``: one evaluation per step (Euler, DDIM, DPM-Solver++ 2M/3M, UniPC, iPNDM, DEIS);
+  ``n`` steps cost ``n`` evaluations.
+- ``singlestep``: a step of order k costs k evaluations (Heun, DPM-Solver-2/3, DPM-Solver++ 2S);
+  the per-step ``orders`` are a knob so any NFE is reachable, and the step to sigma = 0 is
+  always first order.
+- ``adaptive``: NFE follows the error tolerances; there is no plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..denoiser import Denoiser
+from ..schedules import get_schedule
+from .common import singlestep_orders
+
+__all__ = ["KINDS", "Plan", "SolverSpec", "alias", "available", "get", "plan", "register",
+           "sample"]
+
+KINDS = ("multistep", "singlestep", "adaptive")
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """What the bench and ``plan`` need to know about a solver."""
+
+    name: str
+    fn: Callable[..., Tensor]
+    order: int
+    kind: str
+    stochastic: bool
+    min_nfe: int = 1
+    defaults: dict[str, Any] = field(default_factory=dict)
+    reference: str = ""
+    alias_of: str | None = None
+
+    @property
+    def evals_per_step(self) -> int:
+        """Evaluations of one full-order step (1 for multistep methods)."""
+        return self.order if self.kind == "singlestep" else 1
+
+    def __call__(self, denoiser: Denoiser, x: Tensor, sigmas: Tensor, **knobs: Any) -> Tensor:
+        return self.fn(denoiser, x, sigmas, **{**self.defaults, **knobs})
+
+
+_REGISTRY: dict[str, SolverSpec] = {}
+
+
+def register(name: str, fn: Callable[..., Tensor], *, order: int, kind: str = "multistep",
+             stochastic: bool = False, min_nfe: int | None = None, reference: str = "",
+             knobs: dict[str, Any] | None = None) -> SolverSpec:
+    """Add a solver of nominal ``order``; ``knobs`` are the defaults this entry passes to
+    ``fn`` (e.g. ``{"eta": 1.0}``), overridable per call."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown solver kind {kind!r}; expected one of {KINDS}")
+    if name in _REGISTRY:
+        raise ValueError(f"solver {name!r} is already registered")
+    if min_nfe is None:
+        min_nfe = order + 1 if kind == "singlestep" else 1
+    spec = SolverSpec(name, fn, order, kind, stochastic, min_nfe, dict(knobs or {}), reference)
+    _REGISTRY[name] = spec
+    return spec
+
+
+def alias(name: str, target: str) -> SolverSpec:
+    """Register ``name`` as another name for the solver ``target`` (e.g. euler = ddim)."""
+    spec = get(target)
+    if name in _REGISTRY:
+        raise ValueError(f"solver {name!r} is already registered")
+    _REGISTRY[name] = dataclasses.replace(spec, name=name, alias_of=target)
+    return _REGISTRY[name]
+
+
+def get(name: str) -> SolverSpec:
+    """Look a solver up by name."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown solver {name!r}; available: {', '.join(available())}") \
+            from None
+
+
+def available(kind: str | None = None, *, aliases: bool = True) -> list[str]:
+    """Registered solver names, sorted; optionally of one kind, or without aliases."""
+    return sorted(n for n, s in _REGISTRY.items()
+                  if (kind is None or s.kind == kind) and (aliases or s.alias_of is None))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sigmas and knobs that make ``solver`` spend exactly ``nfe`` evaluations."""
+
+    solver: str
+    nfe: int
+    sigmas: Tensor
+    knobs: dict[str, Any]
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+
+def plan(name: str, nfe: int, schedule: str = "karras", **schedule_kwargs: Any) -> Plan:
+    """The sigmas (and per-step orders, for singlestep solvers) that spend exactly ``nfe``
+    network evaluations with solver ``name`` on the named schedule."""
+    spec = get(name)
+    if spec.kind == "adaptive":
+        raise ValueError(f"solver {name!r} is adaptive: its NFE follows rtol/atol and cannot "
+                         "be planned; pass sigmas=[sigma_max, 0] and tolerances instead")
+    if int(nfe) != nfe or nfe < spec.min_nfe:
+        raise ValueError(f"nfe={nfe!r} is below the minimum of {spec.min_nfe} for solver "
+                         f"{name!r} (order {spec.order}, {spec.kind})")
+    knobs: dict[str, Any] = {}
+    steps = int(nfe)
+    if spec.kind == "singlestep":
+        orders = singlestep_orders(int(nfe), spec.order)
+        knobs["orders"] = tuple(orders)
+        steps = len(orders)
+    sigmas = get_schedule(schedule)(steps, **schedule_kwargs)
+    return Plan(name, int(nfe), sigmas, knobs)
+
+
+def sample(denoiser: Denoiser, x: Tensor, solver: str, nfe: int | None = None, *,
+           sigmas: Tensor | None = None, schedule: str = "karras",
+           schedule_kwargs: dict[str, Any] | None = None, **knobs: Any) -> Tensor:
+    """Run ``solver`` from start sample ``x`` (already scaled to ``sigmas[0]``) with either an
+    NFE budget (planned on ``schedule``) or explicit ``sigmas``."""
+    spec = get(solver)
+    if (nfe is None) == (sigmas is None):
+        raise ValueError("give exactly one of nfe= or sigmas=")
+    if nfe is not None:
+        p = plan(solver, nfe, schedule, **(schedule_kwargs or {}))
+        sigmas, knobs = p.sigmas, {**p.knobs, **knobs}
+    return spec(denoiser, x, torch.as_tensor(sigmas), **knobs)

@@ -1,0 +1,39 @@
+"""Shared fixtures: exact teachers with known answers."""
+
+import pytest
+import torch
+
+import fewstep
+from fewstep import GaussianMixture
+
+torch.set_num_threads(1)
+
+
+def deterministic_solvers() -> list[str]:
+    """Canonical deterministic solvers with a fixed NFE budget."""
+    return [n for n in fewstep.solvers.available(aliases=False)
+            if not fewstep.solvers.get(n).stochastic
+            and fewstep.solvers.get(n).kind != "adaptive"]
+
+
+def stochastic_solvers() -> list[str]:
+    return [n for n in fewstep.solvers.available(aliases=False)
+            if fewstep.solvers.get(n).stochastic]
+
+
+def planned_solvers() -> list[str]:
+    return [n for n in fewstep.solvers.available(aliases=False)
+            if fewstep.solvers.get(n).kind != "adaptive"]
+
+
+@pytest.fixture(scope="session")
+def single_gaussian() -> GaussianMixture:
+    """One Gaussian with a diagonal covariance: its PF-ODE flow is closed-form."""
+    return GaussianMixture(torch.tensor([[0.5, -1.0, 2.0, 0.0]], dtype=torch.float64),
+                           torch.tensor([[0.25, 1.0, 0.04, 2.0]], dtype=torch.float64))
+
+
+@pytest.fixture(scope="session")
+def mixture() -> GaussianMixture:
+    """A 4-d, 4-component mixture with well-separated modes."""
+    return GaussianMixture.random(4, 4, spread=2.0, std=0.5, seed=3)
