@@ -1,0 +1,1 @@
+"""The benchmark harness: suites, runner, meters, store and report."""

@@ -1,0 +1,198 @@
+"""Run a suite: every case in-process, warm, synchronised, measured, stored as one row.
+
+Each (teacher, seed) has one start noise ``x = sigma_max * z`` shared by every method, and
+one reference PF-ODE endpoint (tight RK45 in float64), cached on disk.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .. import metrics, solvers
+from ..solvers import reference_solution
+from . import peers
+from .meters import EnergyMeter, MemoryMeter, TimedDenoiser, environment, synchronize
+from .store import Store
+from .suite import Case, Suite
+from .teachers import Teacher
+from .teachers import get as get_teacher
+
+__all__ = ["RunSummary", "parse_shard", "run_case", "run_suite", "start_noise"]
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+          "bfloat16": torch.bfloat16}
+N_REFERENCE = 1000  # held-out / exact samples for sliced Wasserstein, Frechet and KID
+N_MMD = 500  # of those, the ones MMD compares against (its cost is quadratic)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    total: int
+    already_done: int
+    ran: int
+    failed: int
+    skipped: list[str]
+    seconds: float
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"i/n" -> (i, n), checked."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"shard must look like 'i/n' (e.g. 0/4); got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"shard index must satisfy 0 <= i < n; got {text!r}")
+    return i, n
+
+
+def start_noise(teacher: Teacher, seed: int, n: int) -> Tensor:
+    """The shared start sample ``sigma_max * z`` (float64) of a (teacher, seed)."""
+    g = torch.Generator().manual_seed(1_000_003 * seed + 17)
+    return teacher.sigma_max * torch.randn(n, *teacher.sample_shape, generator=g,
+                                           dtype=torch.float64)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def reference(teacher: Teacher, seed: int, n: int, rtol: float, cache: Path) -> Tensor:
+    """The reference PF-ODE endpoint for a (teacher, seed), cached atomically on disk."""
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"{teacher.name}-s{seed}-n{n}-r{rtol:g}.pt"
+    if path.exists():
+        return torch.load(path)
+    D = copy.deepcopy(teacher.denoiser)
+    D = D.double() if isinstance(D, torch.nn.Module) else D
+    ref = reference_solution(D, start_noise(teacher, seed, n), teacher.sigma_max, rtol=rtol,
+                             atol=rtol)
+    _atomic_save(ref, path)
+    return ref
+
+
+def _run_method(case: Case, D: Any, x: Tensor, teacher: Teacher) -> tuple[Tensor, int]:
+    """Sample with the case's method; returns the samples and the number of solver steps."""
+    if case.impl == "diffusers":
+        return peers.run_peer(case.method, D, x, case.nfe, teacher.sigma_min,
+                              teacher.sigma_max), case.nfe
+    spec = solvers.get(case.method)
+    plan = solvers.plan(case.method, case.nfe, case.schedule, sigma_min=teacher.sigma_min,
+                        sigma_max=teacher.sigma_max)
+    knobs = dict(plan.knobs)
+    if spec.stochastic:
+        knobs["generator"] = solvers.generators(
+            [1_000_000 * case.seed + i for i in range(x.shape[0])], device=x.device)
+    return spec(D, x, plan.sigmas, **knobs), plan.steps
+
+
+def _score(case: Case, teacher: Teacher, out: Tensor, ref: Tensor,
+           held_out: Tensor) -> dict[str, float | None]:
+    out64 = out.double()
+    m: dict[str, float | None] = {
+        "ode_rmse": float((out64 - ref).pow(2).mean().sqrt()),
+        "sw": metrics.sliced_wasserstein(out64, held_out.double(), n_projections=256,
+                                         generator=torch.Generator().manual_seed(case.seed)),
+        "mmd": metrics.mmd(out64.flatten(1), held_out[:N_MMD].double().flatten(1)),
+    }
+    if teacher.log_prob is not None:
+        m["nll"] = metrics.nll(out64.float(), teacher.log_prob)
+    if teacher.modes is not None:
+        cov = metrics.mode_coverage(out64, teacher.modes[0].double(), teacher.modes[1].double())
+        m["mode_coverage"] = cov["mode_fraction"]
+        m["high_quality"] = cov["high_quality_fraction"]
+    if teacher.kind == "image":
+        f_out, f_ref = out64.flatten(1), held_out.double().flatten(1)
+        m["fd"] = metrics.frechet_distance_from_features(f_out, f_ref)
+        k = min(100, len(f_out), len(f_ref))
+        m["kid"] = metrics.kid(f_out, f_ref, subsets=10, subset_size=k,
+                               generator=torch.Generator().manual_seed(case.seed))[0]
+    return {k: (v if v is None or math.isfinite(v) else None) for k, v in m.items()}
+
+
+class _Context:
+    """Per-process state: warmed (teacher, method) pairs, references, environment."""
+
+    def __init__(self, out_dir: Path, device: str):
+        self.out_dir, self.device = out_dir, device
+        self.warm: set[tuple[str, str]] = set()
+        self.envs: dict[str, dict[str, Any]] = {}
+
+
+def run_case(case: Case, ctx: _Context) -> dict[str, Any]:
+    """Run one case and return its result row (status "ok" or "error")."""
+    teacher = get_teacher(case.teacher)
+    dtype = DTYPES[case.dtype]
+    env = ctx.envs.setdefault(case.dtype, environment(ctx.device, dtype))
+    row: dict[str, Any] = {"key": case.key, "suite": case.suite, "teacher": case.teacher,
+                           "method": case.method, "impl": case.impl, "nfe_target": case.nfe,
+                           "seed": case.seed, "n_samples": case.n_samples, "env": env,
+                           "config": {**case.config, **_notes(case)}}
+    try:
+        ref = reference(teacher, case.seed, case.n_samples, case.reference_rtol,
+                        ctx.out_dir / "references")
+        x = start_noise(teacher, case.seed, case.n_samples).to(ctx.device, dtype)
+        D = teacher.denoiser.to(ctx.device, dtype) if isinstance(teacher.denoiser,
+                                                                 torch.nn.Module) \
+            else teacher.denoiser
+        if (case.teacher, case.method) not in ctx.warm:  # warm-up: same code path, 8 samples
+            _run_method(case, D, x[:8], teacher)
+            ctx.warm.add((case.teacher, case.method))
+        timed, mem, energy = TimedDenoiser(D, ctx.device), MemoryMeter(ctx.device), \
+            EnergyMeter(ctx.device)
+        with mem.measure(), energy.measure() as joules:
+            synchronize(ctx.device)
+            t0 = time.perf_counter()
+            out, steps = _run_method(case, timed, x, teacher)
+            synchronize(ctx.device)
+            wall = time.perf_counter() - t0
+        held_out = teacher.reference_samples(N_REFERENCE, case.seed)
+        row.update(
+            status="ok", nfe=timed.rows / case.n_samples, wall_s=wall,
+            time_per_sample_s=wall / case.n_samples, network_s=timed.seconds,
+            overhead_per_step_s=max(wall - timed.seconds, 0.0) / max(steps, 1),
+            peak_mem_mb=mem.peak_mb, mem_method=mem.method, energy_j=joules["joules"],
+            energy_method=energy.method if joules["joules"] is not None else "not measured",
+            metrics=_score(case, teacher, out.cpu(), ref, held_out))
+    except Exception as e:
+        row.update(status="error", error=f"{type(e).__name__}: {e}", metrics={})
+    return row
+
+
+def _notes(case: Case) -> dict[str, Any]:
+    note = peers.NOTES.get(case.method.removeprefix("diffusers:")) if case.impl == "diffusers" \
+        else None
+    return {"notes": [f"{case.method}: {note}"]} if note else {}
+
+
+def run_suite(suite: Suite, out_dir: str | Path, *, shard: tuple[int, int] = (0, 1),
+              device: str = "cpu", progress: bool = True) -> RunSummary:
+    """Run every unfinished case of ``suite`` in this shard, storing rows in
+    ``out_dir/results.sqlite``; finished cases are skipped, so an interrupted run resumes."""
+    out_dir = Path(out_dir)
+    store = Store(out_dir / "results.sqlite")
+    cases = [c for c in suite.cases() if int(c.key, 16) % shard[1] == shard[0]]
+    done = store.done()
+    todo = [c for c in cases if c.key not in done]
+    ctx, failed, t0 = _Context(out_dir, device), 0, time.perf_counter()
+    bar = tqdm(todo, desc=f"bench {suite.name}", unit="case", disable=not progress,
+               dynamic_ncols=True)
+    for case in bar:
+        bar.set_postfix_str(f"{case.teacher} {case.method} nfe={case.nfe} seed={case.seed}")
+        row = run_case(case, ctx)
+        failed += row["status"] != "ok"
+        store.put(row)
+    return RunSummary(len(cases), len(cases) - len(todo), len(todo), failed,
+                      list(suite.skipped), time.perf_counter() - t0)

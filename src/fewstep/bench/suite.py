@@ -1,0 +1,134 @@
+"""Benchmark suites: TOML files naming teachers, methods, NFE budgets and seeds.
+
+A suite expands into cases, one per (teacher, method, nfe, seed); budgets a method cannot
+spend exactly (e.g. below its minimum NFE) are listed as skipped, never silently changed.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .. import solvers
+from . import peers, teachers
+from .store import case_key
+
+__all__ = ["Case", "Suite", "load_suite"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark case; ``config`` is everything that determines its result."""
+
+    suite: str
+    teacher: str
+    method: str
+    nfe: int
+    seed: int
+    n_samples: int
+    schedule: str
+    dtype: str
+    reference_rtol: float
+
+    @property
+    def impl(self) -> str:
+        return self.method.split(":")[0] if ":" in self.method else "fewstep"
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def key(self) -> str:
+        return case_key(self.config)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A parsed suite file."""
+
+    name: str
+    teachers: list[str]
+    methods: list[str]
+    nfe: list[int]
+    seeds: list[int]
+    n_samples: int = 256
+    schedule: str = "karras"
+    dtype: str = "float32"
+    reference_rtol: float = 1e-6
+    skipped: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        """Fail early, naming any unknown teacher or method."""
+        known_teachers = teachers.available()
+        for t in self.teachers:
+            if t not in known_teachers:
+                raise ValueError(f"suite {self.name!r}: unknown teacher {t!r}; available: "
+                                 f"{', '.join(known_teachers)}")
+        for m in self.methods:
+            if m.startswith("diffusers:"):
+                if m not in peers.available():
+                    raise ValueError(f"suite {self.name!r}: unknown peer {m!r}; available: "
+                                     f"{', '.join(peers.available())}")
+            else:
+                solvers.get(m)
+        if self.dtype not in ("float32", "float64", "float16", "bfloat16"):
+            raise ValueError(f"suite {self.name!r}: unknown dtype {self.dtype!r}")
+
+    def cases(self) -> list[Case]:
+        """Every reachable case, in a stable order; unreachable budgets go to ``skipped``."""
+        out = []
+        for t in self.teachers:
+            for m in self.methods:
+                for nfe in self.nfe:
+                    why = _unreachable(m, nfe)
+                    if why:
+                        if why not in self.skipped:
+                            self.skipped.append(why)
+                        continue
+                    out.extend(Case(self.name, t, m, nfe, s, self.n_samples, self.schedule,
+                                    self.dtype, self.reference_rtol) for s in self.seeds)
+        return out
+
+
+def _unreachable(method: str, nfe: int) -> str | None:
+    if method.startswith("diffusers:"):
+        spec = peers.PEERS[method.removeprefix("diffusers:")]
+        try:
+            spec.steps(nfe)
+        except peers.UnreachableNFEError as e:
+            return f"{method} at NFE {nfe}: {e}"
+        return None if nfe >= spec.min_nfe else f"{method} at NFE {nfe}: below its minimum"
+    spec = solvers.get(method)
+    if spec.kind == "adaptive":
+        return f"{method}: adaptive (NFE follows tolerances), not run on an NFE grid"
+    if nfe < spec.min_nfe:
+        return f"{method} at NFE {nfe}: below its minimum of {spec.min_nfe}"
+    return None
+
+
+def load_suite(name_or_path: str | Path) -> Suite:
+    """Load a built-in suite by name (e.g. "quick") or a TOML file by path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.exists():
+            raise FileNotFoundError(f"suite file {str(path)!r} does not exist")
+        text = path.read_text()
+    else:
+        builtin = resources.files("fewstep.bench") / "suites" / f"{name_or_path}.toml"
+        if not builtin.is_file():
+            names = sorted(p.name.removesuffix(".toml") for p in
+                           (resources.files("fewstep.bench") / "suites").iterdir())
+            raise ValueError(f"unknown suite {str(name_or_path)!r}; built-in suites: {names}")
+        text = builtin.read_text()
+    raw = tomllib.loads(text)
+    allowed = set(Suite.__dataclass_fields__) - {"skipped"}
+    unknown = set(raw) - allowed
+    if unknown:
+        raise ValueError(f"unknown suite keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+    suite = Suite(**raw)
+    suite.validate()
+    return suite

@@ -1,0 +1,93 @@
+"""Teachers: a denoiser plus what the bench needs to score samples against it.
+
+Built-ins are exact: Gaussian mixtures (closed-form denoiser and density) and the empirical
+optimal denoiser of each built-in data set's train split (scored against its test split).
+Users add their own with :func:`register`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import data
+from ..analytic import EmpiricalDenoiser, GaussianMixture
+from ..denoiser import Denoiser
+
+__all__ = ["Teacher", "available", "get", "register"]
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """A denoiser with its sigma range and a source of reference samples to score against."""
+
+    name: str
+    denoiser: Denoiser
+    sample_shape: tuple[int, ...]
+    sigma_min: float
+    sigma_max: float
+    reference_samples: Callable[[int, int], Tensor]  # (n, seed) -> held-out / exact samples
+    kind: str = "vector"  # "vector" or "image"
+    log_prob: Callable[[Tensor], Tensor] | None = None
+    modes: tuple[Tensor, Tensor] | None = None  # (means (K, d), stds (K,)) for mode coverage
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_BUILDERS: dict[str, Callable[[], Teacher]] = {}
+
+
+def register(name: str, builder: Callable[[], Teacher], overwrite: bool = False) -> None:
+    """Register a teacher builder (called lazily, once)."""
+    if name in _BUILDERS and not overwrite:
+        raise ValueError(f"teacher {name!r} is already registered")
+    _BUILDERS[name] = builder
+    get.cache_clear()
+
+
+@functools.cache
+def get(name: str) -> Teacher:
+    """Build (once) and return the named teacher."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown teacher {name!r}; available: {', '.join(available())}")
+    return _BUILDERS[name]()
+
+
+def available() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def _mixture_teacher(name: str, dim: int, components: int, seed: int) -> Teacher:
+    gm = GaussianMixture.random(dim, components, spread=1.0, std=0.25, seed=seed).float()
+
+    def reference(n: int, s: int) -> Tensor:
+        return gm.sample(n, generator=torch.Generator().manual_seed(10_000 + s))
+
+    stds = gm.variances.sqrt().max(1).values
+    return Teacher(name, gm, (dim,), 0.002, 80.0, reference, log_prob=gm.log_prob,
+                   modes=(gm.means, stds),
+                   description=f"exact {components}-component Gaussian mixture in {dim}-d")
+
+
+def _empirical_teacher(name: str, n_train: int = 2000) -> Teacher:
+    ds = data.get(name)
+    train = ds.load("train", seed=0)
+    train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n_train]]
+
+    def reference(n: int, s: int) -> Tensor:
+        return ds.load("test", n=n, seed=s)
+
+    return Teacher(name, EmpiricalDenoiser(train), tuple(ds.shape), 0.002, 80.0, reference,
+                   kind=ds.kind, description=f"empirical optimal denoiser of {name} "
+                   f"({len(train)} train points); scored against the test split; {ds.licence}")
+
+
+for _dim, _k in ((2, 8), (16, 8), (64, 16)):
+    register(f"gmm{_dim}", functools.partial(_mixture_teacher, f"gmm{_dim}", _dim, _k, _dim))
+for _name in data.available():
+    register(_name, functools.partial(_empirical_teacher, _name))

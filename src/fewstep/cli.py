@@ -1,0 +1,130 @@
+"""The ``fewstep`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+EPILOG_BENCH = """examples:
+  fewstep bench                         # the quick suite on the built-in teachers
+  fewstep bench --suite smoke           # a seconds-long suite
+  fewstep bench --suite my_suite.toml --out results --shard 0/2   # half of a suite
+  fewstep bench --list                  # the cases a suite expands to, without running them
+"""
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.report import format_leaderboard, leaderboard, write_report
+    from .bench.runner import parse_shard, run_suite
+    from .bench.store import Store
+    from .bench.suite import load_suite
+
+    suite = load_suite(args.suite)
+    if args.list:
+        for c in suite.cases():
+            print(f"{c.key}  {c.teacher:14s} {c.method:22s} nfe={c.nfe:<3d} seed={c.seed}")
+        for why in suite.skipped:
+            print(f"skipped: {why}")
+        return 0
+    t0 = time.perf_counter()
+    summary = run_suite(suite, args.out, shard=parse_shard(args.shard), device=args.device,
+                        progress=not args.quiet)
+    print(f"suite {suite.name!r}: {summary.total} cases in this shard, {summary.already_done} "
+          f"already done, {summary.ran} run ({summary.failed} failed) in "
+          f"{summary.seconds:.1f} s; {len(summary.skipped)} unreachable budgets skipped")
+    rows = Store(f"{args.out}/results.sqlite").rows(suite=suite.name)
+    print(format_leaderboard(leaderboard(rows, metric=args.metric)))
+    if not args.no_report:
+        path = write_report(rows, args.out, suite=suite.name, metric=args.metric)
+        print(f"report: {path}")
+    print(f"total wall-clock: {time.perf_counter() - t0:.1f} s")
+    return 1 if summary.failed else 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .bench.report import format_leaderboard, leaderboard, write_report
+    from .bench.store import Store
+
+    rows = Store(f"{args.out}/results.sqlite").rows(suite=args.suite)
+    if not rows:
+        print(f"no finished cases in {args.out}/results.sqlite", file=sys.stderr)
+        return 1
+    print(format_leaderboard(leaderboard(rows, metric=args.metric)))
+    print(f"report: {write_report(rows, args.out, suite=args.suite, metric=args.metric)}")
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from .bench.store import merge
+
+    n = merge(args.target, args.sources)
+    print(f"merged {n} rows into {args.target}")
+    return 0
+
+
+def _cmd_solvers(args: argparse.Namespace) -> int:
+    from . import solvers
+
+    print(f"{'name':22s} {'kind':11s} {'order':>5s} {'min NFE':>7s}  stochastic  reference")
+    for name in solvers.available():
+        s = solvers.get(name)
+        ref = f"= {s.alias_of}" if s.alias_of else s.reference
+        print(f"{name:22s} {s.kind:11s} {s.order:5d} {s.min_nfe:7d}  "
+              f"{'yes' if s.stochastic else 'no':10s}  {ref}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fewstep", description="Fast diffusion sampling, measured "
+                                "honestly: solvers, distillation and a benchmark harness.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("bench", help="run a benchmark suite, print the leaderboard, write the "
+                       "report", epilog=EPILOG_BENCH,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("--suite", default="quick", help="built-in suite name (quick, smoke, full) "
+                   "or a TOML file (default: quick)")
+    b.add_argument("--out", default="fewstep-results", help="results directory (SQLite store, "
+                   "reference cache, report); default: fewstep-results")
+    b.add_argument("--shard", default="0/1", help="run only shard i of n, as 'i/n'")
+    b.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, mps)")
+    b.add_argument("--metric", default="ode_rmse", help="leaderboard metric (default ode_rmse)")
+    b.add_argument("--no-report", action="store_true", help="skip writing the HTML report")
+    b.add_argument("--list", action="store_true", help="list the cases and exit")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(fn=_cmd_bench)
+
+    r = sub.add_parser("report", help="write the HTML report and print the leaderboard from a "
+                       "results directory", epilog="example:\n  fewstep report --out "
+                       "fewstep-results --metric sw",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("--out", default="fewstep-results")
+    r.add_argument("--suite", default=None, help="only this suite's rows")
+    r.add_argument("--metric", default="ode_rmse")
+    r.set_defaults(fn=_cmd_report)
+
+    m = sub.add_parser("merge", help="merge shard databases into one",
+                       epilog="example:\n  fewstep merge all.sqlite a/results.sqlite "
+                       "b/results.sqlite", formatter_class=argparse.RawDescriptionHelpFormatter)
+    m.add_argument("target")
+    m.add_argument("sources", nargs="+")
+    m.set_defaults(fn=_cmd_merge)
+
+    s = sub.add_parser("solvers", help="list the registered solvers")
+    s.set_defaults(fn=_cmd_solvers)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"fewstep {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

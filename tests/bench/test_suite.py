@@ -1,0 +1,49 @@
+import pytest
+
+from fewstep.bench.suite import load_suite
+
+
+def test_builtin_quick_suite_meets_the_brief():
+    s = load_suite("quick")
+    fewstep_methods = [m for m in s.methods if ":" not in m]
+    peers = [m for m in s.methods if m.startswith("diffusers:")]
+    assert len(s.teachers) >= 4 and len(fewstep_methods) >= 10 and len(peers) >= 4
+    assert min(s.nfe) == 1 and max(s.nfe) == 20 and len(s.seeds) >= 3
+    cases = s.cases()
+    assert len({c.key for c in cases}) == len(cases)
+    assert any("diffusers:heun at NFE 2" in why for why in s.skipped)
+
+
+def _write(tmp_path, body):
+    p = tmp_path / "s.toml"
+    p.write_text(body)
+    return p
+
+
+@pytest.mark.parametrize("body,match", [
+    ('name="x"\nteachers=["nope"]\nmethods=["ddim"]\nnfe=[2]\nseeds=[0]\n',
+     "unknown teacher 'nope'"),
+    ('name="x"\nteachers=["gmm2"]\nmethods=["dpm_solver_9"]\nnfe=[2]\nseeds=[0]\n',
+     "unknown solver 'dpm_solver_9'"),
+    ('name="x"\nteachers=["gmm2"]\nmethods=["diffusers:magic"]\nnfe=[2]\nseeds=[0]\n',
+     "unknown peer 'diffusers:magic'"),
+    ('name="x"\nteachers=["gmm2"]\nmethods=["ddim"]\nnfe=[2]\nseeds=[0]\ncolour="red"\n',
+     "unknown suite keys \\['colour'\\]"),
+])
+def test_bad_suites_name_the_problem(tmp_path, body, match):
+    with pytest.raises(ValueError, match=match):
+        load_suite(_write(tmp_path, body))
+
+
+def test_unknown_builtin_and_missing_file():
+    with pytest.raises(ValueError, match="unknown suite 'nope'; built-in suites"):
+        load_suite("nope")
+    with pytest.raises(FileNotFoundError):
+        load_suite("/nonexistent/suite.toml")
+
+
+def test_budget_below_minimum_is_skipped_not_changed(tmp_path):
+    s = load_suite(_write(tmp_path, 'name="x"\nteachers=["gmm2"]\nmethods=["dpm_solver_3"]\n'
+                                    'nfe=[2, 4]\nseeds=[0, 1]\n'))
+    assert [(c.nfe, c.seed) for c in s.cases()] == [(4, 0), (4, 1)]
+    assert s.skipped == ["dpm_solver_3 at NFE 2: below its minimum of 4"]
