@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -55,11 +56,16 @@ def frechet_distance_from_features(f1: Tensor, f2: Tensor) -> float:
 
 
 def _sqrtm_product(cov1: np.ndarray, cov2: np.ndarray, eps: float) -> np.ndarray:
-    """Real part of sqrtm(cov1 @ cov2), with the eps-offset retry and imaginary-part check."""
-    covmean = scipy.linalg.sqrtm(cov1 @ cov2)
-    if not np.isfinite(covmean).all():
-        offset = eps * np.eye(len(cov1))
-        covmean = scipy.linalg.sqrtm((cov1 + offset) @ (cov2 + offset))
+    """Real part of sqrtm(cov1 @ cov2), with the eps-offset retry and imaginary-part check.
+
+    Singular covariances (e.g. constant pixels) are expected; scipy's warning about them is
+    silenced and the result is checked for finiteness instead."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(cov1 @ cov2)
+        if not np.isfinite(covmean).all():
+            offset = eps * np.eye(len(cov1))
+            covmean = scipy.linalg.sqrtm((cov1 + offset) @ (cov2 + offset))
     if not np.isfinite(covmean).all():
         raise ValueError(f"sqrtm(cov1 @ cov2) is not finite even with eps={eps} offset")
     if np.iscomplexobj(covmean):

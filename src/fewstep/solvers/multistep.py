@@ -103,5 +103,7 @@ register("ipndm_v", sample_deis, order=4, knobs={"order": 4, "basis": "sigma"},
          reference="variable-step Adams-Bashforth in sigma (DEIS rhoAB)")
 register("deis", sample_deis, order=3, knobs={"order": 3, "basis": "t"},
          reference="Zhang & Chen 2023, DEIS tAB-3 (VP-linear time)")
+register("deis_logrho", sample_deis, order=3, knobs={"order": 3, "basis": "log_sigma"},
+         reference="Zhang & Chen 2023, DEIS-3 with eps extrapolated in log(rho) (diffusers')")
 
 __all__ = ["BASES", "sample_deis", "sample_ipndm"]

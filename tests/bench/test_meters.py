@@ -1,0 +1,38 @@
+import torch
+
+from fewstep.bench.meters import EnergyMeter, MemoryMeter, TimedDenoiser, environment
+
+
+def test_timed_denoiser_counts_and_times():
+    def slow(x, sigma):
+        torch.linalg.matrix_exp(torch.randn(64, 64))
+        return x
+
+    t = TimedDenoiser(slow)
+    for _ in range(3):
+        t(torch.zeros(5, 2), torch.ones(5))
+    assert (t.calls, t.rows) == (3, 15) and t.seconds > 0
+
+
+def test_memory_meter_sees_an_allocation():
+    meter = MemoryMeter()
+    with meter.measure():
+        big = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        big += 1
+    assert meter.peak_mb is not None and meter.peak_mb > 32
+    assert "RSS" in meter.method
+
+
+def test_energy_is_not_measured_without_a_meter():
+    meter = EnergyMeter("cpu")
+    with meter.measure() as result:
+        pass
+    if meter.monitor is None:
+        assert result["joules"] is None and meter.method == "not measured"
+
+
+def test_environment_records_what_the_report_needs():
+    env = environment("cpu", torch.float32)
+    for key in ("fewstep", "torch", "numpy", "diffusers", "device", "dtype", "threads", "git"):
+        assert env[key] not in (None, "")
+    assert env["dtype"] == "float32"
