@@ -16,7 +16,13 @@ EPILOG_BENCH = """examples:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench.report import format_leaderboard, leaderboard, write_report
+    from .bench.report import (
+        format_leaderboard,
+        format_peer_comparison,
+        leaderboard,
+        peer_comparison,
+        write_report,
+    )
     from .bench.runner import parse_shard, run_suite
     from .bench.store import Store
     from .bench.suite import load_suite
@@ -36,6 +42,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
           f"{summary.seconds:.1f} s; {len(summary.skipped)} unreachable budgets skipped")
     rows = Store(f"{args.out}/results.sqlite").rows(suite=suite.name)
     print(format_leaderboard(leaderboard(rows, metric=args.metric)))
+    print(format_peer_comparison(peer_comparison(rows, metric=args.metric)))
     if not args.no_report:
         path = write_report(rows, args.out, suite=suite.name, metric=args.metric)
         print(f"report: {path}")
@@ -44,7 +51,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .bench.report import format_leaderboard, leaderboard, write_report
+    from .bench.report import (
+        format_leaderboard,
+        format_peer_comparison,
+        leaderboard,
+        peer_comparison,
+        write_report,
+    )
     from .bench.store import Store
 
     rows = Store(f"{args.out}/results.sqlite").rows(suite=args.suite)
@@ -52,6 +65,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(f"no finished cases in {args.out}/results.sqlite", file=sys.stderr)
         return 1
     print(format_leaderboard(leaderboard(rows, metric=args.metric)))
+    print(format_peer_comparison(peer_comparison(rows, metric=args.metric)))
     print(f"report: {write_report(rows, args.out, suite=args.suite, metric=args.metric)}")
     return 0
 

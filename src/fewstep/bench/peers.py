@@ -122,6 +122,8 @@ NOTES: dict[str, str] = {
                 "the network sees up to ~0.5% different noise levels than the solver assumes",
     "unipc": "with use_karras_sigmas diffusers rounds the timesteps it feeds the model; its "
              "bh1 variant returns NaN when the last sigma is 0 (so the bench runs bh2)",
-    "deis": "diffusers' DEIS (log-rho, noise prediction) ends at sigma_min without a final "
-            "denoising step and rounds Karras timesteps; fewstep's 'deis' is tAB in VP time",
+    "deis": "diffusers' DEIS with Karras sigmas repeats the last sigma, so its final step "
+            "has zero length: N evaluations make N-1 real steps ending at sigma_min (no final "
+            "denoising), and at NFE 1 it returns the start noise rescaled to VP, unsampled; it "
+            "also rounds Karras timesteps. Compare with fewstep's deis_logrho",
 }

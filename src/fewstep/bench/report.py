@@ -724,6 +724,73 @@ def _page(title: str, body: str) -> str:
             f"<h1>{_E(title)}</h1>{body}<script>{_JS}</script></body></html>\n")
 
 
+# fewstep method -> the diffusers scheduler that implements the same algorithm
+PEER_PAIRS: dict[str, str] = {
+    "ddim": "diffusers:ddim", "dpmpp_2m": "diffusers:dpmpp_2m",
+    "dpmpp_3m": "diffusers:dpmpp_3m", "unipc_bh2": "diffusers:unipc",
+    "deis_logrho": "diffusers:deis", "heun": "diffusers:heun",
+}
+
+
+def peer_comparison(rows: Iterable[Row], metric: str = "ode_rmse") -> list[dict[str, Any]]:
+    """Median ratios fewstep / peer over cases matched by (teacher, NFE, seed): time per
+    sample, solver overhead per step, and the metric."""
+    by = {(r["method"], r["teacher"], r["nfe_target"], r["seed"]): r for r in rows}
+    out = []
+    for ours, peer in PEER_PAIRS.items():
+        pairs = [(r, by[(peer, *k[1:])]) for k, r in by.items()
+                 if k[0] == ours and (peer, *k[1:]) in by]
+        if not pairs:
+            continue
+        ratio = {name: _median_ratio(pairs, fn) for name, fn in (
+            ("time", lambda r: r.get("time_per_sample_s")),
+            ("overhead", lambda r: r.get("overhead_per_step_s")),
+            ("metric", lambda r: _metric(r, metric)))}
+        out.append({"method": ours, "peer": peer, "cases": len(pairs), "metric": metric,
+                    "time_ratio": ratio["time"], "overhead_ratio": ratio["overhead"],
+                    "metric_ratio": ratio["metric"]})
+    return out
+
+
+def _median_ratio(pairs: Sequence[tuple[Row, Row]], fn: Any) -> float | None:
+    vals = sorted(a / b for a, b in ((_finite(fn(x)), _finite(fn(y))) for x, y in pairs)
+                  if a is not None and b)
+    return vals[len(vals) // 2] if vals else None
+
+
+def format_peer_comparison(comp: Sequence[dict[str, Any]]) -> str:
+    """Terminal table of :func:`peer_comparison` (ratios < 1: fewstep is faster / better)."""
+    if not comp:
+        return "no fewstep/peer pairs in these results"
+    head = f"{'fewstep':12s} {'peer':20s} {'cases':>5s} {'time':>7s} {'overhead':>9s} " \
+           f"{comp[0]['metric']:>9s}"
+    lines = ["fewstep / peer, median ratio over matched cases (< 1: fewstep lower)", head,
+             "-" * len(head)]
+    for c in comp:
+        cells = [_num(c[k]) if c[k] is not None else "n/a"
+                 for k in ("time_ratio", "overhead_ratio", "metric_ratio")]
+        lines.append(f"{c['method']:12s} {c['peer']:20s} {c['cases']:5d} {cells[0]:>7s} "
+                     f"{cells[1]:>9s} {cells[2]:>9s}")
+    return "\n".join(lines)
+
+
+def _peer_section(rows: Sequence[Row], metric: str) -> str:
+    comp = peer_comparison(rows, metric)
+    if not comp:
+        return ""
+    head = "".join(f"<th>{_E(h)}</th>" for h in ("fewstep", "peer", "matched cases",
+                                                  "time / sample ratio", "overhead / step ratio",
+                                                  f"{metric} ratio"))
+    body = "".join("<tr>" + "".join(f"<td>{_E(str(v))}</td>" for v in (
+        c["method"], c["peer"], c["cases"],
+        *(_num(c[k]) if c[k] is not None else "n/a"
+          for k in ("time_ratio", "overhead_ratio", "metric_ratio")))) + "</tr>" for c in comp)
+    return ("<h2>fewstep beside diffusers</h2><p>Median of fewstep / peer over cases matched "
+            "by teacher, NFE and seed (same denoiser, same start noise). Below 1: fewstep is "
+            f"faster or has the lower {_E(metric)}.</p><table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table>")
+
+
 def write_report(store_or_rows: Store | str | os.PathLike[str] | Iterable[Row],
                  out_dir: str | Path, suite: str | None = None,
                  metric: str = "ode_rmse") -> Path:
@@ -738,7 +805,7 @@ def write_report(store_or_rows: Store | str | os.PathLike[str] | Iterable[Row],
         f"<h2>Plots</h2><p>Primary metric: {_E(metric)}. Shaded bands: 95% CI over seeds; "
         "dashed lines / square markers: peer implementations.</p>",
         *(_plots_section(rows, m, out) for m in metrics),
-        _results_section(rows, metrics), _notes_section(rows),
+        _peer_section(rows, metric), _results_section(rows, metrics), _notes_section(rows),
     ])
     path = out / "report.html"
     _atomic_write(path, _page(title, body).encode("utf-8"))
