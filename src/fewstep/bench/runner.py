@@ -98,8 +98,27 @@ def _run_method(case: Case, D: Any, x: Tensor, teacher: Teacher) -> tuple[Tensor
     return spec(D, x, plan.sigmas, **knobs), plan.steps
 
 
-def _score(case: Case, teacher: Teacher, out: Tensor, ref: Tensor,
-           held_out: Tensor) -> dict[str, float | None]:
+def feature_space(teacher: Teacher, cache: Path) -> tuple[str, Any]:
+    """The feature space image metrics are computed in: a fewstep-trained extractor where
+    one exists for the teacher's data, else raw pixels."""
+    if teacher.extra.get("extractor") == "digits_cnn":
+        from ..metrics.extractors import VERSION, digits_cnn
+
+        net = digits_cnn(cache)
+        return f"{VERSION} (64-d penultimate layer of a CNN trained by fewstep on the digits " \
+               "train split; weights hash-checked)", net
+    return "pixels (flattened, no learned features)", None
+
+
+def _features(extractor: Any, images: Tensor) -> Tensor:
+    if extractor is None:
+        return images.double().flatten(1)
+    with torch.no_grad():
+        return extractor(images.float()).double()
+
+
+def _score(case: Case, teacher: Teacher, out: Tensor, ref: Tensor, held_out: Tensor,
+           extractor: Any = None) -> dict[str, float | None]:
     out64 = out.double()
     m: dict[str, float | None] = {
         "ode_rmse": float((out64 - ref).pow(2).mean().sqrt()),
@@ -114,7 +133,7 @@ def _score(case: Case, teacher: Teacher, out: Tensor, ref: Tensor,
         m["mode_coverage"] = cov["mode_fraction"]
         m["high_quality"] = cov["high_quality_fraction"]
     if teacher.kind == "image":
-        f_out, f_ref = out64.flatten(1), held_out.double().flatten(1)
+        f_out, f_ref = _features(extractor, out64), _features(extractor, held_out)
         m["fd"] = metrics.frechet_distance_from_features(f_out, f_ref)
         k = min(100, len(f_out), len(f_ref))
         m["kid"] = metrics.kid(f_out, f_ref, subsets=10, subset_size=k,
@@ -159,13 +178,17 @@ def run_case(case: Case, ctx: _Context) -> dict[str, Any]:
             synchronize(ctx.device)
             wall = time.perf_counter() - t0
         held_out = teacher.reference_samples(N_REFERENCE, case.seed)
+        extractor = None
+        if teacher.kind == "image":
+            space, extractor = feature_space(teacher, ctx.out_dir / "extractors")
+            row["config"]["feature_space"] = space
         row.update(
             status="ok", nfe=timed.rows / case.n_samples, wall_s=wall,
             time_per_sample_s=wall / case.n_samples, network_s=timed.seconds,
             overhead_per_step_s=max(wall - timed.seconds, 0.0) / max(steps, 1),
             peak_mem_mb=mem.peak_mb, mem_method=mem.method, energy_j=joules["joules"],
             energy_method=energy.method if joules["joules"] is not None else "not measured",
-            metrics=_score(case, teacher, out.cpu(), ref, held_out))
+            metrics=_score(case, teacher, out.cpu(), ref, held_out, extractor))
     except Exception as e:
         row.update(status="error", error=f"{type(e).__name__}: {e}", metrics={})
     return row

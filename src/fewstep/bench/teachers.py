@@ -85,8 +85,9 @@ def _empirical_teacher(name: str, n_train: int = 2000) -> Teacher:
         test = ds.load("test", seed=0)  # a finite test split: all of it, at most n rows
         return test[torch.randperm(len(test), generator=torch.Generator().manual_seed(s))[:n]]
 
+    extra = {"extractor": "digits_cnn"} if name == "digits" else {}
     return Teacher(name, EmpiricalDenoiser(train), tuple(ds.shape), 0.002, 80.0, reference,
-                   kind=ds.kind, description=f"empirical optimal denoiser of {name} "
+                   kind=ds.kind, extra=extra, description=f"empirical optimal denoiser of {name} "
                    f"({len(train)} train points); scored against the test split; {ds.licence}")
 
 

@@ -1,0 +1,95 @@
+"""Feature extractors for image metrics that fewstep trains itself, with no downloads.
+
+``digits_cnn`` is a small CNN classifier trained (seeded, full-batch, about a second on CPU)
+on the train split of the built-in 8x8 digits; its 64-d penultimate layer is the feature
+space for Fréchet distance / KID on that set. Weights are cached with their SHA-256 in a
+sidecar JSON and verified on every load (:func:`~fewstep.metrics.load_extractor_weights`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .features import file_sha256, load_extractor_weights
+
+__all__ = ["DigitsCNN", "cache_dir", "digits_cnn", "train_digits_cnn"]
+
+VERSION = "digits-cnn-v1"
+
+
+class DigitsCNN(nn.Module):
+    """conv(1->8) -> conv(8->16, stride 2) -> 64-d features -> 10 logits."""
+
+    name = VERSION
+    dim = 64
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Flatten(), nn.Linear(16 * 4 * 4, self.dim), nn.SiLU(),
+        )
+        self.head = nn.Linear(self.dim, 10)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Features of ``(N, 1, 8, 8)`` images in [-1, 1]."""
+        if images.shape[1:] != (1, 8, 8):
+            raise ValueError(f"digits_cnn takes (N, 1, 8, 8) images; got {tuple(images.shape)}")
+        return self.body(images)
+
+
+def _digits_with_labels() -> tuple[Tensor, Tensor]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 8.0 - 1.0
+    return x, torch.tensor(d.target)
+
+
+def train_digits_cnn(seed: int = 0, steps: int = 150) -> DigitsCNN:
+    """Train the extractor on 80% of scikit-learn's digits (full-batch Adam, seeded)."""
+    torch.manual_seed(seed)
+    x, y = _digits_with_labels()
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    train = perm[: int(0.8 * len(x))]
+    net = DigitsCNN()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = nn.functional.cross_entropy(net.head(net(x[train])), y[train])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+def cache_dir() -> Path:
+    """``$FEWSTEP_CACHE`` or ``~/.cache/fewstep``."""
+    return Path(os.environ.get("FEWSTEP_CACHE", Path.home() / ".cache" / "fewstep"))
+
+
+def digits_cnn(directory: str | Path | None = None) -> DigitsCNN:
+    """The cached digits extractor, trained and saved atomically on first use; the cached
+    weights are checked against the SHA-256 recorded when they were written."""
+    d = Path(directory) if directory is not None else cache_dir() / "extractors"
+    weights, sidecar = d / f"{VERSION}.pt", d / f"{VERSION}.json"
+    net = DigitsCNN()
+    if weights.exists() and sidecar.exists():
+        sha = json.loads(sidecar.read_text())["sha256"]
+        net.load_state_dict(load_extractor_weights(weights, sha))
+        return net.eval()
+    net = train_digits_cnn()
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = weights.with_name(f".{weights.name}.{os.getpid()}.tmp")
+    torch.save(net.state_dict(), tmp)
+    sha = file_sha256(tmp)
+    os.replace(tmp, weights)
+    tmp_json = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
+    tmp_json.write_text(json.dumps({"name": VERSION, "sha256": sha}))
+    os.replace(tmp_json, sidecar)
+    return net.eval()
