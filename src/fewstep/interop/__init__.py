@@ -1,0 +1,30 @@
+"""diffusers in both directions (needs the ``diffusers`` package): a diffusers model as a
+fewstep denoiser (:func:`load_denoiser`, :class:`DiffusersDenoiser`) and a fewstep solver as a
+diffusers scheduler (:class:`FewstepScheduler`). See docs/interop.md."""
+
+from .diffusers import (
+    PREDICTION_TYPES,
+    DiffusersDenoiser,
+    flow_shift,
+    load_denoiser,
+    prediction_from_config,
+    process_from_scheduler_config,
+    process_kind,
+    time_scale,
+)
+from .scheduler import FewstepScheduler, FewstepSchedulerOutput, SolverCoroutine, probe
+
+__all__ = [
+    "PREDICTION_TYPES",
+    "DiffusersDenoiser",
+    "FewstepScheduler",
+    "FewstepSchedulerOutput",
+    "SolverCoroutine",
+    "flow_shift",
+    "load_denoiser",
+    "prediction_from_config",
+    "probe",
+    "process_from_scheduler_config",
+    "process_kind",
+    "time_scale",
+]
