@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import sys
 import time
 from collections.abc import Sequence
@@ -12,6 +14,13 @@ EPILOG_BENCH = """examples:
   fewstep bench --suite smoke           # a seconds-long suite
   fewstep bench --suite my_suite.toml --out results --shard 0/2   # half of a suite
   fewstep bench --list                  # the cases a suite expands to, without running them
+"""
+
+
+EPILOG_SAMPLE = """examples:
+  fewstep sample --teacher moons --solver unipc_bh2 --nfe 6
+  fewstep sample --teacher digits --solver heun --nfe 15 --n 64 --out digits-heun
+  fewstep sample --teacher diffusers:/path/to/pipeline --solver dpmpp_2m --nfe 20
 """
 
 
@@ -28,6 +37,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench.suite import load_suite
 
     suite = load_suite(args.suite)
+    if args.teacher:
+        suite = dataclasses.replace(suite, teachers=_register_teachers(args.teacher, args.data))
+        suite.validate()
     if args.list:
         for c in suite.cases():
             print(f"{c.key}  {c.teacher:14s} {c.method:22s} nfe={c.nfe:<3d} seed={c.seed}")
@@ -48,6 +60,59 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(f"report: {path}")
     print(f"total wall-clock: {time.perf_counter() - t0:.1f} s")
     return 1 if summary.failed else 0
+
+
+def _register_teachers(specs: list[str], data_dir: str | None) -> list[str]:
+    """Register ``diffusers:PATH`` teachers, scored against an image folder if given."""
+    from . import data
+    from .bench import teachers
+
+    names = []
+    for spec in specs:
+        if spec.startswith("diffusers:") and data_dir is not None:
+            name = f"folder:{data_dir}"
+            if name not in data.available():
+                t = teachers.diffusers_teacher(spec.removeprefix("diffusers:"))
+                data.register(data.from_image_folder(name, data_dir, size=t.sample_shape[-1],
+                                                     channels=t.sample_shape[0]))
+            teachers.register(spec, functools.partial(
+                teachers.diffusers_teacher, spec.removeprefix("diffusers:"), data=name),
+                overwrite=True)
+        teachers.get(spec)  # fail early, naming a bad teacher
+        names.append(spec)
+    return names
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import solvers
+    from .bench import teachers
+    from .bench.runner import start_noise
+    from .viz import save_samples
+
+    if args.teacher.startswith("diffusers:"):
+        _register_teachers([args.teacher], None)
+    teacher = teachers.get(args.teacher)
+    spec = solvers.get(args.solver)
+    x = start_noise(teacher, args.seed, args.n).float()
+    knobs: dict = {}
+    if spec.kind == "adaptive":
+        sigmas = torch.tensor([teacher.sigma_max, teacher.sigma_min, 0.0])
+    else:
+        p = solvers.plan(args.solver, args.nfe, args.schedule, sigma_min=teacher.sigma_min,
+                         sigma_max=teacher.sigma_max)
+        sigmas, knobs = p.sigmas, dict(p.knobs)
+    if spec.stochastic:
+        knobs["generator"] = solvers.generators([1_000_000 * args.seed + i for i in
+                                                 range(args.n)])
+    with torch.no_grad():
+        out = spec(teacher.denoiser, x, sigmas, **knobs)
+    paths = save_samples(out, args.out, kind=teacher.kind,
+                         title=f"{args.teacher} / {args.solver} / NFE {args.nfe}")
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -107,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--metric", default="ode_rmse", help="leaderboard metric (default ode_rmse)")
     b.add_argument("--no-report", action="store_true", help="skip writing the HTML report")
     b.add_argument("--list", action="store_true", help="list the cases and exit")
+    b.add_argument("--teacher", action="append", default=[], help="run the suite's methods on "
+                   "this teacher instead (repeatable), e.g. diffusers:/path/to/pipeline")
+    b.add_argument("--data", default=None, help="folder of reference images to score a "
+                   "diffusers teacher's samples against (sliced Wasserstein, MMD, FD, KID)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(fn=_cmd_bench)
 
@@ -125,6 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("target")
     m.add_argument("sources", nargs="+")
     m.set_defaults(fn=_cmd_merge)
+
+    sp = sub.add_parser("sample", help="sample a teacher with a solver; write tensors and a PNG "
+                        "grid (images) or scatter plot (2-D)", epilog=EPILOG_SAMPLE,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp.add_argument("--teacher", default="gmm2", help="built-in teacher (gmm2, moons, digits, "
+                    "...) or diffusers:PATH")
+    sp.add_argument("--solver", default="dpmpp_2m")
+    sp.add_argument("--nfe", type=int, default=10)
+    sp.add_argument("--schedule", default="karras")
+    sp.add_argument("--n", type=int, default=64, help="number of samples")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", default="fewstep-samples", help="output directory")
+    sp.set_defaults(fn=_cmd_sample)
 
     s = sub.add_parser("solvers", help="list the registered solvers")
     s.set_defaults(fn=_cmd_solvers)

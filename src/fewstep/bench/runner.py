@@ -7,8 +7,10 @@ one reference PF-ODE endpoint (tight RK45 in float64), cached on disk.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,10 +71,18 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _file_safe(name: str) -> str:
+    """A file-name-safe, collision-free version of a teacher name (which may be a path)."""
+    if re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)[-40:]}-{digest}"
+
+
 def reference(teacher: Teacher, seed: int, n: int, rtol: float, cache: Path) -> Tensor:
     """The reference PF-ODE endpoint for a (teacher, seed), cached atomically on disk."""
     cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"{teacher.name}-s{seed}-n{n}-r{rtol:g}.pt"
+    path = cache / f"{_file_safe(teacher.name)}-s{seed}-n{n}-r{rtol:g}.pt"
     if path.exists():
         return torch.load(path)
     D = copy.deepcopy(teacher.denoiser)
@@ -117,28 +127,36 @@ def _features(extractor: Any, images: Tensor) -> Tensor:
         return extractor(images.float()).double()
 
 
-def _score(case: Case, teacher: Teacher, out: Tensor, ref: Tensor, held_out: Tensor,
+def _score(case: Case, teacher: Teacher, out: Tensor, ref: Tensor, held_out: Tensor | None,
            extractor: Any = None) -> dict[str, float | None]:
     out64 = out.double()
-    m: dict[str, float | None] = {
-        "ode_rmse": float((out64 - ref).pow(2).mean().sqrt()),
-        "sw": metrics.sliced_wasserstein(out64, held_out.double(), n_projections=256,
-                                         generator=torch.Generator().manual_seed(case.seed)),
-        "mmd": metrics.mmd(out64.flatten(1), held_out[:N_MMD].double().flatten(1)),
-    }
+    m: dict[str, float | None] = {"ode_rmse": float((out64 - ref).pow(2).mean().sqrt())}
+    if held_out is not None:
+        m.update(_distribution_metrics(case, teacher, out64, held_out, extractor))
     if teacher.log_prob is not None:
         m["nll"] = metrics.nll(out64.float(), teacher.log_prob)
     if teacher.modes is not None:
         cov = metrics.mode_coverage(out64, teacher.modes[0].double(), teacher.modes[1].double())
         m["mode_coverage"] = cov["mode_fraction"]
         m["high_quality"] = cov["high_quality_fraction"]
+    return {k: (v if v is None or math.isfinite(v) else None) for k, v in m.items()}
+
+
+def _distribution_metrics(case: Case, teacher: Teacher, out64: Tensor, held_out: Tensor,
+                          extractor: Any) -> dict[str, float | None]:
+    """Sliced Wasserstein and MMD against held-out samples; Frechet and KID for images."""
+    m: dict[str, float | None] = {
+        "sw": metrics.sliced_wasserstein(out64, held_out.double(), n_projections=256,
+                                         generator=torch.Generator().manual_seed(case.seed)),
+        "mmd": metrics.mmd(out64.flatten(1), held_out[:N_MMD].double().flatten(1)),
+    }
     if teacher.kind == "image":
         f_out, f_ref = _features(extractor, out64), _features(extractor, held_out)
         m["fd"] = metrics.frechet_distance_from_features(f_out, f_ref)
         k = min(100, len(f_out), len(f_ref))
         m["kid"] = metrics.kid(f_out, f_ref, subsets=10, subset_size=k,
                                generator=torch.Generator().manual_seed(case.seed))[0]
-    return {k: (v if v is None or math.isfinite(v) else None) for k, v in m.items()}
+    return m
 
 
 class _Context:
@@ -177,9 +195,10 @@ def run_case(case: Case, ctx: _Context) -> dict[str, Any]:
             out, steps = _run_method(case, timed, x, teacher)
             synchronize(ctx.device)
             wall = time.perf_counter() - t0
-        held_out = teacher.reference_samples(N_REFERENCE, case.seed)
+        held_out = None if teacher.reference_samples is None else \
+            teacher.reference_samples(N_REFERENCE, case.seed)
         extractor = None
-        if teacher.kind == "image":
+        if teacher.kind == "image" and held_out is not None:
             space, extractor = feature_space(teacher, ctx.out_dir / "extractors")
             row["config"]["feature_space"] = space
         row.update(

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .. import data
+from .. import data as fewstep_data
 from ..analytic import EmpiricalDenoiser, GaussianMixture
 from ..denoiser import Denoiser
 
@@ -31,7 +32,7 @@ class Teacher:
     sample_shape: tuple[int, ...]
     sigma_min: float
     sigma_max: float
-    reference_samples: Callable[[int, int], Tensor]  # (n, seed) -> held-out / exact samples
+    reference_samples: Callable[[int, int], Tensor] | None  # (n, seed) -> held-out samples
     kind: str = "vector"  # "vector" or "image"
     log_prob: Callable[[Tensor], Tensor] | None = None
     modes: tuple[Tensor, Tensor] | None = None  # (means (K, d), stds (K,)) for mode coverage
@@ -52,10 +53,45 @@ def register(name: str, builder: Callable[[], Teacher], overwrite: bool = False)
 
 @functools.cache
 def get(name: str) -> Teacher:
-    """Build (once) and return the named teacher."""
+    """Build (once) and return the named teacher; ``diffusers:PATH`` loads a local diffusers
+    model on first use."""
+    if name not in _BUILDERS and name.startswith("diffusers:"):
+        _BUILDERS[name] = functools.partial(diffusers_teacher, name.removeprefix("diffusers:"))
     if name not in _BUILDERS:
-        raise ValueError(f"unknown teacher {name!r}; available: {', '.join(available())}")
+        raise ValueError(f"unknown teacher {name!r}; available: {', '.join(available())}, "
+                         "or diffusers:PATH")
     return _BUILDERS[name]()
+
+
+def diffusers_teacher(path: str, data: str | None = None) -> Teacher:
+    """A local diffusers model (pipeline or model dir) as a teacher; ``data`` names a
+    registered data set (e.g. a folder of reference images) to score samples against."""
+    from ..interop import load_denoiser
+
+    D = load_denoiser(path)
+    cfg = D.model.config
+    size = cfg.sample_size if isinstance(cfg.sample_size, (tuple, list)) else \
+        (cfg.sample_size, cfg.sample_size)
+    shape = (cfg.in_channels, *size)
+    reference = None
+    if data is not None:
+        ds = fewstep_data.get(data)
+
+        def reference(n: int, s: int) -> Tensor:
+            return _held_out(ds, n, s)
+
+    return Teacher(f"diffusers:{path}", D, shape, float(D.sigma_min), float(D.sigma_max),
+                   reference, kind="image",
+                   description=f"diffusers model at {path} ({type(D.model).__name__}, "
+                   f"{D.prediction} prediction)" + (f"; reference data: {data}" if data else
+                                                      "; no reference data"))
+
+
+def _held_out(ds: Any, n: int, s: int) -> Tensor:
+    if not getattr(ds, "finite", True):
+        return ds.load("test", n=n, seed=s)
+    test = ds.load("test", seed=0)  # a finite test split: all of it, at most n rows
+    return test[torch.randperm(len(test), generator=torch.Generator().manual_seed(s))[:n]]
 
 
 def available() -> list[str]:
@@ -80,10 +116,7 @@ def _empirical_teacher(name: str, n_train: int = 2000) -> Teacher:
     train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n_train]]
 
     def reference(n: int, s: int) -> Tensor:
-        if not ds.finite:
-            return ds.load("test", n=n, seed=s)
-        test = ds.load("test", seed=0)  # a finite test split: all of it, at most n rows
-        return test[torch.randperm(len(test), generator=torch.Generator().manual_seed(s))[:n]]
+        return _held_out(ds, n, s)
 
     extra = {"extractor": "digits_cnn"} if name == "digits" else {}
     return Teacher(name, EmpiricalDenoiser(train), tuple(ds.shape), 0.002, 80.0, reference,
