@@ -38,6 +38,19 @@ def test_plan_spends_exactly_nfe(name, nfe, mixture):
     assert out.shape == x.shape and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("name", planned_solvers())
+@pytest.mark.parametrize("nfe", [4, 7])
+def test_plan_without_final_denoise_spends_exactly_nfe(name, nfe, mixture):
+    spec = solvers.get(name)
+    p = solvers.plan(name, nfe, sigma_min=0.05, sigma_max=20.0, denoise_to_zero=False)
+    assert float(p.sigmas[-1]) == pytest.approx(0.05)
+    counter = CountingDenoiser(mixture)
+    x = 20.0 * torch.randn(3, 4, dtype=torch.float64)
+    knobs = {"generator": solvers.generators([0, 1, 2])} if spec.stochastic else {}
+    spec(counter, x, p.sigmas, **p.knobs, **knobs)
+    assert counter.nfe == nfe
+
+
 @pytest.mark.parametrize("name", solvers.available(kind="adaptive"))
 def test_adaptive_solvers_report_their_count(name, mixture):
     counter, info = CountingDenoiser(mixture), {}
@@ -61,6 +74,7 @@ def test_singlestep_orders_cover_the_budget():
     assert solvers.singlestep_orders(7, 3) == [3, 3, 1]
     assert solvers.singlestep_orders(6, 3) == [3, 2, 1]
     assert solvers.singlestep_orders(6, 2) == [2, 2, 1, 1]
+    assert solvers.singlestep_orders(7, 3, denoise_to_zero=False) == [3, 3, 1]
     for nfe in range(1, 30):
         for k in (1, 2, 3):
             assert sum(solvers.singlestep_orders(nfe, k)) == nfe

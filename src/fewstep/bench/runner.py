@@ -100,7 +100,7 @@ def _run_method(case: Case, D: Any, x: Tensor, teacher: Teacher) -> tuple[Tensor
                               teacher.sigma_max), case.nfe
     spec = solvers.get(case.method)
     plan = solvers.plan(case.method, case.nfe, case.schedule, sigma_min=teacher.sigma_min,
-                        sigma_max=teacher.sigma_max)
+                        sigma_max=teacher.sigma_max, denoise_to_zero=case.denoise_to_zero)
     knobs = dict(plan.knobs)
     if spec.stochastic:
         knobs["generator"] = solvers.generators(

@@ -32,6 +32,7 @@ class Case:
     schedule: str
     dtype: str
     reference_rtol: float
+    denoise_to_zero: bool = True
 
     @property
     def impl(self) -> str:
@@ -59,6 +60,7 @@ class Suite:
     schedule: str = "karras"
     dtype: str = "float32"
     reference_rtol: float = 1e-6
+    denoise_to_zero: bool = True  # fewstep plans: last evaluation steps sigma_min -> 0
     skipped: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
@@ -90,7 +92,8 @@ class Suite:
                             self.skipped.append(why)
                         continue
                     out.extend(Case(self.name, t, m, nfe, s, self.n_samples, self.schedule,
-                                    self.dtype, self.reference_rtol) for s in self.seeds)
+                                    self.dtype, self.reference_rtol, self.denoise_to_zero)
+                               for s in self.seeds)
         return out
 
 

@@ -67,11 +67,12 @@ def randn_like(x: Tensor, generator: Generator = None) -> Tensor:
                         for g in generator]).to(x.device)
 
 
-def singlestep_orders(nfe: int, order: int) -> list[int]:
+def singlestep_orders(nfe: int, order: int, denoise_to_zero: bool = True) -> list[int]:
     """Per-step orders spending exactly ``nfe`` evaluations: steps of ``order``, one lower-order
-    step for the remainder (Lu et al. 2022, Sec. 3.4), and a final first-order step to 0."""
-    m, r = divmod(nfe - 1, order)
-    return [order] * m + ([r] if r else []) + [1]
+    step for the remainder (Lu et al. 2022, Sec. 3.4), and (``denoise_to_zero``) a final
+    first-order step to 0."""
+    m, r = divmod(nfe - 1 if denoise_to_zero else nfe, order)
+    return [order] * m + ([r] if r else []) + ([1] if denoise_to_zero else [])
 
 
 def check_orders(orders: Sequence[int] | None, sigmas: list[float], order: int) -> list[int]:

@@ -109,9 +109,12 @@ class Plan:
         return len(self.sigmas) - 1
 
 
-def plan(name: str, nfe: int, schedule: str = "karras", **schedule_kwargs: Any) -> Plan:
+def plan(name: str, nfe: int, schedule: str = "karras", *, denoise_to_zero: bool = True,
+         **schedule_kwargs: Any) -> Plan:
     """The sigmas (and per-step orders, for singlestep solvers) that spend exactly ``nfe``
-    network evaluations with solver ``name`` on the named schedule."""
+    network evaluations with solver ``name`` on the named schedule. With ``denoise_to_zero``
+    the last evaluation is a first-order step from sigma_min to 0; without it every evaluation
+    steps between the schedule's sigmas and the sample is returned at sigma_min."""
     spec = get(name)
     if spec.kind == "adaptive":
         raise ValueError(f"solver {name!r} is adaptive: its NFE follows rtol/atol and cannot "
@@ -122,10 +125,13 @@ def plan(name: str, nfe: int, schedule: str = "karras", **schedule_kwargs: Any) 
     knobs: dict[str, Any] = {}
     steps = int(nfe)
     if spec.kind == "singlestep":
-        orders = singlestep_orders(int(nfe), spec.order)
+        orders = singlestep_orders(int(nfe), spec.order, denoise_to_zero)
         knobs["orders"] = tuple(orders)
         steps = len(orders)
-    sigmas = get_schedule(schedule)(steps, **schedule_kwargs)
+    if denoise_to_zero:
+        sigmas = get_schedule(schedule)(steps, **schedule_kwargs)
+    else:
+        sigmas = get_schedule(schedule)(steps + 1, final_zero=False, **schedule_kwargs)
     return Plan(name, int(nfe), sigmas, knobs)
 
 
