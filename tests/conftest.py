@@ -9,16 +9,20 @@ from fewstep import GaussianMixture
 torch.set_num_threads(1)
 
 
+def _general() -> list[str]:
+    """Canonical solvers that take any denoiser (not only, e.g., consistency students)."""
+    return [n for n in fewstep.solvers.available(aliases=False)
+            if fewstep.solvers.get(n).requires is None]
+
+
 def deterministic_solvers() -> list[str]:
     """Canonical deterministic solvers with a fixed NFE budget."""
-    return [n for n in fewstep.solvers.available(aliases=False)
-            if not fewstep.solvers.get(n).stochastic
+    return [n for n in _general() if not fewstep.solvers.get(n).stochastic
             and fewstep.solvers.get(n).kind != "adaptive"]
 
 
 def stochastic_solvers() -> list[str]:
-    return [n for n in fewstep.solvers.available(aliases=False)
-            if fewstep.solvers.get(n).stochastic]
+    return [n for n in _general() if fewstep.solvers.get(n).stochastic]
 
 
 def planned_solvers() -> list[str]:

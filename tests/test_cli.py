@@ -36,3 +36,22 @@ def test_help_explains_itself(cmd, capsys):
         main(cmd)
     assert e.value.code == 0
     assert "usage: fewstep" in capsys.readouterr().out
+
+
+def test_train_distill_and_sample_a_student(tmp_path, capsys):
+    teacher, student = tmp_path / "teacher", tmp_path / "kd"
+    common = ["--data", "moons", "--hidden", "32", "--batch-size", "64", "--quiet"]
+    assert main(["train", "--out", str(teacher), "--steps", "20", *common]) == 0
+    assert main(["distill", "--method", "kd", "--teacher", str(teacher), "--out", str(student),
+                 "--steps", "5", *common]) == 0
+    out = capsys.readouterr().out
+    assert "teacher NFE 0" in out and "teacher NFE" in out.splitlines()[-1]
+    assert main(["sample", "--teacher", "moons", "--student", str(student), "--nfe", "1",
+                 "--n", "16", "--out", str(tmp_path / "s")]) == 0
+    assert (tmp_path / "s" / "samples.png").exists()
+
+
+def test_unknown_method_is_a_clear_error(tmp_path, capsys):
+    assert main(["distill", "--method", "magic", "--data", "moons", "--out",
+                 str(tmp_path)]) == 2
+    assert "unknown method 'magic'" in capsys.readouterr().err

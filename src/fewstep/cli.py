@@ -94,25 +94,114 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.teacher.startswith("diffusers:"):
         _register_teachers([args.teacher], None)
     teacher = teachers.get(args.teacher)
-    spec = solvers.get(args.solver)
+    denoiser, solver = teacher.denoiser, args.solver
+    if args.student:
+        from .train import checkpoint_info, load_checkpoint
+
+        denoiser = load_checkpoint(args.student)
+        method = checkpoint_info(args.student).get("method", {})
+        method = method.get("name") if isinstance(method, dict) else method
+        if solver is None:
+            solver = "consistency" if method in CONSISTENCY_STUDENTS else "ddim"
+    solver = solver or "dpmpp_2m"
+    args.solver = solver
+    spec = solvers.get(solver)
     x = start_noise(teacher, args.seed, args.n).float()
     knobs: dict = {}
     if spec.kind == "adaptive":
         sigmas = torch.tensor([teacher.sigma_max, teacher.sigma_min, 0.0])
     else:
-        p = solvers.plan(args.solver, args.nfe, args.schedule, sigma_min=teacher.sigma_min,
+        p = solvers.plan(solver, args.nfe, args.schedule, sigma_min=teacher.sigma_min,
                          sigma_max=teacher.sigma_max)
         sigmas, knobs = p.sigmas, dict(p.knobs)
     if spec.stochastic:
         knobs["generator"] = solvers.generators([1_000_000 * args.seed + i for i in
                                                  range(args.n)])
     with torch.no_grad():
-        out = spec(teacher.denoiser, x, sigmas, **knobs)
+        out = spec(denoiser, x, sigmas, **knobs)
     paths = save_samples(out, args.out, kind=teacher.kind,
                          title=f"{args.teacher} / {args.solver} / NFE {args.nfe}")
     for path in paths:
         print(f"wrote {path}")
     return 0
+
+
+EPILOG_TRAIN = """examples:
+  fewstep train --data moons --steps 3000 --out runs/moons-teacher
+  fewstep distill --method kd --teacher runs/moons-teacher --data moons --steps 2000 \\
+      --out runs/moons-kd
+  fewstep distill --method cd --teacher runs/moons-teacher --data moons --out runs/moons-cd
+  fewstep sample --teacher moons --student runs/moons-cd --nfe 2
+"""
+
+# Methods whose student is a consistency function f(x, sigma) with f(x, sigma_min) = x.
+CONSISTENCY_STUDENTS = ("cd", "ct", "ect", "direct_cm")
+
+
+def _template(data_name: str, method: str, hidden: int):
+    """A fresh network for ``data_name``: an MLP for vectors, a small UNet for images,
+    preconditioned as an EDM denoiser or (consistency methods) a consistency function."""
+    from . import data, nets
+
+    ds = data.get(data_name)
+    if ds.kind == "vector":
+        net = nets.MLPDenoiserNet(ds.shape[0], hidden=hidden)
+    else:
+        net = nets.UNet(in_channels=ds.shape[0], channels=max(16, hidden // 8))
+    return nets.ConsistencyPrecond(net) if method in CONSISTENCY_STUDENTS else \
+        nets.EDMPrecond(net)
+
+
+def _train_config(args: argparse.Namespace):
+    from .train import TrainConfig
+
+    return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                       ema_decay=args.ema_decay, mixed_precision=args.mixed_precision,
+                       checkpoint_every=args.checkpoint_every, seed=args.seed, out_dir=args.out,
+                       progress=not args.quiet)
+
+
+def _report_training(result) -> None:
+    c = result.cost
+    print(f"trained {c.steps} steps in {c.seconds:.1f} s, teacher NFE {c.teacher_nfe:.0f} "
+          f"(full-batch units); checkpoint: {result.checkpoint}")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .distill import get_method
+    from .train import train
+
+    method = get_method("edm")()
+    result = train(method, _template(args.data, "edm", args.hidden), args.data,
+                   _train_config(args))
+    _report_training(result)
+    return 0
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from .distill import get_method
+    from .train import load_checkpoint, train
+
+    method = get_method(args.method)()
+    teacher = load_checkpoint(args.teacher) if args.teacher else None
+    student = method.init_student(teacher, _template(args.data, args.method, args.hidden))
+    result = train(method, student, args.data, _train_config(args), teacher=teacher)
+    _report_training(result)
+    return 0
+
+
+def _training_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="built-in data set (moons, digits, ...)")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, log; resumes)")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--hidden", type=int, default=256, help="network width")
+    p.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -150,6 +239,8 @@ def _cmd_solvers(args: argparse.Namespace) -> int:
     for name in solvers.available():
         s = solvers.get(name)
         ref = f"= {s.alias_of}" if s.alias_of else s.reference
+        if s.requires:
+            ref += f" [needs a {s.requires} model]"
         print(f"{name:22s} {s.kind:11s} {s.order:5d} {s.min_nfe:7d}  "
               f"{'yes' if s.stochastic else 'no':10s}  {ref}")
     return 0
@@ -200,13 +291,40 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     sp.add_argument("--teacher", default="gmm2", help="built-in teacher (gmm2, moons, digits, "
                     "...) or diffusers:PATH")
-    sp.add_argument("--solver", default="dpmpp_2m")
+    sp.add_argument("--solver", default=None, help="registered solver (default dpmpp_2m; "
+                    "consistency for consistency students, ddim for other students)")
+    sp.add_argument("--student", default=None, help="a trained student (run directory or "
+                    "checkpoint) to sample instead of the teacher, on the teacher's sigma range")
     sp.add_argument("--nfe", type=int, default=10)
     sp.add_argument("--schedule", default="karras")
     sp.add_argument("--n", type=int, default=64, help="number of samples")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", default="fewstep-samples", help="output directory")
     sp.set_defaults(fn=_cmd_sample)
+
+    t = sub.add_parser("train", help="train an EDM teacher on a built-in data set",
+                       epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _training_args(t)
+    t.set_defaults(fn=_cmd_train)
+
+    d = sub.add_parser("distill", help="distil a teacher checkpoint into a few-step student",
+                       epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("--method", required=True, help="cd, ct, ect, pd, kd, direct_cm")
+    d.add_argument("--teacher", default=None, help="teacher run directory or checkpoint "
+                   "(not needed by ct)")
+    _training_args(d)
+    d.set_defaults(fn=_cmd_distill)
+
+    from . import edit
+
+    e = sub.add_parser("edit", help="zero-shot inpainting, colourisation, super-resolution and "
+                       "stroke-guided generation; PNG in, PNG out",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  fewstep edit inpaint digit.png --model digits "
+                       "--solver heun --nfe 15 --out filled.png\n  fewstep edit super-resolve "
+                       "patch.png --model runs/patches-cd --nfe 4")
+    edit.add_arguments(e)
+    e.set_defaults(fn=edit.edit_cli)
 
     s = sub.add_parser("solvers", help="list the registered solvers")
     s.set_defaults(fn=_cmd_solvers)

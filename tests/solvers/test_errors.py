@@ -47,7 +47,7 @@ def test_bad_start_sample(x, match):
 
 
 def test_unknown_solver_is_named():
-    with pytest.raises(ValueError, match="unknown solver 'dpm_solver_9'; available: ddim"):
+    with pytest.raises(ValueError, match=r"unknown solver 'dpm_solver_9'; available: .*ddim"):
         solvers.plan("dpm_solver_9", 10)
 
 

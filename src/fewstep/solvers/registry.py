@@ -42,6 +42,7 @@ class SolverSpec:
     defaults: dict[str, Any] = field(default_factory=dict)
     reference: str = ""
     alias_of: str | None = None
+    requires: str | None = None  # what the denoiser must be, e.g. "consistency" (a student)
 
     @property
     def evals_per_step(self) -> int:
@@ -57,7 +58,7 @@ _REGISTRY: dict[str, SolverSpec] = {}
 
 def register(name: str, fn: Callable[..., Tensor], *, order: int, kind: str = "multistep",
              stochastic: bool = False, min_nfe: int | None = None, reference: str = "",
-             knobs: dict[str, Any] | None = None) -> SolverSpec:
+             knobs: dict[str, Any] | None = None, requires: str | None = None) -> SolverSpec:
     """Add a solver of nominal ``order``; ``knobs`` are the defaults this entry passes to
     ``fn`` (e.g. ``{"eta": 1.0}``), overridable per call."""
     if kind not in KINDS:
@@ -66,7 +67,8 @@ def register(name: str, fn: Callable[..., Tensor], *, order: int, kind: str = "m
         raise ValueError(f"solver {name!r} is already registered")
     if min_nfe is None:
         min_nfe = order + 1 if kind == "singlestep" else 1
-    spec = SolverSpec(name, fn, order, kind, stochastic, min_nfe, dict(knobs or {}), reference)
+    spec = SolverSpec(name, fn, order, kind, stochastic, min_nfe, dict(knobs or {}), reference,
+                      requires=requires)
     _REGISTRY[name] = spec
     return spec
 

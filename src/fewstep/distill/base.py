@@ -1,0 +1,208 @@
+"""The small-loss-object API shared by every training and distillation method.
+
+A method is a frozen dataclass of hyper-parameters, registered by name, with
+
+- ``init_student(teacher_model, template) -> nn.Module``: the model to train;
+- ``loss(student, batch, ctx) -> Tensor``: a scalar loss for one batch;
+- optionally ``on_step(step, student, ctx)``: called before each step's loss (schedules,
+  rounds, lazily built state).
+
+Everything a loss needs beyond its hyper-parameters comes in a :class:`LossContext`: the
+(frozen) teacher, the EMA student, the loop's seeded generator, the step, a counter of teacher
+evaluations and a ``state`` dict that is saved with every checkpoint. Teacher ODE steps are
+always taken with a registered solver through :meth:`LossContext.teacher_solve`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from .. import solvers
+from ..denoiser import CountingDenoiser, Denoiser
+
+__all__ = [
+    "Batch",
+    "LossContext",
+    "Method",
+    "MethodBase",
+    "available_methods",
+    "edm_weight",
+    "get_method",
+    "register_method",
+    "split_batch",
+    "warm_start",
+]
+
+Batch = Tensor | Mapping[str, Tensor]
+
+
+def split_batch(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+    """``(x0, cond)``: a tensor batch is unconditional; a dict batch has samples under ``"x"``
+    and every other key is passed to the denoiser as conditioning (e.g. ``cond=labels``)."""
+    if isinstance(batch, Tensor):
+        return batch, {}
+    cond = {k: v for k, v in batch.items() if k != "x"}
+    return batch["x"], cond
+
+
+def edm_weight(sigma: Tensor, sigma_data: float) -> Tensor:
+    """Loss weight ``lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2`` (Karras et al. 2022,
+    Table 1), which gives the preconditioned network a unit-variance target."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+@dataclass
+class LossContext:
+    """What a loss sees besides the student and the batch.
+
+    ``teacher_nfe`` counts teacher evaluations in units of one evaluation of a full training
+    batch: a loss that calls the teacher ``calls`` times on ``rows`` rows adds
+    ``calls * rows / batch_size`` (use :meth:`count_teacher`, or the ``teacher_*`` helpers,
+    which count for you). ``state`` holds method state (tensors, modules with the student's
+    architecture, JSON-able values); the training loop checkpoints and restores it.
+    """
+
+    teacher: Denoiser | None
+    ema: nn.Module | None
+    generator: torch.Generator
+    batch_size: int
+    step: int = 0
+    teacher_nfe: float = 0.0
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def count_teacher(self, calls: int, rows: int) -> None:
+        """Record ``calls`` teacher evaluations of ``rows`` rows each."""
+        self.teacher_nfe += calls * rows / self.batch_size
+
+    def require_teacher(self) -> Denoiser:
+        """The teacher, or a clear error for methods that need one."""
+        if self.teacher is None:
+            raise ValueError("this method needs a teacher: call train(..., teacher=denoiser)")
+        return self.teacher
+
+    @torch.no_grad()
+    def teacher_denoise(self, x: Tensor, sigma: Tensor, *, teacher: Denoiser | None = None,
+                        **cond: Any) -> Tensor:
+        """One counted teacher evaluation ``D(x, sigma, **cond)``."""
+        D = teacher if teacher is not None else self.require_teacher()
+        self.count_teacher(1, x.shape[0])
+        return D(x, sigma, **cond)
+
+    @torch.no_grad()
+    def teacher_solve(self, solver: str, x: Tensor, sigmas: Tensor | list[float], *,
+                      teacher: Denoiser | None = None, **knobs: Any) -> Tensor:
+        """Run the registered ``solver`` on the teacher from ``x`` (at ``sigmas[0]``) along
+        ``sigmas`` (shared by all rows), counting every evaluation. Knobs and conditioning
+        (e.g. ``cond=labels``) are passed through to the solver."""
+        counter = CountingDenoiser(teacher if teacher is not None else self.require_teacher())
+        out = solvers.get(solver)(counter, x, torch.as_tensor(sigmas), **knobs)
+        self.teacher_nfe += counter.rows / self.batch_size
+        return out
+
+    def teacher_solve_rows(self, solver: str, x: Tensor, paths: Tensor, *,
+                           teacher: Denoiser | None = None,
+                           row_cond: Mapping[str, Tensor] | None = None, **knobs: Any) -> Tensor:
+        """Like :meth:`teacher_solve` with a per-row sigma path ``paths`` of shape
+        ``(batch, k)``: rows sharing a path are solved together in one solver call;
+        ``row_cond`` is per-row conditioning, sliced with the rows."""
+        out = torch.empty_like(x)
+        unique, inverse = torch.unique(paths, dim=0, return_inverse=True)
+        for j, path in enumerate(unique):
+            rows = (inverse == j).nonzero().flatten()
+            cond = {k: v[rows] for k, v in (row_cond or {}).items()}
+            out[rows] = self.teacher_solve(solver, x[rows], path, teacher=teacher,
+                                           **cond, **knobs)
+        return out
+
+    def randn_like(self, x: Tensor) -> Tensor:
+        """Standard normal noise shaped like x from the loop's generator."""
+        return solvers.randn_like(x, self.generator)
+
+    def rand(self, n: int, *, like: Tensor) -> Tensor:
+        """``n`` uniforms in [0, 1) from the loop's generator, on ``like``'s device/dtype."""
+        g = self.generator
+        return torch.rand(n, generator=g, device=g.device, dtype=like.dtype).to(like.device)
+
+    def randint(self, high: int, n: int, *, device: torch.device | str = "cpu") -> Tensor:
+        """``n`` integers in [0, high) from the loop's generator."""
+        g = self.generator
+        return torch.randint(high, (n,), generator=g, device=g.device).to(device)
+
+
+@runtime_checkable
+class Method(Protocol):
+    """A training or distillation method: a frozen dataclass of hyper-parameters."""
+
+    name: ClassVar[str]
+
+    def init_student(self, teacher_model: nn.Module | None, template: nn.Module) -> nn.Module:
+        ...
+
+    def loss(self, student: nn.Module, batch: Batch, ctx: LossContext) -> Tensor:
+        ...
+
+
+class MethodBase:
+    """Defaults for :class:`Method`: train ``template`` as given, no per-step hook."""
+
+    name: ClassVar[str] = ""
+
+    def init_student(self, teacher_model: nn.Module | None, template: nn.Module) -> nn.Module:
+        return template
+
+    def on_step(self, step: int, student: nn.Module, ctx: LossContext) -> None:
+        return None
+
+
+def warm_start(template: nn.Module, teacher_model: nn.Module | None) -> nn.Module:
+    """``template`` with the teacher's weights when their parameter names and shapes match
+    (e.g. ``ConsistencyPrecond(net)`` from ``EDMPrecond(net)``); the template unchanged when the
+    teacher has no parameters (an analytic teacher). Other mismatches raise."""
+    if teacher_model is None or not isinstance(teacher_model, nn.Module):
+        return template
+    source = teacher_model.state_dict()
+    if not any(isinstance(v, nn.Parameter) for v in teacher_model.parameters()):
+        return template
+    target = template.state_dict()
+    bad = [k for k, v in target.items() if k not in source or source[k].shape != v.shape]
+    if bad:
+        raise ValueError(f"cannot initialise the student from the teacher: {len(bad)} of its "
+                         f"tensors are missing or differ in shape (first: {bad[0]!r}); pass a "
+                         "template with the teacher's architecture")
+    student = copy.deepcopy(template)
+    student.load_state_dict({k: source[k] for k in target})
+    return student
+
+
+_METHODS: dict[str, type] = {}
+
+
+def register_method(cls: type) -> type:
+    """Class decorator: register a method under its ``name``."""
+    name = getattr(cls, "name", "")
+    if not name:
+        raise ValueError(f"{cls.__name__} needs a non-empty class attribute `name`")
+    if name in _METHODS and _METHODS[name] is not cls:
+        raise ValueError(f"method {name!r} is already registered (by {_METHODS[name].__name__})")
+    _METHODS[name] = cls
+    return cls
+
+
+def get_method(name: str) -> type:
+    """The method class registered as ``name`` (call it with hyper-parameters)."""
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; available: "
+                         f"{', '.join(available_methods()) or '(none)'}") from None
+
+
+def available_methods() -> list[str]:
+    """Registered method names, sorted."""
+    return sorted(_METHODS)

@@ -1,0 +1,24 @@
+"""Small backbones ``F(x_in, c_noise, cond=None)`` and the preconditioning that turns them into
+sigma-space denoisers (EDM) or consistency functions."""
+
+from .embedding import CondEmbedding, SinusoidalEmbedding
+from .mlp import COND_TYPES, MLPDenoiserNet, NoiseEmbedding
+from .precond import ConsistencyPrecond, EDMPrecond, consistency_scalings, edm_scalings
+from .spec import build_model, buildable, model_spec
+from .unet import UNet
+
+__all__ = [
+    "COND_TYPES",
+    "CondEmbedding",
+    "ConsistencyPrecond",
+    "EDMPrecond",
+    "MLPDenoiserNet",
+    "NoiseEmbedding",
+    "SinusoidalEmbedding",
+    "UNet",
+    "build_model",
+    "buildable",
+    "consistency_scalings",
+    "edm_scalings",
+    "model_spec",
+]

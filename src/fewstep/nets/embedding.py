@@ -1,0 +1,45 @@
+"""Embeddings of the noise level ``c_noise`` and of a second conditioning input."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CondEmbedding", "SinusoidalEmbedding"]
+
+
+class SinusoidalEmbedding(nn.Module):
+    """``[cos(2 pi f_k c), sin(2 pi f_k c)]`` with ``f_k`` log-spaced in ``[1, max_freq]``: a
+    fixed Fourier-feature map of the noise level (Vaswani et al. 2017; Tancik et al. 2020)."""
+
+    def __init__(self, dim: int, max_freq: float = 4.0):
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"embedding dim must be even; got {dim}")
+        freqs = torch.logspace(0, math.log10(max_freq), dim // 2)
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def forward(self, c: Tensor) -> Tensor:
+        angle = 2 * math.pi * c.float()[:, None] * self.freqs.to(c.device)
+        return torch.cat([angle.cos(), angle.sin()], dim=1)
+
+
+class CondEmbedding(nn.Module):
+    """Embed a second conditioning input: a class label (``num_classes`` > 0, with label
+    ``num_classes`` reserved as the null label for classifier-free guidance) or, with
+    ``num_classes = 0``, a scalar such as a guidance scale w (Meng et al. 2023, Sec. 3)."""
+
+    def __init__(self, dim: int, num_classes: int = 0):
+        super().__init__()
+        self.num_classes = num_classes
+        if num_classes > 0:
+            self.embed: nn.Module = nn.Embedding(num_classes + 1, dim)
+        else:
+            self.embed = nn.Sequential(SinusoidalEmbedding(dim, max_freq=8.0), nn.Linear(dim, dim))
+
+    def forward(self, cond: Tensor) -> Tensor:
+        if self.num_classes > 0:
+            return self.embed(cond.long())
+        return self.embed(cond.float())

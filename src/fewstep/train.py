@@ -1,0 +1,529 @@
+"""The one training loop shared by every method (Hugging Face Accelerate: CPU, one GPU or
+many with the same code).
+
+``train(method, student, data, config, teacher=...)`` runs ``config.steps`` optimiser steps of
+``method.loss`` with EMA weights, gradient clipping, optional mixed precision, JSONL loss
+logging and a tqdm bar. Checkpoints (``out_dir/checkpoints/step_XXXXXXXX/``) hold the model
+and EMA weights (safetensors), the method state, the optimiser and RNG states, and a JSON
+record (config, method, architecture spec, step, training cost); each is written to a temporary
+directory and renamed into place, so a checkpoint is either complete or absent. Re-running with
+the same ``out_dir`` resumes from the latest checkpoint and, on CPU, gives bitwise the same
+weights as an uninterrupted run: data order is a pure function of (seed, step) and every other
+random draw comes from the checkpointed generator.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .denoiser import NonFiniteError
+from .distill.base import Batch, LossContext, Method
+from .nets.spec import build_model, model_spec
+
+__all__ = [
+    "TrainConfig",
+    "TrainCost",
+    "TrainResult",
+    "checkpoint_info",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "train",
+]
+
+FORMAT = 1
+MIXED_PRECISION = ("no", "fp16", "bf16")
+# Config fields that may change between a run and its resumption without breaking exactness.
+_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "progress",
+                      "out_dir", "resume"}
+
+Data = Tensor | Mapping[str, Tensor] | str
+Callback = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of the loop (not of the method)."""
+
+    steps: int = 1000
+    batch_size: int = 256
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # linear learning-rate warm-up
+    ema_decay: float = 0.999
+    grad_clip: float | None = 1.0  # max global gradient norm; None disables clipping
+    mixed_precision: str = "no"  # "no", "fp16" or "bf16"
+    checkpoint_every: int = 0  # 0: only the final checkpoint
+    keep_checkpoints: int = 2  # most recent checkpoints kept on disk
+    log_every: int = 100
+    seed: int = 0
+    out_dir: str | None = None  # None: no checkpoints or logs
+    resume: bool = True  # resume from the latest checkpoint in out_dir, if any
+    progress: bool = True
+    data_n: int | None = None  # samples loaded from a built-in data set (None: its default)
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}; "
+                             f"got {self.mixed_precision!r}")
+        for name in ("steps", "checkpoint_every", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if self.batch_size < 1 or self.log_every < 1 or self.keep_checkpoints < 1:
+            raise ValueError("batch_size, log_every and keep_checkpoints must be >= 1")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in [0, 1); got {self.ema_decay}")
+
+
+@dataclass(frozen=True)
+class TrainCost:
+    """What training spent: optimiser steps, wall-clock seconds (summed over resumptions) and
+    teacher evaluations in units of one full-batch evaluation (see :class:`LossContext`)."""
+
+    steps: int = 0
+    seconds: float = 0.0
+    teacher_nfe: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The trained student and its EMA (both denoisers, in eval mode) and what it cost."""
+
+    student: nn.Module
+    ema: nn.Module
+    cost: TrainCost
+    checkpoint: Path | None = None
+
+
+# ---------------------------------------------------------------------------------- data
+
+
+def _load_data(data: Data, config: TrainConfig) -> Tensor | dict[str, Tensor]:
+    if isinstance(data, str):
+        from . import data as datasets
+
+        return datasets.get(data).load("train", n=config.data_n, seed=config.seed)
+    if isinstance(data, Tensor):
+        return data
+    if isinstance(data, Mapping) and "x" in data:
+        n = {k: v.shape[0] for k, v in data.items()}
+        if len(set(n.values())) != 1:
+            raise ValueError(f"all tensors of a dict data set need the same length; got {n}")
+        return dict(data)
+    raise TypeError("data must be a tensor of samples, a dict with samples under 'x' (other keys "
+                    f"are conditioning), or a built-in data set name; got {type(data).__name__}")
+
+
+def _length(data: Tensor | dict[str, Tensor]) -> int:
+    return len(data["x"] if isinstance(data, dict) else data)
+
+
+def _fingerprint(data: Tensor | dict[str, Tensor]) -> str:
+    """A hash of the training data, so a resumed run can check it sees the same samples."""
+    h = hashlib.sha256()
+    items = sorted(data.items()) if isinstance(data, dict) else [("x", data)]
+    for k, v in items:
+        v = v.detach().cpu().contiguous()
+        h.update(f"{k}{tuple(v.shape)}{v.dtype}".encode())
+        h.update(v.flatten().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class _Batches:
+    """Batch ``step`` of an endless stream of epochs, each a permutation seeded by (seed,
+    epoch): the data order depends only on the step, which makes resumption exact."""
+
+    def __init__(self, data: Tensor | dict[str, Tensor], batch_size: int, seed: int,
+                 rank: int = 0, world: int = 1):
+        self.data, self.n, self.batch_size = data, _length(data), batch_size
+        self.seed, self.rank, self.world = seed, rank, world
+        self._perm: dict[int, Tensor] = {}
+
+    def _epoch(self, e: int) -> Tensor:
+        if e not in self._perm:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + e)
+            self._perm = {k: v for k, v in self._perm.items() if k == e - 1}
+            self._perm[e] = torch.randperm(self.n, generator=g)
+        return self._perm[e]
+
+    def __call__(self, step: int) -> Batch:
+        start = (step * self.world + self.rank) * self.batch_size
+        pos = torch.arange(start, start + self.batch_size)
+        idx = torch.cat([self._epoch(int(e))[pos[pos // self.n == e] % self.n]
+                         for e in torch.unique(pos // self.n)])
+        if isinstance(self.data, dict):
+            return {k: v[idx.to(v.device)] for k, v in self.data.items()}
+        return self.data[idx.to(self.data.device)]
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def _cpu_tensors(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
+
+
+def _split_state(state: Mapping[str, Any]) -> tuple[dict[str, Tensor], list[str], dict[str, Any]]:
+    """Method state -> (tensors for safetensors, module keys, JSON values)."""
+    tensors: dict[str, Tensor] = {}
+    modules: list[str] = []
+    values: dict[str, Any] = {}
+    for k, v in state.items():
+        if isinstance(v, Tensor):
+            tensors[f"tensor/{k}"] = v
+        elif isinstance(v, nn.Module):
+            modules.append(k)
+            tensors.update({f"module/{k}/{n}": t for n, t in v.state_dict().items()})
+        else:
+            try:
+                json.dumps(v)
+            except TypeError:
+                raise TypeError(f"LossContext.state[{k!r}] of type {type(v).__name__} cannot be "
+                                "checkpointed; use a tensor, a module or a JSON value") from None
+            values[k] = v
+    return tensors, modules, values
+
+
+def _join_state(tensors: Mapping[str, Tensor], modules: list[str], values: Mapping[str, Any],
+                student: nn.Module, device: torch.device) -> dict[str, Any]:
+    """Inverse of :func:`_split_state`; modules are rebuilt as frozen copies of the student."""
+    state: dict[str, Any] = dict(values)
+    for key, t in tensors.items():
+        if key.startswith("tensor/"):
+            state[key[len("tensor/"):]] = t.to(device)
+    for k in modules:
+        prefix = f"module/{k}/"
+        m = copy.deepcopy(student)
+        m.load_state_dict({n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix)})
+        state[k] = m.to(device).eval().requires_grad_(False)
+    return state
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    try:
+        return json.loads(json.dumps(obj, default=str))
+    except (TypeError, ValueError):
+        return repr(obj)
+
+
+def _fsync_tree(path: Path) -> None:
+    for f in path.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_checkpoint(root: Path, step: int, files: Callable[[Path], None], keep: int) -> Path:
+    """Write a checkpoint into a temporary directory, then rename it to ``step_XXXXXXXX``."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        files(tmp)
+        _fsync_tree(tmp)
+        if final.exists():  # an earlier run wrote this step: swap it out, then delete it
+            old = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=root))
+            os.replace(final, old / final.name)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for stale in _checkpoints(root)[:-keep]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def _checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_")
+             and (p / "checkpoint.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name[len("step_"):]))
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint of a training run (``out_dir``), or None."""
+    found = _checkpoints(Path(out_dir) / "checkpoints")
+    return found[-1] if found else None
+
+
+def _resolve(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if (path / "checkpoint.json").is_file():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise FileNotFoundError(f"no checkpoint at {path} (neither a checkpoint directory nor a "
+                                "training run with checkpoints)")
+    return latest
+
+
+def checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON record of a checkpoint (or of the latest one of a run): config, method, model
+    spec, step and ``cost`` (steps, seconds, teacher_nfe)."""
+    return json.loads((_resolve(path) / "checkpoint.json").read_text())
+
+
+def load_checkpoint(path: str | os.PathLike, *, weights: str = "ema",
+                    model: nn.Module | None = None) -> nn.Module:
+    """A trained denoiser from a checkpoint directory or a run's ``out_dir`` (its latest
+    checkpoint): ``weights`` "ema" or "model", loaded into ``model`` if given, else into the
+    architecture rebuilt from the recorded spec. Returned on CPU in eval mode, frozen."""
+    if weights not in ("ema", "model"):
+        raise ValueError(f"weights must be 'ema' or 'model'; got {weights!r}")
+    path = _resolve(path)
+    info = json.loads((path / "checkpoint.json").read_text())
+    if model is None:
+        if info.get("model") is None:
+            raise ValueError(f"{path} records no buildable architecture (the student was not "
+                             "built from fewstep.nets); pass model=<an instance to load into>")
+        model = build_model(info["model"])
+    model.load_state_dict(load_file(path / f"{weights}.safetensors"))
+    return model.eval().requires_grad_(False)
+
+
+# ------------------------------------------------------------------------------------ loop
+
+
+def _accelerator(mixed_precision: str) -> Any:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    try:
+        return Accelerator(mixed_precision=mixed_precision)
+    except ValueError as err:  # a single-process run in this interpreter used another precision
+        if "already been initialized" not in str(err) or AcceleratorState().num_processes > 1:
+            raise
+        AcceleratorState._reset_state()
+        return Accelerator(mixed_precision=mixed_precision)
+
+
+def _lr(config: TrainConfig, step: int) -> float:
+    if config.warmup_steps and step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    return config.lr
+
+
+@torch.no_grad()
+def _update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """``theta_ema <- decay theta_ema + (1 - decay) theta`` (buffers are copied)."""
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p.detach(), 1 - decay)
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+        e.copy_(b)
+
+
+@dataclass
+class _Run:
+    """Mutable state of one run that a checkpoint stores."""
+
+    config: TrainConfig
+    method: Method
+    student: nn.Module  # unwrapped
+    ema: nn.Module
+    optimizer: torch.optim.Optimizer
+    ctx: LossContext
+    fingerprint: str
+    step: int = 0
+    seconds: float = 0.0
+
+    def cost(self, t0: float) -> TrainCost:
+        return TrainCost(self.step, self.seconds + time.perf_counter() - t0, self.ctx.teacher_nfe)
+
+    def record(self, cost: TrainCost, modules: list[str], values: dict[str, Any]) -> dict:
+        return {"format": FORMAT, "step": self.step, "cost": dataclasses.asdict(cost),
+                "config": _jsonable(self.config),
+                "method": {"name": self.method.name, "params": _jsonable(self.method)},
+                "model": model_spec(self.student), "data": self.fingerprint,
+                "state": {"modules": modules, "values": values}}
+
+    def save(self, cost: TrainCost) -> Path:
+        tensors, modules, values = _split_state(self.ctx.state)
+        record = self.record(cost, modules, values)
+        g = self.ctx.generator
+
+        def files(d: Path) -> None:
+            save_file(_cpu_tensors(self.student.state_dict()), d / "model.safetensors")
+            save_file(_cpu_tensors(self.ema.state_dict()), d / "ema.safetensors")
+            save_file(_cpu_tensors(tensors), d / "state.safetensors")
+            torch.save({"optimizer": self.optimizer.state_dict(), "generator": g.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state_all()
+                        if torch.cuda.is_available() else []}, d / "train_state.pt")
+            (d / "checkpoint.json").write_text(json.dumps(record, indent=2))
+
+        root = Path(self.config.out_dir) / "checkpoints"
+        return _write_checkpoint(root, self.step, files, self.config.keep_checkpoints)
+
+    def restore(self, path: Path, device: torch.device) -> None:
+        info = json.loads((path / "checkpoint.json").read_text())
+        if info["method"]["name"] != self.method.name:
+            raise ValueError(f"{path} was written by method {info['method']['name']!r}, not "
+                             f"{self.method.name!r}; use another out_dir or resume=False")
+        if info["data"] != self.fingerprint:
+            raise ValueError(f"{path} was trained on different data; use another out_dir or "
+                             "resume=False")
+        changed = sorted(k for k, v in _jsonable(self.config).items()
+                         if k not in _RESUMABLE_CHANGES and info["config"].get(k) != v)
+        if changed:
+            warnings.warn(f"resuming {path} with changed config fields {changed}: the run will "
+                          "not match an uninterrupted one", stacklevel=3)
+        self.student.load_state_dict(load_file(path / "model.safetensors"))
+        self.ema.load_state_dict(load_file(path / "ema.safetensors"))
+        train_state = torch.load(path / "train_state.pt", weights_only=True)
+        self.optimizer.load_state_dict(train_state["optimizer"])
+        self.ctx.generator.set_state(train_state["generator"])
+        torch.set_rng_state(train_state["torch_rng"])
+        if train_state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(train_state["cuda_rng"])
+        state = info["state"]
+        self.ctx.state = _join_state(load_file(path / "state.safetensors"), state["modules"],
+                                     state["values"], self.student, device)
+        self.step = int(info["step"])
+        self.seconds = float(info["cost"]["seconds"])
+        self.ctx.teacher_nfe = float(info["cost"]["teacher_nfe"])
+
+
+def _truncate_log(log: Path, step: int) -> None:
+    """Drop log lines written after ``step`` by a run that was killed before checkpointing."""
+    if log.is_file():
+        lines = [ln for ln in log.read_text().splitlines()
+                 if ln.strip() and json.loads(ln)["step"] <= step]
+        log.write_text("".join(ln + "\n" for ln in lines))
+
+
+def _setup(method: Method, student: nn.Module, data: Data, config: TrainConfig, teacher: Any,
+           device: torch.device, rank: int) -> tuple[_Run, Tensor | dict[str, Tensor]]:
+    """Data on the device, the student from ``method.init_student``, its EMA, the optimiser
+    and the loss context (seeded per process)."""
+    samples = _load_data(data, config)
+    fingerprint = _fingerprint(samples)
+    samples = ({k: v.to(device) for k, v in samples.items()} if isinstance(samples, dict)
+               else samples.to(device))
+    if isinstance(teacher, nn.Module):
+        teacher = teacher.to(device).eval().requires_grad_(False)
+    student = method.init_student(teacher if isinstance(teacher, nn.Module) else None, student)
+    student = student.to(device).train()
+    ema = copy.deepcopy(student).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, betas=config.betas,
+                                  weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + rank)
+    ctx = LossContext(teacher, ema, generator, config.batch_size)
+    torch.manual_seed(config.seed + rank)
+    return _Run(config, method, student, ema, optimizer, ctx, fingerprint), samples
+
+
+def _step(run: _Run, model: nn.Module, optimizer: Any, batch: Batch,
+          accelerator: Any) -> tuple[Tensor, Tensor | None]:
+    """One optimiser step of ``method.loss`` and the EMA update; (loss, grad norm)."""
+    config, step = run.config, run.step
+    run.ctx.step = step
+    on_step = getattr(run.method, "on_step", None)
+    if on_step is not None:
+        on_step(step, run.student, run.ctx)
+    for group in optimizer.param_groups:
+        group["lr"] = _lr(config, step)
+    with accelerator.autocast():
+        loss = run.method.loss(model, batch, run.ctx)
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    grad_norm = (accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+                 if config.grad_clip is not None else None)
+    optimizer.step()
+    _update_ema(run.ema, run.student, config.ema_decay)
+    run.step += 1
+    return loss.detach(), grad_norm
+
+
+def train(method: Method, student: nn.Module, data: Data, config: TrainConfig, *,
+          teacher: Any = None, callback: Callback | None = None) -> TrainResult:
+    """Train ``method.init_student(teacher, student)`` for ``config.steps`` steps of
+    ``method.loss`` on ``data`` (a tensor of samples, a dict with samples under "x" and
+    conditioning under the other keys, or a built-in data set name), resuming from the latest
+    checkpoint in ``config.out_dir``. ``callback(step, info)`` runs after every step with
+    ``info`` holding the loss, the (unwrapped) student and its EMA, and on logging steps the
+    logged values; raising in it stops training (as a kill would)."""
+    accelerator = _accelerator(config.mixed_precision)
+    main = accelerator.is_main_process
+    run, samples = _setup(method, student, data, config, teacher, accelerator.device,
+                          accelerator.process_index)
+    out = Path(config.out_dir) if config.out_dir else None
+    latest = latest_checkpoint(out) if out is not None and config.resume else None
+    if latest is not None:
+        run.restore(latest, accelerator.device)
+        if main:
+            _truncate_log(out / "log.jsonl", run.step)
+    model, optimizer = accelerator.prepare(run.student, run.optimizer)
+    batches = _Batches(samples, config.batch_size, config.seed, accelerator.process_index,
+                       accelerator.num_processes)
+    saved, start, t0 = latest, run.step, time.perf_counter()
+    bar = tqdm(total=config.steps, initial=run.step, desc=method.name or "train",
+               disable=not (config.progress and main))
+    while run.step < config.steps:
+        loss, grad_norm = _step(run, model, optimizer, batches(run.step), accelerator)
+        info: dict[str, Any] = {"step": run.step, "loss": loss}
+        if run.step % config.log_every == 0 or run.step == config.steps:
+            info = _log(run, out, loss, grad_norm, t0, main)
+            bar.set_postfix(loss=f"{info['loss']:.4g}")
+        info.update(student=run.student, ema=run.ema)
+        bar.update(1)
+        due = config.checkpoint_every and run.step % config.checkpoint_every == 0
+        if out is not None and main and due and run.step < config.steps:
+            saved = run.save(run.cost(t0))
+        if callback is not None:
+            callback(run.step, info)
+    bar.close()
+    if run.step == start and latest is not None:  # nothing left to do: report the record
+        return TrainResult(run.student.eval(), run.ema,
+                           TrainCost(**checkpoint_info(latest)["cost"]), latest)
+    cost = run.cost(t0)
+    if out is not None and main:
+        saved = run.save(cost)
+    accelerator.wait_for_everyone()
+    return TrainResult(run.student.eval(), run.ema, cost, saved)
+
+
+def _log(run: _Run, out: Path | None, loss: Tensor, grad_norm: Tensor | None, t0: float,
+         main: bool) -> dict[str, Any]:
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise NonFiniteError(f"non-finite loss {value} at step {run.step}")
+    cost = run.cost(t0)
+    info = {"step": run.step, "loss": value, "lr": run.optimizer.param_groups[0]["lr"],
+            "grad_norm": None if grad_norm is None else float(grad_norm),
+            "seconds": round(cost.seconds, 4), "teacher_nfe": cost.teacher_nfe}
+    if out is not None and main:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "log.jsonl", "a") as fh:
+            fh.write(json.dumps(info) + "\n")
+    return info

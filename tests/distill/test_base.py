@@ -1,0 +1,116 @@
+"""The loss-object API: registry, LossContext counting and solver reuse, warm starts."""
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+import torch
+
+import fewstep
+from fewstep.distill import (
+    LossContext,
+    Method,
+    MethodBase,
+    available_methods,
+    get_method,
+    register_method,
+    split_batch,
+    warm_start,
+)
+from fewstep.nets import ConsistencyPrecond, EDMPrecond, MLPDenoiserNet
+
+
+def _ctx(teacher, batch_size=4, seed=0):
+    return LossContext(teacher, None, torch.Generator().manual_seed(seed), batch_size)
+
+
+def test_builtin_methods_registered():
+    assert {"edm", "pd", "kd", "direct_cm"} <= set(available_methods())
+    for name in ("edm", "pd", "kd", "direct_cm"):
+        method = get_method(name)()
+        assert isinstance(method, Method) and method.name == name
+
+
+def test_unknown_method_error_names_it_and_lists_available():
+    with pytest.raises(ValueError, match=r"unknown method 'nope'; available: .*edm"):
+        get_method("nope")
+
+
+def test_register_errors():
+    @dataclass(frozen=True)
+    class Nameless(MethodBase):
+        pass
+
+    with pytest.raises(ValueError, match="non-empty class attribute `name`"):
+        register_method(Nameless)
+
+    @dataclass(frozen=True)
+    class Impostor(MethodBase):
+        name: ClassVar[str] = "edm"
+
+    with pytest.raises(ValueError, match="'edm' is already registered"):
+        register_method(Impostor)
+    register_method(get_method("edm"))  # re-registering the same class is harmless
+
+
+def test_methods_are_frozen():
+    with pytest.raises(AttributeError):
+        get_method("edm")().P_mean = 0.0
+
+
+def test_teacher_solve_reuses_registered_solver_and_counts(single_gaussian):
+    ctx = _ctx(single_gaussian, batch_size=4)
+    x = 10 * torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    sigmas = torch.tensor([10.0, 3.0, 0.5])
+    out = ctx.teacher_solve("heun", x, sigmas)
+    torch.testing.assert_close(out, fewstep.solvers.get("heun")(single_gaussian, x, sigmas))
+    assert ctx.teacher_nfe == 4 * 2 / 4  # 2 Heun steps = 4 calls of 2 rows, batch 4
+    ctx.teacher_denoise(x, torch.ones(2))
+    assert ctx.teacher_nfe == 2.5
+    ctx.count_teacher(3, 8)
+    assert ctx.teacher_nfe == 2.5 + 6
+
+
+def test_teacher_solve_rows_matches_per_row_solves(single_gaussian):
+    ctx = _ctx(single_gaussian, batch_size=5)
+    x = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    p = torch.tensor([[4.0, 1.0, 0.0], [2.0, 0.5, 0.0]], dtype=torch.float64)
+    which = torch.tensor([0, 1, 1, 0, 1])
+    out = ctx.teacher_solve_rows("ddim", x, p[which])
+    for r in range(5):
+        torch.testing.assert_close(out[r:r + 1], fewstep.solvers.get("ddim")(
+            single_gaussian, x[r:r + 1], p[which[r]]))
+    assert ctx.teacher_nfe == 2  # two DDIM steps for every row
+
+
+def test_require_teacher_error():
+    with pytest.raises(ValueError, match="needs a teacher"):
+        _ctx(None).teacher_solve("ddim", torch.zeros(1, 2), [1.0, 0.0])
+
+
+def test_generator_helpers_are_reproducible():
+    a, b = _ctx(None, seed=7), _ctx(None, seed=7)
+    x = torch.zeros(3, 2)
+    assert torch.equal(a.randn_like(x), b.randn_like(x))
+    assert torch.equal(a.rand(4, like=x), b.rand(4, like=x))
+    assert torch.equal(a.randint(9, 4), b.randint(9, 4))
+
+
+def test_split_batch():
+    x, y = torch.zeros(3, 2), torch.tensor([0, 1, 2])
+    assert split_batch(x) == (x, {})
+    x2, cond = split_batch({"x": x, "cond": y})
+    assert x2 is x and cond == {"cond": y}
+
+
+def test_warm_start_copies_teacher_weights_across_preconditionings():
+    teacher = EDMPrecond(MLPDenoiserNet(2, hidden=16, depth=1, emb_dim=8))
+    template = ConsistencyPrecond(MLPDenoiserNet(2, hidden=16, depth=1, emb_dim=8))
+    student = warm_start(template, teacher)
+    assert student is not template and type(student) is ConsistencyPrecond
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(student.state_dict()[k], v)
+    assert warm_start(template, None) is template
+    assert warm_start(template, fewstep.GaussianMixture(torch.zeros(1, 2), 1.0)) is template
+    with pytest.raises(ValueError, match="cannot initialise the student"):
+        warm_start(EDMPrecond(MLPDenoiserNet(2, hidden=8, depth=1, emb_dim=8)), teacher)
