@@ -36,3 +36,30 @@ def test_environment_records_what_the_report_needs():
     for key in ("fewstep", "torch", "numpy", "diffusers", "device", "dtype", "threads", "git"):
         assert env[key] not in (None, "")
     assert env["dtype"] == "float32"
+
+
+def test_energy_meter_reads_zeus_when_present(monkeypatch):
+    """The Zeus path, with a stand-in monitor (no NVML/RAPL on CI machines)."""
+    import sys
+    import types
+
+    class Monitor:
+        def __init__(self, gpu_indices, approx_instant_energy):
+            self.gpu_indices = gpu_indices
+
+        def begin_window(self, name):
+            self.name = name
+
+        def end_window(self, name):
+            assert name == self.name
+            return types.SimpleNamespace(total_energy=12.5)
+
+    zeus = types.ModuleType("zeus")
+    monitor = types.ModuleType("zeus.monitor")
+    monitor.ZeusMonitor = Monitor
+    monkeypatch.setitem(sys.modules, "zeus", zeus)
+    monkeypatch.setitem(sys.modules, "zeus.monitor", monitor)
+    meter = EnergyMeter("cpu")
+    with meter.measure() as result:
+        pass
+    assert meter.method == "zeus" and result["joules"] == 12.5
