@@ -11,6 +11,7 @@ import hashlib
 import math
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,8 +230,9 @@ def run_suite(suite: Suite, out_dir: str | Path, *, shard: tuple[int, int] = (0,
     done = store.done()
     todo = [c for c in cases if c.key not in done]
     ctx, failed, t0 = _Context(out_dir, device), 0, time.perf_counter()
+    tty = sys.stderr.isatty()  # a log file gets a line every 15 s, not every case
     bar = tqdm(todo, desc=f"bench {suite.name}", unit="case", disable=not progress,
-               dynamic_ncols=True)
+               dynamic_ncols=tty, mininterval=0.1 if tty else 15.0)
     for case in bar:
         bar.set_postfix_str(f"{case.teacher} {case.method} nfe={case.nfe} seed={case.seed}")
         row = run_case(case, ctx)
