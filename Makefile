@@ -12,9 +12,10 @@ $(STAMP): pyproject.toml
 	# CPU torch first, pinned: an unpinned torch may pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	# k-diffusion is a test peer; its own dependencies pull torchvision, so only its
-	# sampling module's needs are installed.
-	$(BIN)/python -m pip install -q --no-deps k-diffusion==0.1.1.post1 torchsde==0.2.6 trampoline==0.1.2
+	# k-diffusion (a test peer) and torch-fidelity (Inception FID) pull torchvision, which
+	# does not load beside this CPU torch; only what their used modules need is installed.
+	$(BIN)/python -m pip install -q --no-deps k-diffusion==0.1.1.post1 torchsde==0.2.6 trampoline==0.1.2 \
+		torch-fidelity==0.4.0
 	touch $(STAMP)
 
 install: $(STAMP)

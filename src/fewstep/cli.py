@@ -37,6 +37,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench.suite import load_suite
 
     suite = load_suite(args.suite)
+    if args.inception_weights:
+        suite = dataclasses.replace(suite, inception_weights=args.inception_weights)
     if args.teacher:
         suite = dataclasses.replace(suite, teachers=_register_teachers(args.teacher, args.data))
         suite.validate()
@@ -267,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "this teacher instead (repeatable), e.g. diffusers:/path/to/pipeline")
     b.add_argument("--data", default=None, help="folder of reference images to score a "
                    "diffusers teacher's samples against (sliced Wasserstein, MMD, FD, KID)")
+    b.add_argument("--inception-weights", default=None, help="local FID Inception weights "
+                   "(torch-fidelity's inception-v3-compat .pth) for field-standard FID/KID on "
+                   "image teachers; without it they are reported as not computed")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(fn=_cmd_bench)
 

@@ -167,6 +167,37 @@ class _Context:
         self.out_dir, self.device = out_dir, device
         self.warm: set[tuple[str, str]] = set()
         self.envs: dict[str, dict[str, Any]] = {}
+        self._inception: dict[str, Any] = {}
+
+    def inception(self, weights: str | None) -> Any:
+        """The Inception extractor for ``weights`` (loaded once), or None without weights."""
+        if weights is None:
+            return None
+        if weights not in self._inception:
+            from ..metrics.inception import InceptionExtractor
+
+            self._inception[weights] = InceptionExtractor(weights, device=self.device)
+        return self._inception[weights]
+
+
+def _inception_note(case: Case) -> str:
+    from ..metrics.inception import CONVENTIONS
+
+    if case.inception_weights is None:
+        return ("Inception FID/KID not computed: no weights file given (suite key "
+                "inception_weights or --inception-weights); fd/kid are in the stated feature "
+                "space instead")
+    return f"fid_inception / kid_inception: {CONVENTIONS}"
+
+
+def _inception_metrics(case: Case, inception: Any, out: Tensor,
+                       held_out: Tensor) -> dict[str, float | None]:
+    """FID and KID in Inception-v3 pool3 space (field-standard units)."""
+    f_out, f_ref = inception(out), inception(held_out)
+    k = min(100, len(f_out), len(f_ref))
+    return {"fid_inception": metrics.frechet_distance_from_features(f_out, f_ref),
+            "kid_inception": metrics.kid(f_out, f_ref, subsets=10, subset_size=k,
+                                         generator=torch.Generator().manual_seed(case.seed))[0]}
 
 
 def run_case(case: Case, ctx: _Context) -> dict[str, Any]:
@@ -202,6 +233,8 @@ def run_case(case: Case, ctx: _Context) -> dict[str, Any]:
         if teacher.kind == "image" and held_out is not None:
             space, extractor = feature_space(teacher, ctx.out_dir / "extractors")
             row["config"]["feature_space"] = space
+            inception = ctx.inception(case.inception_weights)
+            row["config"]["notes"] = [*row["config"].get("notes", []), _inception_note(case)]
         row.update(
             status="ok", nfe=timed.rows / case.n_samples, wall_s=wall,
             time_per_sample_s=wall / case.n_samples, network_s=timed.seconds,
@@ -209,6 +242,8 @@ def run_case(case: Case, ctx: _Context) -> dict[str, Any]:
             peak_mem_mb=mem.peak_mb, mem_method=mem.method, energy_j=joules["joules"],
             energy_method=energy.method if joules["joules"] is not None else "not measured",
             metrics=_score(case, teacher, out.cpu(), ref, held_out, extractor))
+        if teacher.kind == "image" and held_out is not None and inception is not None:
+            row["metrics"].update(_inception_metrics(case, inception, out.cpu(), held_out))
     except Exception as e:
         row.update(status="error", error=f"{type(e).__name__}: {e}", metrics={})
     return row

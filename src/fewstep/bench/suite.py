@@ -33,6 +33,7 @@ class Case:
     dtype: str
     reference_rtol: float
     denoise_to_zero: bool = True
+    inception_weights: str | None = None
 
     @property
     def impl(self) -> str:
@@ -61,6 +62,7 @@ class Suite:
     dtype: str = "float32"
     reference_rtol: float = 1e-6
     denoise_to_zero: bool = True  # fewstep plans: last evaluation steps sigma_min -> 0
+    inception_weights: str | None = None  # local FID Inception weights for image teachers
     skipped: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
@@ -92,7 +94,8 @@ class Suite:
                             self.skipped.append(why)
                         continue
                     out.extend(Case(self.name, t, m, nfe, s, self.n_samples, self.schedule,
-                                    self.dtype, self.reference_rtol, self.denoise_to_zero)
+                                    self.dtype, self.reference_rtol, self.denoise_to_zero,
+                                    self.inception_weights)
                                for s in self.seeds)
         return out
 
