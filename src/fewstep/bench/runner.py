@@ -202,6 +202,11 @@ def _inception_metrics(case: Case, inception: Any, out: Tensor,
 
 def run_case(case: Case, ctx: _Context) -> dict[str, Any]:
     """Run one case and return its result row (status "ok" or "error")."""
+    with torch.no_grad():  # sampling and scoring never need gradients
+        return _run_case(case, ctx)
+
+
+def _run_case(case: Case, ctx: _Context) -> dict[str, Any]:
     teacher = get_teacher(case.teacher)
     dtype = DTYPES[case.dtype]
     env = ctx.envs.setdefault(case.dtype, environment(ctx.device, dtype))

@@ -91,7 +91,7 @@ def sample_rk45(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, rtol: float = 
     def f(u: Tensor, y: Tensor) -> Tensor:
         nonlocal nfe
         nfe += 1
-        return y - D(y, math.exp(float(u)))
+        return y - D(y, math.exp(float(u.detach())))
 
     u = torch.tensor([math.log(sigma_max), math.log(sigma_min)], dtype=torch.float64,
                      device=x.device)
@@ -110,8 +110,9 @@ def reference_solution(denoiser: Denoiser, x: Tensor, sigma_max: float, *,
     """The PF-ODE endpoint from ``x`` at ``sigma_max``, by RK45 at tight tolerances (in
     float64 by default) from ``sigma_max`` to ``sigma_min``, then ``D(x, sigma_min)``."""
     x_in = x if dtype is None else x.to(dtype)
-    out = sample_rk45(denoiser, x_in, torch.tensor([sigma_max, sigma_min, 0.0]), rtol=rtol,
-                      atol=atol, **cond)
+    with torch.no_grad():  # ground truth needs no graph (and a large model would keep one)
+        out = sample_rk45(denoiser, x_in, torch.tensor([sigma_max, sigma_min, 0.0]),
+                          rtol=rtol, atol=atol, **cond)
     return out.to(x.dtype)
 
 
