@@ -134,7 +134,9 @@ def _metric(row: Row, metric: str) -> float | None:
 
 
 def _is_peer(impl: str | None, method: str) -> bool:
-    """Whether a case is a peer library's implementation."""
+    """Whether a case is a peer library's implementation (fewstep's students are not)."""
+    if method.startswith("student:") or impl == "student":
+        return False
     return (impl not in (None, "", "fewstep")) or ":" in method
 
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .. import metrics, solvers
 from ..solvers import reference_solution
-from . import peers
+from . import peers, students
 from .meters import EnergyMeter, MemoryMeter, TimedDenoiser, environment, synchronize
 from .store import Store
 from .suite import Case, Suite
@@ -95,7 +95,12 @@ def reference(teacher: Teacher, seed: int, n: int, rtol: float, cache: Path) -> 
 
 
 def _run_method(case: Case, D: Any, x: Tensor, teacher: Teacher) -> tuple[Tensor, int]:
-    """Sample with the case's method; returns the samples and the number of solver steps."""
+    """Sample with the case's method; returns the samples and the number of solver steps.
+    For ``student:PATH`` methods ``D`` (the timing wrapper) wraps the student, not the
+    teacher."""
+    if case.impl == "student":
+        return students.run_student(case.method, D, x, case.nfe, teacher.sigma_max, case.seed,
+                                    case.schedule)
     if case.impl == "diffusers":
         return peers.run_peer(case.method, D, x, case.nfe, teacher.sigma_min,
                               teacher.sigma_max), case.nfe
@@ -218,9 +223,8 @@ def _run_case(case: Case, ctx: _Context) -> dict[str, Any]:
         ref = reference(teacher, case.seed, case.n_samples, case.reference_rtol,
                         ctx.out_dir / "references")
         x = start_noise(teacher, case.seed, case.n_samples).to(ctx.device, dtype)
-        D = teacher.denoiser.to(ctx.device, dtype) if isinstance(teacher.denoiser,
-                                                                 torch.nn.Module) \
-            else teacher.denoiser
+        D = students.model(case.method) if case.impl == "student" else teacher.denoiser
+        D = D.to(ctx.device, dtype) if isinstance(D, torch.nn.Module) else D
         if (case.teacher, case.method) not in ctx.warm:  # warm-up: same code path, 8 samples
             _run_method(case, D, x[:8], teacher)
             ctx.warm.add((case.teacher, case.method))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import solvers
-from . import peers, teachers
+from . import peers, students, teachers
 from .store import case_key
 
 __all__ = ["Case", "Suite", "load_suite"]
@@ -77,6 +77,8 @@ class Suite:
                 if m not in peers.available():
                     raise ValueError(f"suite {self.name!r}: unknown peer {m!r}; available: "
                                      f"{', '.join(peers.available())}")
+            elif m.startswith("student:"):
+                students.check(m)
             else:
                 solvers.get(m)
         if self.dtype not in ("float32", "float64", "float16", "bfloat16"):
@@ -101,6 +103,8 @@ class Suite:
 
 
 def _unreachable(method: str, nfe: int) -> str | None:
+    if method.startswith("student:"):
+        return students.unreachable(method, nfe)
     if method.startswith("diffusers:"):
         spec = peers.PEERS[method.removeprefix("diffusers:")]
         try:

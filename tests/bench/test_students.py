@@ -1,0 +1,49 @@
+"""Trained students run in the bench as methods ``student:PATH``."""
+
+import pytest
+
+from fewstep import nets
+from fewstep.bench import teachers
+from fewstep.bench.report import peer_comparison
+from fewstep.bench.runner import run_suite
+from fewstep.bench.store import Store
+from fewstep.bench.suite import Suite
+from fewstep.distill import get_method
+from fewstep.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def students_dir(tmp_path_factory):
+    """A (barely) trained CD and KD student of the gmm2 teacher."""
+    root = tmp_path_factory.mktemp("students")
+    teacher = teachers.get("gmm2").denoiser
+    data = teachers.get("gmm2").reference_samples(512, 0)
+    cfg = dict(steps=3, batch_size=64, progress=False)
+    cd = get_method("cd")()
+    train(cd, cd.init_student(None, nets.ConsistencyPrecond(nets.MLPDenoiserNet(2, hidden=32))),
+          data, TrainConfig(out_dir=str(root / "cd"), **cfg), teacher=teacher)
+    kd = get_method("kd")(num_pairs=64, nfe=4)
+    train(kd, nets.EDMPrecond(nets.MLPDenoiserNet(2, hidden=32)), data,
+          TrainConfig(out_dir=str(root / "kd"), **cfg), teacher=teacher)
+    return root
+
+
+def test_students_are_bench_methods(students_dir, tmp_path):
+    cd, kd = f"student:{students_dir / 'cd'}", f"student:{students_dir / 'kd'}"
+    suite = Suite(name="st", teachers=["gmm2"], methods=[cd, kd, "ddim"], nfe=[1, 2],
+                  seeds=[0], n_samples=32, reference_rtol=1e-4)
+    suite.cases()
+    assert any("one-step (KD) student" in why for why in suite.skipped)
+    summary = run_suite(suite, tmp_path, progress=False)
+    assert summary.failed == 0 and summary.total == 5  # kd only at NFE 1
+    rows = Store(tmp_path / "results.sqlite").rows()
+    for r in rows:
+        assert r["nfe"] == r["nfe_target"] and r["network_s"] > 0
+    assert {r["impl"] for r in rows} == {"student", "fewstep"}
+    assert peer_comparison(rows) == []  # students are not peers
+
+
+def test_bad_student_entries_are_named(tmp_path):
+    with pytest.raises(ValueError, match="no checkpoint"):
+        Suite(name="x", teachers=["gmm2"], methods=[f"student:{tmp_path}/none"], nfe=[1],
+              seeds=[0]).validate()
