@@ -60,12 +60,17 @@ def train_digits_cnn(seed: int = 0, steps: int = 150) -> DigitsCNN:
     train = perm[: int(0.8 * len(x))]
     net = DigitsCNN()
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    with torch.enable_grad():  # callers (the bench) may run under no_grad
+        _fit(net, opt, x[train], y[train], steps)
+    return net.eval()
+
+
+def _fit(net: DigitsCNN, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, steps: int) -> None:
     for _ in range(steps):
-        loss = nn.functional.cross_entropy(net.head(net(x[train])), y[train])
+        loss = nn.functional.cross_entropy(net.head(net(x)), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return net.eval()
 
 
 def cache_dir() -> Path:
