@@ -9,6 +9,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from .bench.students import CONSISTENCY_METHODS, RENOISE_SIGMA_MIN
+
 EPILOG_BENCH = """examples:
   fewstep bench                         # the quick suite on the built-in teachers
   fewstep bench --suite smoke           # a seconds-long suite
@@ -104,7 +106,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         method = checkpoint_info(args.student).get("method", {})
         method = method.get("name") if isinstance(method, dict) else method
         if solver is None:
-            solver = "consistency" if method in CONSISTENCY_STUDENTS else "ddim"
+            solver = "consistency" if method in CONSISTENCY_METHODS else "ddim"
     solver = solver or "dpmpp_2m"
     args.solver = solver
     spec = solvers.get(solver)
@@ -114,13 +116,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         sigmas = torch.tensor([teacher.sigma_max, teacher.sigma_min, 0.0])
     else:
         sigma_min = args.sigma_min if args.sigma_min is not None else (
-            CONSISTENCY_RENOISE if solver == "consistency" else teacher.sigma_min)
+            RENOISE_SIGMA_MIN if solver == "consistency" else teacher.sigma_min)
         p = solvers.plan(solver, args.nfe, args.schedule, sigma_min=sigma_min,
                          sigma_max=teacher.sigma_max)
         sigmas, knobs = p.sigmas, dict(p.knobs)
     if spec.stochastic:
-        knobs["generator"] = solvers.generators([1_000_000 * args.seed + i for i in
-                                                 range(args.n)])
+        knobs["generator"] = solvers.sample_generators(args.seed, args.n)
     with torch.no_grad():
         out = spec(denoiser, x, sigmas, **knobs)
     paths = save_samples(out, args.out, kind=teacher.kind,
@@ -138,12 +139,6 @@ EPILOG_TRAIN = """examples:
   fewstep sample --teacher moons --student runs/moons-cd --nfe 2
 """
 
-# Multistep consistency sampling re-noises down to this sigma by default (f is the identity
-# at the schedule's own sigma_min; 0.821 is Song et al. 2023's two-step choice on CIFAR-10).
-CONSISTENCY_RENOISE = 0.821
-
-# Methods whose student is a consistency function f(x, sigma) with f(x, sigma_min) = x.
-CONSISTENCY_STUDENTS = ("cd", "ct", "ect", "direct_cm")
 
 
 def _template(data_name: str, method: str, hidden: int):
@@ -156,7 +151,7 @@ def _template(data_name: str, method: str, hidden: int):
         net = nets.MLPDenoiserNet(ds.shape[0], hidden=hidden)
     else:
         net = nets.UNet(in_channels=ds.shape[0], channels=max(16, hidden // 8))
-    return nets.ConsistencyPrecond(net) if method in CONSISTENCY_STUDENTS else \
+    return nets.ConsistencyPrecond(net) if method in CONSISTENCY_METHODS else \
         nets.EDMPrecond(net)
 
 

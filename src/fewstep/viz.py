@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from ._io import atomic_write
 
 __all__ = ["image_grid", "save_samples"]
 
@@ -25,13 +26,6 @@ def image_grid(images: Tensor, ncol: int | None = None) -> Tensor:
     return grid.permute(1, 2, 0)
 
 
-def _atomic(path: Path, write) -> Path:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
-    return path
-
-
 def save_samples(samples: Tensor, out_dir: str | Path, *, kind: str = "vector",
                  title: str = "") -> list[Path]:
     """Write ``samples.pt`` and ``samples.png`` (grid or scatter) into ``out_dir``."""
@@ -42,20 +36,20 @@ def save_samples(samples: Tensor, out_dir: str | Path, *, kind: str = "vector",
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [_atomic(out / "samples.pt", lambda p: torch.save(samples.cpu(), p))]
+    paths = [atomic_write(out / "samples.pt", lambda p: torch.save(samples.cpu(), p))]
     if kind == "image" and samples.ndim == 4:
         grid = image_grid(samples)
         scale = max(1, 512 // grid.shape[1])  # small images: enlarge pixels to be seen
         grid = grid.repeat_interleave(scale, 0).repeat_interleave(scale, 1).numpy()
         img = grid[..., 0] if grid.shape[-1] == 1 else grid
-        paths.append(_atomic(out / "samples.png", lambda p: plt.imsave(
-            p, img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)))
+        paths.append(atomic_write(out / "samples.png", lambda p: plt.imsave(
+            p, img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, format="png")))
     elif samples.ndim == 2 and samples.shape[1] >= 2:
         fig, ax = plt.subplots(figsize=(5, 5))
         ax.scatter(samples[:, 0].cpu(), samples[:, 1].cpu(), s=4, alpha=0.6)
         ax.set_title(title, fontsize=9)
         ax.set_aspect("equal")
-        paths.append(_atomic(out / "samples.png", lambda p: fig.savefig(p, dpi=110,
+        paths.append(atomic_write(out / "samples.png", lambda p: fig.savefig(p, dpi=110,
                                                                          format="png")))
         plt.close(fig)
     return paths

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-import os
 import re
 import sys
 import time
@@ -22,6 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import metrics, solvers
+from .._io import atomic_write
 from ..solvers import reference_solution
 from . import peers, students
 from .meters import EnergyMeter, MemoryMeter, TimedDenoiser, environment, synchronize
@@ -66,12 +66,6 @@ def start_noise(teacher: Teacher, seed: int, n: int) -> Tensor:
                                            dtype=torch.float64)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _file_safe(name: str) -> str:
     """A file-name-safe, collision-free version of a teacher name (which may be a path)."""
     if re.fullmatch(r"[A-Za-z0-9_.-]+", name):
@@ -90,7 +84,7 @@ def reference(teacher: Teacher, seed: int, n: int, rtol: float, cache: Path) -> 
     D = D.double() if isinstance(D, torch.nn.Module) else D
     ref = reference_solution(D, start_noise(teacher, seed, n), teacher.sigma_max, rtol=rtol,
                              atol=rtol)
-    _atomic_save(ref, path)
+    atomic_write(path, lambda tmp: torch.save(ref, tmp))
     return ref
 
 
@@ -109,8 +103,7 @@ def _run_method(case: Case, D: Any, x: Tensor, teacher: Teacher) -> tuple[Tensor
                         sigma_max=teacher.sigma_max, denoise_to_zero=case.denoise_to_zero)
     knobs = dict(plan.knobs)
     if spec.stochastic:
-        knobs["generator"] = solvers.generators(
-            [1_000_000 * case.seed + i for i in range(x.shape[0])], device=x.device)
+        knobs["generator"] = solvers.sample_generators(case.seed, x.shape[0], x.device)
     return spec(D, x, plan.sigmas, **knobs), plan.steps
 
 
@@ -173,6 +166,13 @@ class _Context:
         self.warm: set[tuple[str, str]] = set()
         self.envs: dict[str, dict[str, Any]] = {}
         self._inception: dict[str, Any] = {}
+        self._features: dict[str, tuple[str, Any]] = {}
+
+    def feature_space(self, teacher: Teacher) -> tuple[str, Any]:
+        """:func:`feature_space` of ``teacher``, loaded (and hash-checked) once per run."""
+        if teacher.name not in self._features:
+            self._features[teacher.name] = feature_space(teacher, self.out_dir / "extractors")
+        return self._features[teacher.name]
 
     def inception(self, weights: str | None) -> Any:
         """The Inception extractor for ``weights`` (loaded once), or None without weights."""
@@ -240,7 +240,7 @@ def _run_case(case: Case, ctx: _Context) -> dict[str, Any]:
             teacher.reference_samples(N_REFERENCE, case.seed)
         extractor = None
         if teacher.kind == "image" and held_out is not None:
-            space, extractor = feature_space(teacher, ctx.out_dir / "extractors")
+            space, extractor = ctx.feature_space(teacher)
             row["config"]["feature_space"] = space
             inception = ctx.inception(case.inception_weights)
             row["config"]["notes"] = [*row["config"].get("notes", []), _inception_note(case)]

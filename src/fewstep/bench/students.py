@@ -75,5 +75,5 @@ def run_student(method: str, D: Any, x: Tensor, nfe: int, sigma_max: float, seed
         return solvers.get("ddim")(D, x, torch.tensor([sigma_max, 0.0])), 1
     p = solvers.plan("consistency", nfe, schedule, sigma_min=min(RENOISE_SIGMA_MIN, sigma_max),
                      sigma_max=sigma_max)
-    gens = solvers.generators([1_000_000 * seed + i for i in range(x.shape[0])], x.device)
+    gens = solvers.sample_generators(seed, x.shape[0], x.device)
     return solvers.get("consistency")(D, x, p.sigmas, generator=gens), p.steps

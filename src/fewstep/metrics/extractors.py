@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .._io import atomic_write
 from .features import file_sha256, load_extractor_weights
 
 __all__ = ["DigitsCNN", "cache_dir", "digits_cnn", "train_digits_cnn"]
@@ -89,12 +90,7 @@ def digits_cnn(directory: str | Path | None = None) -> DigitsCNN:
         net.load_state_dict(load_extractor_weights(weights, sha))
         return net.eval()
     net = train_digits_cnn()
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = weights.with_name(f".{weights.name}.{os.getpid()}.tmp")
-    torch.save(net.state_dict(), tmp)
-    sha = file_sha256(tmp)
-    os.replace(tmp, weights)
-    tmp_json = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
-    tmp_json.write_text(json.dumps({"name": VERSION, "sha256": sha}))
-    os.replace(tmp_json, sidecar)
+    atomic_write(weights, lambda tmp: torch.save(net.state_dict(), tmp))
+    record = json.dumps({"name": VERSION, "sha256": file_sha256(weights)})
+    atomic_write(sidecar, lambda tmp: tmp.write_text(record))
     return net.eval()

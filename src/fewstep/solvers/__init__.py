@@ -6,7 +6,7 @@ returns the final sample; ``x`` is the start noise already scaled to ``sigmas[0]
 
 from . import adaptive, dpm, euler, multistep, unipc  # noqa: F401  (fill the registry)
 from .adaptive import reference_solution, sample_dpm_solver_adaptive, sample_rk45
-from .common import generators, randn_like, singlestep_orders
+from .common import generators, randn_like, sample_generators, singlestep_orders
 from .consistency import sample_consistency  # noqa: F401  (registers "consistency")
 from .dpm import sample_dpm_solver, sample_dpmpp_2m_sde, sample_dpmpp_2s, sample_dpmpp_multistep
 from .euler import sample_ddim, sample_heun
@@ -34,6 +34,7 @@ __all__ = [
     "sample_dpmpp_2m_sde",
     "sample_dpmpp_2s",
     "sample_dpmpp_multistep",
+    "sample_generators",
     "sample_heun",
     "sample_ipndm",
     "sample_rk45",

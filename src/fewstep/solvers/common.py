@@ -15,7 +15,8 @@ from ..schedules import validate_sigmas
 Generator = torch.Generator | Sequence[torch.Generator] | None
 Callback = Callable[[dict[str, Any]], None] | None
 
-__all__ = ["Generator", "Model", "generators", "prepare", "randn_like", "singlestep_orders"]
+__all__ = ["Generator", "Model", "generators", "prepare", "randn_like", "sample_generators",
+           "singlestep_orders"]
 
 
 class Model:
@@ -52,6 +53,12 @@ def prepare(denoiser: Denoiser, x: Tensor, sigmas: Tensor | Sequence[float],
 def generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
     """One generator per sample, so noise does not depend on batch size."""
     return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+
+
+def sample_generators(seed: int, n: int,
+                      device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """Per-sample generators for sample ``i`` of run ``seed`` (seeded ``10^6 seed + i``)."""
+    return generators([1_000_000 * seed + i for i in range(n)], device)
 
 
 def randn_like(x: Tensor, generator: Generator = None) -> Tensor:
