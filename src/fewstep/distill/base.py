@@ -16,7 +16,7 @@ always taken with a registered solver through :meth:`LossContext.teacher_solve`.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from .. import solvers
 from ..denoiser import CountingDenoiser, Denoiser
+from .lockstep import run_lockstep
 
 __all__ = [
     "Batch",
@@ -109,15 +110,29 @@ class LossContext:
                            teacher: Denoiser | None = None,
                            row_cond: Mapping[str, Tensor] | None = None, **knobs: Any) -> Tensor:
         """Like :meth:`teacher_solve` with a per-row sigma path ``paths`` of shape
-        ``(batch, k)``: rows sharing a path are solved together in one solver call;
+        ``(batch, k)``: rows sharing a path are solved together, and the groups' teacher calls
+        are batched into one call per solver step (:func:`~fewstep.distill.lockstep.run_lockstep`;
+        stochastic solvers run group after group so their noise stays deterministic).
         ``row_cond`` is per-row conditioning, sliced with the rows."""
-        out = torch.empty_like(x)
+        D = teacher if teacher is not None else self.require_teacher()
         unique, inverse = torch.unique(paths, dim=0, return_inverse=True)
-        for j, path in enumerate(unique):
-            rows = (inverse == j).nonzero().flatten()
+        groups = [(inverse == j).nonzero().flatten() for j in range(len(unique))]
+
+        def solve(j: int) -> Callable[[Denoiser], Tensor]:
+            rows = groups[j]
             cond = {k: v[rows] for k, v in (row_cond or {}).items()}
-            out[rows] = self.teacher_solve(solver, x[rows], path, teacher=teacher,
-                                           **cond, **knobs)
+            return lambda member: self.teacher_solve(solver, x[rows], unique[j], teacher=member,
+                                                     **cond, **knobs)
+
+        solves = [solve(j) for j in range(len(groups))]
+        if solvers.get(solver).stochastic:
+            parts = [s(D) for s in solves]
+        else:
+            with torch.no_grad():
+                parts = run_lockstep(D, solves)
+        out = torch.empty_like(x)
+        for rows, part in zip(groups, parts, strict=True):
+            out[rows] = part
         return out
 
     def randn_like(self, x: Tensor) -> Tensor:
