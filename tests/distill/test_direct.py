@@ -54,6 +54,11 @@ def test_student_sigma_min_must_match():
         DirectCM().init_student(None, ConsistencyPrecond(torch.nn.Linear(2, 2), sigma_min=0.01))
 
 
+def test_student_must_respect_the_boundary():
+    with pytest.raises(ValueError, match=r"ConsistencyPrecond.*not EDMPrecond"):
+        DirectCM().init_student(None, EDMPrecond(MLPDenoiserNet(2, hidden=8, depth=1, emb_dim=8)))
+
+
 def test_student_warm_started_from_edm_teacher():
     teacher = EDMPrecond(MLPDenoiserNet(2, hidden=16, depth=1, emb_dim=8))
     student = DirectCM().init_student(

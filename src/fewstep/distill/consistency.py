@@ -113,7 +113,7 @@ def ect_r(t: Tensor, stage: int, q: float = 2.0, k: float = 8.0, b: float = 1.0)
 # --- shared pieces ---------------------------------------------------------------------------
 
 
-def _check_student(template: nn.Module, sigma_min: float, name: str) -> None:
+def check_consistency_student(template: nn.Module, sigma_min: float, name: str) -> None:
     if not isinstance(template, ConsistencyPrecond):
         raise ValueError(f"{name} trains a boundary-respecting consistency function: pass "
                          f"ConsistencyPrecond(net, sigma_min, sigma_data) as the student, not "
@@ -159,7 +159,7 @@ class ConsistencyDistillation(MethodBase):
 
     def init_student(self, teacher_model: nn.Module | None, template: nn.Module) -> nn.Module:
         """The consistency student, initialised from the teacher when architectures match."""
-        _check_student(template, self.sigma_min, "CD")
+        check_consistency_student(template, self.sigma_min, "CD")
         return warm_start(template, teacher_model)
 
     def on_step(self, step: int, student: nn.Module, ctx: LossContext) -> None:
@@ -216,7 +216,7 @@ class ImprovedConsistencyTraining(MethodBase):
 
     def init_student(self, teacher_model: nn.Module | None, template: nn.Module) -> nn.Module:
         """Trained from scratch: the template as given."""
-        _check_student(template, self.sigma_min, "CT")
+        check_consistency_student(template, self.sigma_min, "CT")
         return template
 
     def loss(self, student: nn.Module, batch: Batch, ctx: LossContext) -> Tensor:
@@ -259,7 +259,7 @@ class EasyConsistencyTuning(MethodBase):
 
     def init_student(self, teacher_model: nn.Module | None, template: nn.Module) -> nn.Module:
         """The teacher's weights (an EDMPrecond) in the consistency student (same ``net``)."""
-        _check_student(template, self.sigma_min, "ECT")
+        check_consistency_student(template, self.sigma_min, "ECT")
         if teacher_model is None or not any(True for _ in teacher_model.parameters()):
             raise ValueError("ECT tunes a trained diffusion model: pass a teacher with weights "
                              "(e.g. EDMPrecond(net)) whose net matches the student's")

@@ -13,6 +13,7 @@ from .. import solvers
 from ..denoiser import append_dims
 from ..schedules import karras
 from .base import Batch, LossContext, MethodBase, register_method, split_batch, warm_start
+from .consistency import check_consistency_student
 
 __all__ = ["DirectCM"]
 
@@ -44,9 +45,7 @@ class DirectCM(MethodBase):
     rho: float = 7.0
 
     def init_student(self, teacher_model: nn.Module | None, template: nn.Module) -> nn.Module:
-        if getattr(template, "sigma_min", self.sigma_min) != self.sigma_min:
-            raise ValueError(f"the student's sigma_min={template.sigma_min} differs from the "
-                             f"method's {self.sigma_min}")
+        check_consistency_student(template, self.sigma_min, "Direct CM")
         return warm_start(template, teacher_model)
 
     def paths(self) -> tuple[Tensor, Tensor, dict]:
