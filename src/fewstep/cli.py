@@ -9,7 +9,9 @@ import sys
 import time
 from collections.abc import Sequence
 
-from .bench.students import CONSISTENCY_METHODS, RENOISE_SIGMA_MIN
+from .bench.students import CONSISTENCY_METHODS, OWN_GRID_METHODS, RENOISE_SIGMA_MIN
+
+DEFAULT_STEPS = 2000
 
 EPILOG_BENCH = """examples:
   fewstep bench                         # the quick suite on the built-in teachers
@@ -87,6 +89,16 @@ def _register_teachers(specs: list[str], data_dir: str | None) -> list[str]:
     return names
 
 
+
+def _sample_own_grid(args: argparse.Namespace, D, x, sigma_max: float):
+    """A PD student with DDIM on its own training grid, at exactly its step count."""
+    from .bench import students
+
+    entry = f"student:{args.student}"
+    if why := students.unreachable(entry, args.nfe):
+        raise ValueError(why)
+    return students.run_student(entry, D, x, args.nfe, sigma_max, args.seed)[0]
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
@@ -107,6 +119,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         method = method.get("name") if isinstance(method, dict) else method
         if solver is None:
             solver = "consistency" if method in CONSISTENCY_METHODS else "ddim"
+    else:
+        method = None
     solver = solver or "dpmpp_2m"
     args.solver = solver
     spec = solvers.get(solver)
@@ -123,7 +137,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if spec.stochastic:
         knobs["generator"] = solvers.sample_generators(args.seed, args.n)
     with torch.no_grad():
-        out = spec(denoiser, x, sigmas, **knobs)
+        if args.student and method in OWN_GRID_METHODS and solver == "ddim":
+            out = _sample_own_grid(args, denoiser, x, teacher.sigma_max)
+        else:
+            out = spec(denoiser, x, sigmas, **knobs)
     paths = save_samples(out, args.out, kind=teacher.kind,
                          title=f"{args.teacher} / {args.solver} / NFE {args.nfe}")
     for path in paths:
@@ -155,10 +172,11 @@ def _template(data_name: str, method: str, hidden: int):
         nets.EDMPrecond(net)
 
 
-def _train_config(args: argparse.Namespace):
+def _train_config(args: argparse.Namespace, steps: int | None = None):
     from .train import TrainConfig
 
-    return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+    return TrainConfig(steps=steps or args.steps or DEFAULT_STEPS, batch_size=args.batch_size,
+                       lr=args.lr,
                        ema_decay=args.ema_decay, mixed_precision=args.mixed_precision,
                        checkpoint_every=args.checkpoint_every, seed=args.seed, out_dir=args.out,
                        progress=not args.quiet)
@@ -185,18 +203,52 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     from .distill import get_method
     from .train import load_checkpoint, train
 
-    method = get_method(args.method)()
+    method, steps = _method_and_steps(get_method(args.method), args.param, args.steps)
     teacher = load_checkpoint(args.teacher) if args.teacher else None
     student = method.init_student(teacher, _template(args.data, args.method, args.hidden))
-    result = train(method, student, args.data, _train_config(args), teacher=teacher)
+    result = train(method, student, args.data, _train_config(args, steps), teacher=teacher)
     _report_training(result)
     return 0
+
+
+def _method_and_steps(cls: type, pairs: Sequence[str], steps: int | None):
+    """The method built from ``--param KEY=VALUE`` pairs, and the optimiser steps to run: a
+    method whose schedule spans ``total_steps`` (iCT) gets ``--steps``; one whose rounds fix
+    it (PD) must agree with ``--steps`` if given."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--param {pair!r}: expected KEY=VALUE with KEY one of "
+                             f"{', '.join(fields)} ({cls.name})")
+        params[key] = _typed(value, fields[key].default, key)
+    if "total_steps" in fields and "total_steps" not in params:
+        params["total_steps"] = steps or DEFAULT_STEPS
+    method = cls(**params)
+    fixed = getattr(method, "total_steps", None) if "total_steps" not in fields else None
+    if fixed is not None and steps is not None and steps != fixed:
+        raise ValueError(f"--steps {steps} disagrees with {cls.name}'s rounds ({fixed} steps); "
+                         "leave --steps out or change the rounds with --param")
+    return method, fixed or steps or DEFAULT_STEPS
+
+
+def _typed(value: str, default: object, key: str) -> object:
+    """``value`` converted to the type of the field's default."""
+    kind = type(default)
+    try:
+        if kind is bool:
+            return {"true": True, "false": False}[value.lower()]
+        return kind(value) if kind in (int, float, str) else value
+    except (KeyError, ValueError):
+        raise ValueError(f"--param {key}={value!r}: expected a {kind.__name__}") from None
 
 
 def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="built-in data set (moons, digits, ...)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, log; resumes)")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"optimiser steps (default {DEFAULT_STEPS}; PD: its rounds' total)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ema-decay", type=float, default=0.999)
@@ -320,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--method", required=True, help="cd, ct, ect, pd, kd, direct_cm")
     d.add_argument("--teacher", default=None, help="teacher run directory or checkpoint "
                    "(not needed by ct)")
+    d.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method hyper-parameter, e.g. --param N=18 --param solver=heun "
+                   "(pd: --param teacher_steps=16 --param steps_per_round=200); repeatable")
     _training_args(d)
     d.set_defaults(fn=_cmd_distill)
 

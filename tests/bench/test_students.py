@@ -25,6 +25,11 @@ def students_dir(tmp_path_factory):
     kd = get_method("kd")(num_pairs=64, nfe=4)
     train(kd, nets.EDMPrecond(nets.MLPDenoiserNet(2, hidden=32)), data,
           TrainConfig(out_dir=str(root / "kd"), **cfg), teacher=teacher)
+    pd = get_method("pd")(teacher_steps=4, steps_per_round=2,
+                          sigma_max=teachers.get("gmm2").sigma_max)
+    train(pd, nets.EDMPrecond(nets.MLPDenoiserNet(2, hidden=32)), data,
+          TrainConfig(out_dir=str(root / "pd"), checkpoint_every=2, keep_checkpoints=2,
+                      **{**cfg, "steps": pd.total_steps}), teacher=teacher)
     return root
 
 
@@ -41,6 +46,19 @@ def test_students_are_bench_methods(students_dir, tmp_path):
         assert r["nfe"] == r["nfe_target"] and r["network_s"] > 0
     assert {r["impl"] for r in rows} == {"student", "fewstep"}
     assert peer_comparison(rows) == []  # students are not peers
+
+
+def test_pd_students_run_on_their_own_grid(students_dir, tmp_path):
+    one = f"student:{students_dir / 'pd'}"  # the final (1-step) student
+    two = f"student:{students_dir / 'pd' / 'checkpoints' / 'step_00000002'}"  # end of round 1
+    suite = Suite(name="pd", teachers=["gmm2"], methods=[one, two], nfe=[1, 2, 4], seeds=[0],
+                  n_samples=32, reference_rtol=1e-4)
+    suite.cases()
+    assert sum("PD student (its own grid)" in why for why in suite.skipped) == 4
+    summary = run_suite(suite, tmp_path, progress=False)
+    assert summary.failed == 0 and summary.total == 2
+    rows = {r["method"]: r for r in Store(tmp_path / "results.sqlite").rows()}
+    assert rows[one]["nfe"] == 1 and rows[two]["nfe"] == 2
 
 
 def test_bad_student_entries_are_named(tmp_path):

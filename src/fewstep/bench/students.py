@@ -5,15 +5,16 @@ noise with the sampler its method calls for.
 - consistency students (cd, ct, ect, direct_cm): the ``consistency`` sampler, re-noising down
   to ``RENOISE_SIGMA_MIN`` (the plan's own sigma_min would waste an evaluation, since
   f(x, sigma_min) = x);
-- knowledge-distilled students (kd): one step, ``x0 = D(sigma_max z, sigma_max)``.
-
-Progressive-distillation students are sampled on their own training grid, which a suite's NFE
-plan does not reproduce; the benchmark scripts compare them instead.
+- knowledge-distilled students (kd): one step, ``x0 = D(sigma_max z, sigma_max)``;
+- progressive-distillation students (pd): DDIM on their own training grid
+  ``method.sigmas(k)``, only at NFE ``k``, the step count of the checkpoint's round (point at
+  an intermediate ``checkpoints/step_*`` directory for the earlier, longer students).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import torch
@@ -26,6 +27,8 @@ __all__ = ["CONSISTENCY_METHODS", "RENOISE_SIGMA_MIN", "check", "model", "run_st
 
 CONSISTENCY_METHODS = ("cd", "ct", "ect", "direct_cm")
 ONE_STEP_METHODS = ("kd",)
+OWN_GRID_METHODS = ("pd",)
+METHODS = CONSISTENCY_METHODS + ONE_STEP_METHODS + OWN_GRID_METHODS
 RENOISE_SIGMA_MIN = 0.821  # Song et al. 2023's two-step re-noise level
 
 
@@ -41,22 +44,37 @@ def _method_name(path: str) -> str:
     return method.get("name") if isinstance(method, dict) else str(method)
 
 
+@functools.cache
+def own_grid(method: str) -> tuple[int, Tensor]:
+    """A PD student's step count ``k`` and its sampling grid ``method.sigmas(k)``."""
+    from ..distill import get_method
+    from ..train import checkpoint_info
+
+    info = checkpoint_info(_path(method))
+    pd = get_method("pd")(**info["method"]["params"])
+    k = pd.student_steps(pd.round_at(max(info["step"] - 1, 0)))
+    return k, pd.sigmas(k)
+
+
 def check(method: str) -> str:
     """The training method of a ``student:PATH`` entry, or a clear error."""
     try:
         name = _method_name(_path(method))
     except FileNotFoundError:
         raise ValueError(f"{method!r}: no checkpoint at {_path(method)!r}") from None
-    if name not in CONSISTENCY_METHODS + ONE_STEP_METHODS:
+    if name not in METHODS:
         raise ValueError(f"{method!r} was trained with {name!r}; the bench samples students of "
-                         f"{', '.join(CONSISTENCY_METHODS + ONE_STEP_METHODS)}")
+                         f"{', '.join(METHODS)}")
     return name
 
 
 def unreachable(method: str, nfe: int) -> str | None:
     """Why ``method`` cannot spend ``nfe`` evaluations, or None."""
-    if check(method) in ONE_STEP_METHODS and nfe != 1:
+    name = check(method)
+    if name in ONE_STEP_METHODS and nfe != 1:
         return f"{method} at NFE {nfe}: a one-step (KD) student"
+    if name in OWN_GRID_METHODS and nfe != own_grid(method)[0]:
+        return f"{method} at NFE {nfe}: a {own_grid(method)[0]}-step PD student (its own grid)"
     return None
 
 
@@ -71,8 +89,15 @@ def model(method: str) -> Any:
 def run_student(method: str, D: Any, x: Tensor, nfe: int, sigma_max: float, seed: int,
                 schedule: str = "karras") -> tuple[Tensor, int]:
     """Sample the student ``D`` (its model, possibly wrapped); returns (samples, steps)."""
-    if check(method) in ONE_STEP_METHODS:
+    name = check(method)
+    if name in ONE_STEP_METHODS:
         return solvers.get("ddim")(D, x, torch.tensor([sigma_max, 0.0])), 1
+    if name in OWN_GRID_METHODS:
+        k, sigmas = own_grid(method)
+        if not math.isclose(float(sigmas[0]), sigma_max, rel_tol=1e-6):
+            raise ValueError(f"{method}: the PD student was trained from sigma_max="
+                             f"{float(sigmas[0]):g}, the teacher starts at {sigma_max:g}")
+        return solvers.get("ddim")(D, x, sigmas), k
     p = solvers.plan("consistency", nfe, schedule, sigma_min=min(RENOISE_SIGMA_MIN, sigma_max),
                      sigma_max=sigma_max)
     gens = solvers.sample_generators(seed, x.shape[0], x.device)
