@@ -9,7 +9,7 @@ import fewstep
 import fewstep.train as train_module
 from fewstep import GaussianMixture
 from fewstep.distill import get_method
-from fewstep.nets import EDMPrecond, MLPDenoiserNet
+from fewstep.nets import ConsistencyPrecond, EDMPrecond, MLPDenoiserNet
 from fewstep.train import (
     TrainConfig,
     checkpoint_info,
@@ -26,9 +26,10 @@ class KillError(Exception):
     """Stands in for a kill signal in the middle of training."""
 
 
-def _template(seed=0):
+def _template(seed=0, method="edm"):
     torch.manual_seed(seed)
-    return EDMPrecond(MLPDenoiserNet(2, hidden=32, depth=1, emb_dim=16))
+    net = MLPDenoiserNet(2, hidden=32, depth=1, emb_dim=16)
+    return ConsistencyPrecond(net) if method in ("cd", "direct_cm") else EDMPrecond(net)
 
 
 def _cfg(tmp_path, name="run", **kw):
@@ -42,6 +43,7 @@ METHODS = {
     "pd": lambda: get_method("pd")(teacher_steps=4, steps_per_round=4),  # round change at 4
     "kd": lambda: get_method("kd")(num_pairs=64, nfe=6),
     "direct_cm": lambda: get_method("direct_cm")(num_scales=4, nfe=3),
+    "cd": lambda: get_method("cd")(N=6, mu=0.9),  # the EMA target is checkpointed state
 }
 
 
@@ -55,12 +57,12 @@ def _kill_at(step):
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_resume_after_kill_is_bitwise_exact(tmp_path, name):
-    full = train(METHODS[name](), _template(), DATA, _cfg(tmp_path, "full"), teacher=GM)
+    full = train(METHODS[name](), _template(0, name), DATA, _cfg(tmp_path, "full"), teacher=GM)
     cfg = _cfg(tmp_path, "killed")
     with pytest.raises(KillError):  # dies after step 7; the last checkpoint is step 6
-        train(METHODS[name](), _template(), DATA, cfg, teacher=GM, callback=_kill_at(7))
+        train(METHODS[name](), _template(0, name), DATA, cfg, teacher=GM, callback=_kill_at(7))
     assert latest_checkpoint(cfg.out_dir).name == "step_00000006"
-    resumed = train(METHODS[name](), _template(seed=1), DATA, cfg, teacher=GM)
+    resumed = train(METHODS[name](), _template(1, name), DATA, cfg, teacher=GM)
     for a, b in ((full.student, resumed.student), (full.ema, resumed.ema)):
         for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
             assert torch.equal(va, vb), k
