@@ -1,0 +1,77 @@
+"""Per-row teacher solves: lockstep batching vs one solver call per sigma group, same run.
+
+    .venv/bin/python benchmarks/teacher_rows_speed.py [--threads 1] [--repeats 7]
+
+Times ``LossContext.teacher_solve_rows`` for the targets of CD (Heun, one step from each of
+N=18 Karras levels) and Direct CM (iPNDM to 0 from each of 10 levels) on the UNet teachers of
+``distill_suite.py`` (8x8 digits, batch 128; 16x16, batch 64), with random weights (the cost
+does not depend on them). "sequential" runs the groups one after another; "lockstep" is what
+``teacher_solve_rows`` does. The two modes alternate and the median of ``--repeats`` is kept.
+Results must agree to float32 round-off; the script checks it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import fewstep.distill.base as base
+from fewstep.distill import LossContext, get_method
+from fewstep.distill.consistency import karras_levels
+from fewstep.nets import EDMPrecond, UNet
+
+
+def sequential(D, solves):
+    return [solve(D) for solve in solves]
+
+
+def paths_cd(batch: int, g: torch.Generator) -> tuple[str, torch.Tensor, dict]:
+    sig = karras_levels(18, 0.002, 80.0, 7.0)
+    n = torch.randint(17, (batch,), generator=g)
+    return "heun", torch.stack([sig[n + 1], sig[n]], 1), {}
+
+
+def paths_direct(batch: int, g: torch.Generator) -> tuple[str, torch.Tensor, dict]:
+    levels, paths, knobs = get_method("direct_cm")(num_scales=10, solver="ipndm", nfe=8).paths()
+    return "ipndm", paths[torch.randint(len(levels), (batch,), generator=g)], knobs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    lockstep = base.run_lockstep
+    print("| target | image | batch | sequential s | lockstep s | speed-up |")
+    print("|---|---|---:|---:|---:|---:|")
+    for res, batch in ((8, 128), (16, 64)):
+        torch.manual_seed(0)
+        teacher = EDMPrecond(UNet(1, channels=32, channel_mult=(1, 2)), 0.5).eval()
+        g = torch.Generator().manual_seed(0)
+        x = 10 * torch.randn(batch, 1, res, res, generator=g)
+        for label, make in (("CD (Heun, 18 levels)", paths_cd),
+                            ("Direct CM (iPNDM 8 NFE, 10 levels)", paths_direct)):
+            solver, paths, knobs = make(batch, g)
+            times: dict[str, list[float]] = {"sequential": [], "lockstep": []}
+            outs = {}
+            for _ in range(args.repeats):
+                for mode, fn in (("sequential", sequential), ("lockstep", lockstep)):
+                    base.run_lockstep = fn
+                    ctx = LossContext(teacher, None, torch.Generator(), batch)
+                    t0 = time.perf_counter()
+                    outs[mode] = ctx.teacher_solve_rows(solver, x, paths, **knobs)
+                    times[mode].append(time.perf_counter() - t0)
+            base.run_lockstep = lockstep
+            torch.testing.assert_close(outs["lockstep"], outs["sequential"], rtol=1e-4,
+                                       atol=1e-4)
+            s, ls = (statistics.median(times[m]) for m in ("sequential", "lockstep"))
+            print(f"| {label} | {res}x{res} | {batch} | {s:.3f} | {ls:.3f} | {s / ls:.2f}x |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
