@@ -4,9 +4,10 @@
 
 Times ``LossContext.teacher_solve_rows`` for the targets of CD (Heun, one step from each of
 N=18 Karras levels) and Direct CM (iPNDM to 0 from each of 10 levels) on the UNet teachers of
-``distill_suite.py`` (8x8 digits, batch 128; 16x16, batch 64), with random weights (the cost
-does not depend on them). "sequential" runs the groups one after another; "lockstep" is what
-``teacher_solve_rows`` does. The two modes alternate and the median of ``--repeats`` is kept.
+``distill_suite.py`` (8x8 digits, batch 128; 16x16, batch 64) and on its toy MLP (batch 256),
+with random weights (the cost does not depend on them). "sequential" runs the groups one after
+another, "lockstep" batches them; "auto" says which one ``teacher_solve_rows`` picks by
+default. The two modes alternate and the median of ``--repeats`` is kept.
 Results must agree to float32 round-off; the script checks it.
 """
 
@@ -18,14 +19,10 @@ import time
 
 import torch
 
-import fewstep.distill.base as base
 from fewstep.distill import LossContext, get_method
+from fewstep.distill.base import _lockstep_pays
 from fewstep.distill.consistency import karras_levels
-from fewstep.nets import EDMPrecond, UNet
-
-
-def sequential(D, solves):
-    return [solve(D) for solve in solves]
+from fewstep.nets import EDMPrecond, MLPDenoiserNet, UNet
 
 
 def paths_cd(batch: int, g: torch.Generator) -> tuple[str, torch.Tensor, dict]:
@@ -45,32 +42,34 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    lockstep = base.run_lockstep
-    print("| target | image | batch | sequential s | lockstep s | speed-up |")
-    print("|---|---|---:|---:|---:|---:|")
-    for res, batch in ((8, 128), (16, 64)):
+    print("| target | teacher | batch | sequential s | lockstep s | speed-up | auto |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    for label_t, shape, batch in (("UNet 8x8", (1, 8, 8), 128), ("UNet 16x16", (1, 16, 16), 64),
+                                  ("MLP 2-d", (2,), 256)):
         torch.manual_seed(0)
-        teacher = EDMPrecond(UNet(1, channels=32, channel_mult=(1, 2)), 0.5).eval()
+        net = MLPDenoiserNet(2, hidden=128, depth=3, emb_dim=64) if len(shape) == 1 else \
+            UNet(1, channels=32, channel_mult=(1, 2))
+        teacher = EDMPrecond(net, 0.5).eval()
         g = torch.Generator().manual_seed(0)
-        x = 10 * torch.randn(batch, 1, res, res, generator=g)
+        x = 10 * torch.randn(batch, *shape, generator=g)
         for label, make in (("CD (Heun, 18 levels)", paths_cd),
                             ("Direct CM (iPNDM 8 NFE, 10 levels)", paths_direct)):
             solver, paths, knobs = make(batch, g)
             times: dict[str, list[float]] = {"sequential": [], "lockstep": []}
             outs = {}
             for _ in range(args.repeats):
-                for mode, fn in (("sequential", sequential), ("lockstep", lockstep)):
-                    base.run_lockstep = fn
-                    ctx = LossContext(teacher, None, torch.Generator(), batch)
+                for mode in times:
+                    ctx = LossContext(teacher, None, torch.Generator(), batch,
+                                      lockstep=mode == "lockstep")
                     t0 = time.perf_counter()
                     outs[mode] = ctx.teacher_solve_rows(solver, x, paths, **knobs)
                     times[mode].append(time.perf_counter() - t0)
-            base.run_lockstep = lockstep
             torch.testing.assert_close(outs["lockstep"], outs["sequential"], rtol=1e-4,
                                        atol=1e-4)
             s, ls = (statistics.median(times[m]) for m in ("sequential", "lockstep"))
-            print(f"| {label} | {res}x{res} | {batch} | {s:.3f} | {ls:.3f} | {s / ls:.2f}x |",
-                  flush=True)
+            auto = "lockstep" if _lockstep_pays(teacher) else "sequential"
+            print(f"| {label} | {label_t} | {batch} | {s:.3f} | {ls:.3f} | {s / ls:.2f}x | "
+                  f"{auto} |", flush=True)
 
 
 if __name__ == "__main__":

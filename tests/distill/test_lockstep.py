@@ -20,7 +20,7 @@ def _x(n=7, seed=2):
 def test_rows_match_separate_solves_and_batch_the_calls(mixture, solver):
     x, which = _x(), torch.tensor([0, 1, 2, 2, 0, 1, 1])
     counter = CountingDenoiser(mixture)
-    ctx = LossContext(counter, None, torch.Generator(), batch_size=7)
+    ctx = LossContext(counter, None, torch.Generator(), batch_size=7, lockstep=True)
     out = ctx.teacher_solve_rows(solver, x, PATHS[which])
     spec = fewstep.solvers.get(solver)
     for r in range(7):
@@ -39,7 +39,7 @@ def test_per_row_conditioning_follows_its_rows():
         return x * 0 + label[:, None].to(x)  # the denoised value is the row's label
 
     x, which = _x(5), torch.tensor([1, 0, 1, 2, 0])
-    ctx = LossContext(D, None, torch.Generator(), batch_size=5)
+    ctx = LossContext(D, None, torch.Generator(), batch_size=5, lockstep=True)
     labels = torch.tensor([10, 11, 12, 13, 14])
     out = ctx.teacher_solve_rows("ddim", x, PATHS[which], row_cond={"label": labels})
     torch.testing.assert_close(out, labels[:, None].expand(5, 4).double())
@@ -69,7 +69,7 @@ def test_errors_from_a_group_or_the_model_reach_the_caller(mixture):
     def nan_model(x, sigma):
         return torch.full_like(x, float("nan"))
 
-    ctx = LossContext(nan_model, None, torch.Generator(), batch_size=3)
+    ctx = LossContext(nan_model, None, torch.Generator(), batch_size=3, lockstep=True)
     with pytest.raises(NonFiniteError, match="NaN"):
         ctx.teacher_solve_rows("ddim", x, PATHS[torch.tensor([0, 1, 2])])
 
@@ -82,3 +82,27 @@ def test_stochastic_solvers_stay_deterministic(mixture):
         outs.append(ctx.teacher_solve_rows("ddpm", x, PATHS[which],
                                            generator=torch.Generator().manual_seed(3)))
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+def test_lockstep_is_used_when_it_pays(mixture):
+    from fewstep.distill.base import LOCKSTEP_MIN_PARAMS, _lockstep_pays
+    from fewstep.nets import EDMPrecond, MLPDenoiserNet, UNet
+
+    assert not _lockstep_pays(mixture)  # exact teacher: hand-offs cost more than the calls
+    small = EDMPrecond(MLPDenoiserNet(2, hidden=32))
+    big = EDMPrecond(UNet(1, channels=32, channel_mult=(1, 2)))
+    assert sum(p.numel() for p in small.parameters()) < LOCKSTEP_MIN_PARAMS
+    assert not _lockstep_pays(small) and _lockstep_pays(big)
+    calls = []
+
+    def D(x, sigma):
+        calls.append(len(x))
+        return x * 0
+
+    x, which = _x(6), torch.tensor([0, 1, 2, 0, 1, 2])
+    LossContext(D, None, torch.Generator(), 6).teacher_solve_rows("ddim", x, PATHS[which])
+    assert calls == [2] * 9  # a plain function: one group after another, 3 steps each
+    calls.clear()
+    LossContext(D, None, torch.Generator(), 6, lockstep=True).teacher_solve_rows(
+        "ddim", x, PATHS[which])
+    assert calls == [6] * 3

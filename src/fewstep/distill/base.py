@@ -76,6 +76,7 @@ class LossContext:
     step: int = 0
     teacher_nfe: float = 0.0
     state: dict[str, Any] = field(default_factory=dict)
+    lockstep: bool | None = None  # batch per-row solves; None: when it pays (see below)
 
     def count_teacher(self, calls: int, rows: int) -> None:
         """Record ``calls`` teacher evaluations of ``rows`` rows each."""
@@ -111,8 +112,9 @@ class LossContext:
                            row_cond: Mapping[str, Tensor] | None = None, **knobs: Any) -> Tensor:
         """Like :meth:`teacher_solve` with a per-row sigma path ``paths`` of shape
         ``(batch, k)``: rows sharing a path are solved together, and the groups' teacher calls
-        are batched into one call per solver step (:func:`~fewstep.distill.lockstep.run_lockstep`;
-        stochastic solvers run group after group so their noise stays deterministic).
+        are batched into one call per solver step (:func:`~fewstep.distill.lockstep.run_lockstep`)
+        when ``lockstep`` says so (by default when :func:`_lockstep_pays`). Stochastic solvers
+        run group after group so their noise stays deterministic.
         ``row_cond`` is per-row conditioning, sliced with the rows."""
         D = teacher if teacher is not None else self.require_teacher()
         unique, inverse = torch.unique(paths, dim=0, return_inverse=True)
@@ -125,7 +127,8 @@ class LossContext:
                                                      **cond, **knobs)
 
         solves = [solve(j) for j in range(len(groups))]
-        if solvers.get(solver).stochastic:
+        lockstep = _lockstep_pays(D) if self.lockstep is None else self.lockstep
+        if solvers.get(solver).stochastic or not lockstep:
             parts = [s(D) for s in solves]
         else:
             with torch.no_grad():
@@ -148,6 +151,20 @@ class LossContext:
         """``n`` integers in [0, high) from the loop's generator."""
         g = self.generator
         return torch.randint(high, (n,), generator=g, device=g.device).to(device)
+
+
+LOCKSTEP_MIN_PARAMS = 200_000
+
+
+def _lockstep_pays(D: Denoiser) -> bool:
+    """Whether batching sigma groups beats running them one by one: a group's thread
+    hand-off costs tens of microseconds (milliseconds on an oversubscribed CPU), so it pays
+    for accelerator teachers (kernel launches) and CPU networks of at least
+    ``LOCKSTEP_MIN_PARAMS`` parameters, not for exact or tiny teachers."""
+    params = list(D.parameters()) if isinstance(D, nn.Module) else []
+    if any(p.device.type != "cpu" for p in params):
+        return True
+    return sum(p.numel() for p in params) >= LOCKSTEP_MIN_PARAMS
 
 
 @runtime_checkable

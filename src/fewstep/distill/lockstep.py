@@ -27,48 +27,61 @@ Request = tuple[Tensor, Tensor, dict[str, Any]]
 
 
 class _Exchange:
-    """Where worker threads leave denoiser requests and the caller leaves the answers."""
+    """Where worker threads leave denoiser requests and the caller leaves the answers.
+
+    The caller is woken once per round (by the last group to ask, or to finish), and each
+    group only by its own answer, so a round costs O(groups) thread switches."""
 
     def __init__(self, groups: int):
         self.live = groups
         self.requests: dict[int, Request] = {}
         self.answers: dict[int, Tensor] = {}
         self.error: BaseException | None = None
-        self.cv = threading.Condition()
+        self.lock = threading.Lock()
+        self.ready = threading.Condition(self.lock)  # the caller waits here
+        self.answered = [threading.Event() for _ in range(groups)]
+
+    def _round_complete(self) -> bool:
+        return self.error is not None or len(self.requests) == self.live
 
     def ask(self, j: int, x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
         """The stand-in denoiser of group ``j``: blocks until the caller has answered."""
-        with self.cv:
+        with self.lock:
             self.requests[j] = (x, sigma, cond)
-            self.cv.notify_all()
-            self.cv.wait_for(lambda: j in self.answers or self.error is not None)
-            if j not in self.answers:
-                raise RuntimeError("another group of the lockstep solve failed") from self.error
-            return self.answers.pop(j)
+            if self._round_complete():
+                self.ready.notify()
+        self.answered[j].wait()
+        self.answered[j].clear()
+        if j not in self.answers:
+            raise RuntimeError("another group of the lockstep solve failed") from self.error
+        return self.answers.pop(j)
 
     def finish(self, error: BaseException | None = None) -> None:
-        with self.cv:
+        with self.lock:
             self.live -= 1
             if error is not None and self.error is None:
                 self.error = error
-            self.cv.notify_all()
+            if self._round_complete():
+                self.ready.notify()
 
     def serve(self, D: Denoiser) -> None:
         """Answer batched requests in the calling thread until every group has finished."""
         while True:
-            with self.cv:
-                self.cv.wait_for(lambda: self.error is not None
-                                 or (self.live and len(self.requests) == self.live)
-                                 or not self.live)
+            with self.lock:
+                self.ready.wait_for(self._round_complete)
                 if self.error is not None or not self.live:
-                    return
+                    break
                 batch = sorted(self.requests.items())
                 self.requests.clear()
-                try:
-                    self.answers.update(_evaluate(D, batch))
-                except BaseException as e:  # handed to the waiting groups
+            try:
+                self.answers.update(_evaluate(D, batch))
+            except BaseException as e:  # handed to the waiting groups
+                with self.lock:
                     self.error = e
-                self.cv.notify_all()
+            for j, _ in batch:
+                self.answered[j].set()
+        for event in self.answered:  # wake any group still waiting after a failure
+            event.set()
 
 
 def _evaluate(D: Denoiser, batch: list[tuple[int, Request]]) -> dict[int, Tensor]:
