@@ -106,3 +106,39 @@ def test_lockstep_is_used_when_it_pays(mixture):
     LossContext(D, None, torch.Generator(), 6, lockstep=True).teacher_solve_rows(
         "ddim", x, PATHS[which])
     assert calls == [6] * 3
+
+
+def test_no_deadlock_under_repeated_failures_and_finishes():
+    """Races between a failing group, finishing groups and the caller: 300 rounds of each
+    must all return (run in a watchdog thread so a deadlock fails instead of hanging)."""
+    import threading
+
+    x = _x(3)
+    ddim = fewstep.solvers.get("ddim")
+
+    def D(x, sigma):
+        return x * 0.5
+
+    def bad(Dm):
+        Dm(x, torch.ones(3, dtype=torch.float64))
+        raise ZeroDivisionError("group failed")
+
+    outcomes = []
+    short = torch.tensor([4.0, 0.0], dtype=torch.float64)
+
+    def hammer():
+        for i in range(300):
+            solves = [lambda Dm: ddim(Dm, x, PATHS[0]), lambda Dm: ddim(Dm, x, short)]
+            if i % 2:
+                solves.append(bad)
+            try:
+                run_lockstep(D, solves)
+                outcomes.append("ok")
+            except ZeroDivisionError:
+                outcomes.append("error")
+
+    t = threading.Thread(target=hammer, daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), f"lockstep deadlocked after {len(outcomes)} runs"
+    assert outcomes == ["ok", "error"] * 150

@@ -29,8 +29,9 @@ Request = tuple[Tensor, Tensor, dict[str, Any]]
 class _Exchange:
     """Where worker threads leave denoiser requests and the caller leaves the answers.
 
-    The caller is woken once per round (by the last group to ask, or to finish), and each
-    group only by its own answer, so a round costs O(groups) thread switches."""
+    The caller is woken once per round (by the last group to ask, or to finish) and the
+    groups once per round (when the answers are in), so a round costs O(groups) thread
+    switches. Every wait is on a predicate under one lock, so no wake-up can be lost."""
 
     def __init__(self, groups: int):
         self.live = groups
@@ -39,7 +40,7 @@ class _Exchange:
         self.error: BaseException | None = None
         self.lock = threading.Lock()
         self.ready = threading.Condition(self.lock)  # the caller waits here
-        self.answered = [threading.Event() for _ in range(groups)]
+        self.answered = threading.Condition(self.lock)  # the groups wait here
 
     def _round_complete(self) -> bool:
         return self.error is not None or len(self.requests) == self.live
@@ -50,17 +51,17 @@ class _Exchange:
             self.requests[j] = (x, sigma, cond)
             if self._round_complete():
                 self.ready.notify()
-        self.answered[j].wait()
-        self.answered[j].clear()
-        if j not in self.answers:
-            raise RuntimeError("another group of the lockstep solve failed") from self.error
-        return self.answers.pop(j)
+            self.answered.wait_for(lambda: j in self.answers or self.error is not None)
+            if j not in self.answers:
+                raise RuntimeError("another group of the lockstep solve failed") from self.error
+            return self.answers.pop(j)
 
     def finish(self, error: BaseException | None = None) -> None:
         with self.lock:
             self.live -= 1
             if error is not None and self.error is None:
                 self.error = error
+                self.answered.notify_all()
             if self._round_complete():
                 self.ready.notify()
 
@@ -70,18 +71,18 @@ class _Exchange:
             with self.lock:
                 self.ready.wait_for(self._round_complete)
                 if self.error is not None or not self.live:
-                    break
+                    return
                 batch = sorted(self.requests.items())
                 self.requests.clear()
             try:
-                self.answers.update(_evaluate(D, batch))
+                answers, error = _evaluate(D, batch), None
             except BaseException as e:  # handed to the waiting groups
-                with self.lock:
-                    self.error = e
-            for j, _ in batch:
-                self.answered[j].set()
-        for event in self.answered:  # wake any group still waiting after a failure
-            event.set()
+                answers, error = {}, e
+            with self.lock:
+                self.answers.update(answers)
+                if error is not None and self.error is None:
+                    self.error = error
+                self.answered.notify_all()
 
 
 def _evaluate(D: Denoiser, batch: list[tuple[int, Request]]) -> dict[int, Tensor]:
