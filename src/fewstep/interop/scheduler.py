@@ -47,9 +47,6 @@ thresholding, timestep_spacing, karras sigmas, ...) are not applied: the fewstep
 from __future__ import annotations
 
 import inspect
-import queue
-import threading
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -61,8 +58,8 @@ from diffusers.utils import BaseOutput
 from torch import Tensor
 
 from .. import solvers
-from ..denoiser import Denoiser
 from ..schedules import SCHEDULES
+from ..solvers.coroutine import SolverCoroutine
 from .diffusers import (
     drop_learned_variance,
     flow_shift,
@@ -76,77 +73,6 @@ from .diffusers import (
 __all__ = ["FewstepScheduler", "FewstepSchedulerOutput", "SolverCoroutine", "probe"]
 
 _SCHEDULES: dict[str, Callable[..., Tensor]] = {**SCHEDULES, "flow_shift": flow_shift}
-_CANCEL = object()
-
-
-class _Cancelled(BaseException):
-    """Unwinds an abandoned solver run inside its worker thread."""
-
-
-class SolverCoroutine:
-    """Run ``run(denoiser)`` in a worker thread that pauses at every denoiser call.
-
-    ``start()`` and ``send(x0_hat)`` return the next request ``(x, sigma)``, or ``None`` once
-    the solver has returned (its result is then in ``.result``). Exactly one thread runs at a
-    time; the caller's grad / inference mode is reproduced in the worker. A run dropped before
-    it finishes is cancelled when the coroutine is garbage-collected or ``close()`` is called.
-    """
-
-    def __init__(self, run: Callable[[Denoiser], Tensor]):
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
-        modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
-        self._thread = threading.Thread(target=_worker, daemon=True, name="fewstep-solver",
-                                        args=(run, modes, self._inbox, self._outbox))
-        self._finalizer = weakref.finalize(self, self._inbox.put, _CANCEL)
-        self.result: Tensor | None = None
-
-    def start(self) -> tuple[Tensor, Tensor] | None:
-        self._thread.start()
-        return self._wait()
-
-    def send(self, x0_hat: Tensor) -> tuple[Tensor, Tensor] | None:
-        if not self._thread.is_alive():
-            raise RuntimeError("the solver run has finished; nothing to send to")
-        self._inbox.put(x0_hat)
-        return self._wait()
-
-    def close(self) -> None:
-        self._finalizer()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _wait(self) -> tuple[Tensor, Tensor] | None:
-        kind, payload = self._outbox.get()
-        if kind == "eval":
-            return payload
-        self._thread.join()
-        if kind == "error":
-            raise payload
-        self.result = payload
-        return None
-
-
-def _worker(run: Callable[[Denoiser], Tensor], modes: tuple[bool, bool],
-            inbox: queue.SimpleQueue, outbox: queue.SimpleQueue) -> None:
-    def denoiser(x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
-        outbox.put(("eval", (x, sigma)))
-        reply = inbox.get()
-        if reply is _CANCEL:
-            raise _Cancelled
-        return reply
-
-    try:
-        with torch.set_grad_enabled(modes[0]), torch.inference_mode(modes[1]):
-            result = run(denoiser)
-    except _Cancelled:
-        return
-    except BaseException as e:  # re-raised in the caller's thread
-        outbox.put(("error", e))
-        return
-    outbox.put(("done", result))
-
-
 def _accepts(fn: Callable[..., Any], name: str) -> bool:
     return name in inspect.signature(fn).parameters
 
@@ -280,7 +206,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         if run is not None:
             run.close()
         self._run: SolverCoroutine | None = None
-        self._request: tuple[Tensor, Tensor] | None = None
+        self._request: tuple[Tensor, Tensor, dict[str, Any]] | None = None
         self._last: Tensor | None = None
         self._step_index: int | None = None
 
