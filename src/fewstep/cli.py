@@ -89,7 +89,6 @@ def _register_teachers(specs: list[str], data_dir: str | None) -> list[str]:
     return names
 
 
-
 def _sample_own_grid(args: argparse.Namespace, D, x, sigma_max: float):
     """A PD student with DDIM on its own training grid, at exactly its step count."""
     from .bench import students
@@ -98,6 +97,7 @@ def _sample_own_grid(args: argparse.Namespace, D, x, sigma_max: float):
     if why := students.unreachable(entry, args.nfe):
         raise ValueError(why)
     return students.run_student(entry, D, x, args.nfe, sigma_max, args.seed)[0]
+
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     import torch
@@ -112,11 +112,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     teacher = teachers.get(args.teacher)
     denoiser, solver = teacher.denoiser, args.solver
     if args.student:
-        from .train import checkpoint_info, load_checkpoint
+        from .bench.students import method_name
+        from .train import load_checkpoint
 
         denoiser = load_checkpoint(args.student)
-        method = checkpoint_info(args.student).get("method", {})
-        method = method.get("name") if isinstance(method, dict) else method
+        method = method_name(args.student)
         if solver is None:
             solver = "consistency" if method in CONSISTENCY_METHODS else "ddim"
     else:

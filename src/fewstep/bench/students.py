@@ -37,7 +37,8 @@ def _path(method: str) -> str:
 
 
 @functools.cache
-def _method_name(path: str) -> str:
+def method_name(path: str) -> str:
+    """The training method recorded in the checkpoint (or run directory) at ``path``."""
     from ..train import checkpoint_info
 
     method = checkpoint_info(path).get("method", {})
@@ -59,7 +60,7 @@ def own_grid(method: str) -> tuple[int, Tensor]:
 def check(method: str) -> str:
     """The training method of a ``student:PATH`` entry, or a clear error."""
     try:
-        name = _method_name(_path(method))
+        name = method_name(_path(method))
     except FileNotFoundError:
         raise ValueError(f"{method!r}: no checkpoint at {_path(method)!r}") from None
     if name not in METHODS:
