@@ -30,6 +30,8 @@ EPILOG_SAMPLE = """examples:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench.report import (
+        decide,
+        format_decision,
         format_leaderboard,
         format_peer_comparison,
         leaderboard,
@@ -59,10 +61,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
           f"already done, {summary.ran} run ({summary.failed} failed) in "
           f"{summary.seconds:.1f} s; {len(summary.skipped)} unreachable budgets skipped")
     rows = Store(f"{args.out}/results.sqlite").rows(suite=suite.name)
+    print(format_decision(decide(rows, args.metric)))
     print(format_leaderboard(leaderboard(rows, metric=args.metric)))
     print(format_peer_comparison(peer_comparison(rows, metric=args.metric)))
-    if not args.no_report:
-        path = write_report(rows, args.out, suite=suite.name, metric=args.metric)
+    if not args.no_report:  # the store, not rows: the report lists the failed cases too
+        path = write_report(Store(f"{args.out}/results.sqlite"), args.out, suite=suite.name,
+                            metric=args.metric)
         print(f"report: {path}")
     print(f"total wall-clock: {time.perf_counter() - t0:.1f} s")
     return 1 if summary.failed else 0
@@ -261,6 +265,8 @@ def _training_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from .bench.report import (
+        decide,
+        format_decision,
         format_leaderboard,
         format_peer_comparison,
         leaderboard,
@@ -273,9 +279,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no finished cases in {args.out}/results.sqlite", file=sys.stderr)
         return 1
+    print(format_decision(decide(rows, args.metric)))
     print(format_leaderboard(leaderboard(rows, metric=args.metric)))
     print(format_peer_comparison(peer_comparison(rows, metric=args.metric)))
-    print(f"report: {write_report(rows, args.out, suite=args.suite, metric=args.metric)}")
+    store = Store(f"{args.out}/results.sqlite")  # with its failed cases
+    print(f"report: {write_report(store, args.out, suite=args.suite, metric=args.metric)}")
     return 0
 
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .. import metrics, solvers
 from .._io import atomic_write
 from ..solvers import reference_solution
-from . import peers, students
+from . import baselines, peers, students
 from .meters import EnergyMeter, MemoryMeter, TimedDenoiser, environment, synchronize
 from .store import Store
 from .suite import Case, Suite
@@ -88,10 +88,13 @@ def reference(teacher: Teacher, seed: int, n: int, rtol: float, cache: Path) -> 
     return ref
 
 
-def _run_method(case: Case, D: Any, x: Tensor, teacher: Teacher) -> tuple[Tensor, int]:
+def _run_method(case: Case, D: Any, x: Tensor, teacher: Teacher,
+                ref: Tensor) -> tuple[Tensor, int]:
     """Sample with the case's method; returns the samples and the number of solver steps.
     For ``student:PATH`` methods ``D`` (the timing wrapper) wraps the student, not the
-    teacher."""
+    teacher; ``baseline:NAME`` methods use the (already computed) reference ``ref``."""
+    if case.impl == "baseline":
+        return baselines.run_baseline(case.method, x, ref, teacher.sigma_max), 0
     if case.impl == "student":
         return students.run_student(case.method, D, x, case.nfe, teacher.sigma_max, case.seed,
                                     case.schedule)
@@ -226,14 +229,14 @@ def _run_case(case: Case, ctx: _Context) -> dict[str, Any]:
         D = students.model(case.method) if case.impl == "student" else teacher.denoiser
         D = D.to(ctx.device, dtype) if isinstance(D, torch.nn.Module) else D
         if (case.teacher, case.method) not in ctx.warm:  # warm-up: same code path, 8 samples
-            _run_method(case, D, x[:8], teacher)
+            _run_method(case, D, x[:8], teacher, ref)
             ctx.warm.add((case.teacher, case.method))
         timed, mem, energy = TimedDenoiser(D, ctx.device), MemoryMeter(ctx.device), \
             EnergyMeter(ctx.device)
         with mem.measure(), energy.measure() as joules:
             synchronize(ctx.device)
             t0 = time.perf_counter()
-            out, steps = _run_method(case, timed, x, teacher)
+            out, steps = _run_method(case, timed, x, teacher, ref)
             synchronize(ctx.device)
             wall = time.perf_counter() - t0
         held_out = None if teacher.reference_samples is None else \

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import solvers
-from . import peers, students, teachers
+from . import baselines, peers, students, teachers
 from .store import case_key
 
 __all__ = ["Case", "Suite", "load_suite"]
@@ -79,6 +79,8 @@ class Suite:
                                      f"{', '.join(peers.available())}")
             elif m.startswith("student:"):
                 students.check(m)
+            elif baselines.is_baseline(m):
+                baselines.get(m)
             else:
                 solvers.get(m)
         if self.dtype not in ("float32", "float64", "float16", "bfloat16"):
@@ -89,7 +91,7 @@ class Suite:
         out = []
         for t in self.teachers:
             for m in self.methods:
-                for nfe in self.nfe:
+                for nfe in [0] if baselines.is_baseline(m) else self.nfe:  # no evaluations
                     why = _unreachable(m, nfe)
                     if why:
                         if why not in self.skipped:
@@ -103,6 +105,8 @@ class Suite:
 
 
 def _unreachable(method: str, nfe: int) -> str | None:
+    if baselines.is_baseline(method):
+        return None
     if method.startswith("student:"):
         return students.unreachable(method, nfe)
     if method.startswith("diffusers:"):

@@ -20,7 +20,7 @@ from fewstep.metrics.features import (
     load_extractor_weights,
     prdc,
 )
-from fewstep.metrics.stats import Summary, mean_ci
+from fewstep.metrics.stats import Summary, holm, mean_ci, paired_p, range_ci
 
 __all__ = [
     "ChecksumError",
@@ -33,12 +33,15 @@ __all__ = [
     "file_sha256",
     "frechet_distance",
     "frechet_distance_from_features",
+    "holm",
     "kid",
     "load_extractor_weights",
     "mean_ci",
     "mmd",
     "mode_coverage",
     "nll",
+    "paired_p",
     "prdc",
+    "range_ci",
     "sliced_wasserstein",
 ]
