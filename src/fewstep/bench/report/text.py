@@ -94,7 +94,7 @@ def format_leaderboard(board: Sequence[dict[str, Any]]) -> str:
     return "\n".join([clip(title, 100), *_table(_BOARD, cells)])
 
 
-_DECISION = (("teacher", 12, "<"), ("NFE<=", 5, ">"), ("use", 20, "<"),
+_DECISION = (("teacher", 12, "<"), ("NFE<=", 5, ">"), ("use", 22, "<"),
              ("metric [95% CI]", 26, "<"), ("time/smp", 8, ">"), ("tied with", 26, "<"))
 
 
@@ -120,10 +120,11 @@ def format_decision(decisions: Sequence[Decision]) -> str:
     if not decisions:
         return "(no decision: no finished cases with this metric)"
     metric = decisions[0].ranking.metric
-    head = (f"Decision on {direction_note(metric)}: at NFE <= k use X. Tied = not significantly "
-            f"worse than X (paired t over seeds, Holm, alpha {ALPHA}); baselines, methods no "
-            "better than a trivial baseline and peers with a fewstep twin are never chosen.")
-    lines = [head, *_table(_DECISION, [_decision_cells(d) for d in decisions]),
+    head = [f"Decision on {direction_note(metric)}: at NFE <= k use X.",
+            f"Tied = not significantly worse than X (paired t over seeds, Holm, alpha {ALPHA}).",
+            "Never chosen: baselines, methods no better than a trivial baseline, peers with a "
+            "fewstep twin."]
+    lines = [*head, *_table(_DECISION, [_decision_cells(d) for d in decisions]),
              "Pareto front, time per sample vs metric (eligible cases, fastest first):"]
     seen: dict[str, list[Agg]] = {d.teacher: d.front for d in decisions}
     lines += [_front_line(t, f) for t, f in seen.items()]
