@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogFormatter
+from matplotlib.ticker import LogFormatter, NullFormatter
 
 from fewstep import solvers
 from fewstep._io import atomic_write
@@ -85,16 +85,26 @@ def _family_best(runs: Sequence[Agg]) -> dict[str, str]:
     return {f: m for f, (_, m) in sorted(best.items(), key=lambda kv: _FAMILIES.index(kv[0]))}
 
 
-def _set_scales(ax: Any, ys: Sequence[float]) -> bool:
-    """Log x; log y when every value is positive (returns whether y is log)."""
-    log = bool(ys) and min(ys) > 0
+def _set_scales(ax: Any, ys: Sequence[float], positive: bool) -> bool:
+    """Log x; log y for a [0, inf) metric whose values are all positive (returns whether y
+    is log). Bounded metrics (fractions) stay linear."""
+    log = positive and bool(ys) and min(ys) > 0
     ax.set_xscale("log")
     ax.set_yscale("log" if log else "linear")
     for axis in (ax.xaxis, ax.yaxis):
         if axis.get_scale() == "log":  # plain labels: mathtext tick labels are slow to lay out
             axis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-            axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
+            axis.set_minor_formatter(NullFormatter())
     return log
+
+
+def _label_minor_ticks(ax: Any) -> None:
+    """Label minor ticks (2, 5 x 10^k) on log axes spanning less than a decade only: tick
+    labels dominate drawing time."""
+    for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        if axis.get_scale() == "log" and lo > 0 and hi / lo < 10:
+            axis.set_minor_formatter(LogFormatter(labelOnlyBase=False,
+                                                  minor_thresholds=(1, 0.4)))
 
 
 def _line(ax: Any, pts: list[Agg], xattr: str, flags: dict[tuple[str, int], str],
@@ -131,7 +141,7 @@ def _line(ax: Any, pts: list[Agg], xattr: str, flags: dict[tuple[str, int], str]
 def _baselines(ax: Any, base: Sequence[Agg]) -> None:
     """Horizontal lines labelled at the right edge; values off the axis are only named."""
     lo, hi = ax.get_ylim()
-    off = []
+    off, at = [], {}
     for b in sorted(base, key=lambda b: b.method):
         y = b.summary.mean
         if not (math.isfinite(y) and lo <= y <= hi):
@@ -140,8 +150,11 @@ def _baselines(ax: Any, base: Sequence[Agg]) -> None:
         ref = b.method == "baseline:reference"
         ax.axhline(y, ls="-." if ref else ":", color="black" if ref else "#666666", lw=1.0,
                    zorder=1)
-        ax.annotate(b.method, (1.0, y), xycoords=("axes fraction", "data"), fontsize=6,
-                    ha="right", va="bottom", color="#444444")
+        at.setdefault(f"{y:.3g}", (y, []))[1].append(b.method.removeprefix("baseline:"))
+    for y, names in at.values():  # one label per distinct level
+        ax.annotate("baseline: " + " = ".join(names), (1.0, y),
+                    xycoords=("axes fraction", "data"), fontsize=6, ha="right", va="bottom",
+                    color="#444444")
     if off:
         ax.text(0.01, 0.01, "off axis: " + ", ".join(off), transform=ax.transAxes, fontsize=6,
                 color="#444444")
@@ -159,7 +172,8 @@ def _panel(ax: Any, items: list[Agg], xattr: str, annotate: bool) -> None:
     flags = sanity_flags(items)
     runs = [a for a in items if not a.is_baseline and math.isfinite(_x(a, xattr))]
     base = [a for a in items if a.is_baseline]
-    _set_scales(ax, [a.summary.mean for a in runs])
+    _set_scales(ax, [a.summary.mean for a in runs],
+                metric_registry.get(items[0].metric).positive)
     best = _family_best(runs)
     chosen = {m: f for f, m in best.items()}
     for method, pts in _by_method(runs).items():
@@ -175,6 +189,7 @@ def _panel(ax: Any, items: list[Agg], xattr: str, annotate: bool) -> None:
                             xytext=(3, 3), textcoords="offset points")
     ax.legend(fontsize=6, loc="best", frameon=False)
     _baselines(ax, base)
+    _label_minor_ticks(ax)
 
 
 def _panels(n: int) -> tuple[Figure, list[Any]]:
