@@ -194,3 +194,11 @@ def test_intervals_in_the_report_stay_in_range():
     (f,) = leaderboard(frac, "mode_coverage")
     assert 0 <= f["best_lo"] < f["best_mean"] < f["best_hi"] <= 1.0
     assert math.isclose(f["best_mean"], 0.9)
+
+
+def test_few_seeds_are_called_out():
+    base = np.array([0.30, 0.33, 0.29, 0.31, 0.32])
+    five = [*series("A", 4, "sw", base), *series("B", 4, "sw", base * 1.2)]
+    assert "seed(s)" not in format_decision(decide(five, "sw"))
+    two = [r for r in five if r["seed"] < 2]
+    assert "Only 2 seed(s)" in format_decision(decide(two, "sw"))

@@ -39,7 +39,7 @@ from .aggregate import (
 from .peers import peer_comparison
 from .plots import plot_pareto, plot_quality_vs_nfe, plot_quality_vs_time
 from .ranking import ALPHA, Decision, decide, disagreements, leaderboard
-from .text import NO_DATA, NONE_ELIGIBLE, format_seconds, num, tie_text, with_ci
+from .text import NO_DATA, NONE_ELIGIBLE, few_seeds, format_seconds, num, tie_text, with_ci
 
 __all__ = ["write_report"]
 
@@ -137,8 +137,9 @@ def _decision_section(rows: Sequence[Row], metric: str) -> str:
             "<p>At NFE ≤ k per sample, use the method named: the best eligible case among all "
             f"budgets up to k. <i>Tied with</i> lists every case not significantly worse (paired "
             f"t-test over seeds on the same start noise, Holm-corrected, α = {ALPHA}); pick any "
-            "of them. Baselines, methods no better than a trivial baseline and peers shown "
-            "beside their fewstep twin are never named.</p>"
+            "of them. Baselines, methods not significantly better than a trivial baseline and "
+            "peers shown beside their fewstep twin are never named.</p>"
+            + (f"<p><b>{_E(w)}</b></p>" if (w := few_seeds(decisions)) else "")
             + _table(head, [_decision_tr(d) for d in decisions], sortable=False)
             + "<h3>Quality vs wall-clock: Pareto front (eligible cases, fastest first)</h3>"
             "<p>Under a time budget t per sample, use the last front entry with time ≤ t.</p>"

@@ -11,8 +11,8 @@ from fewstep.metrics import registry as metric_registry
 from .aggregate import Agg, finite
 from .ranking import ALPHA, Decision
 
-__all__ = ["format_decision", "format_leaderboard", "format_peer_comparison", "format_seconds",
-           "num", "tie_text", "with_ci"]
+__all__ = ["few_seeds", "format_decision", "format_leaderboard", "format_peer_comparison",
+           "format_seconds", "num", "tie_text", "with_ci"]
 
 NO_DATA = "-"
 NONE_ELIGIBLE = "(none beats baselines)"
@@ -122,13 +122,25 @@ def format_decision(decisions: Sequence[Decision]) -> str:
     metric = decisions[0].ranking.metric
     head = [f"Decision on {direction_note(metric)}: at NFE <= k use X.",
             f"Tied = not significantly worse than X (paired t over seeds, Holm, alpha {ALPHA}).",
-            "Never chosen: baselines, methods no better than a trivial baseline, peers with a "
-            "fewstep twin."]
+            "Never chosen: baselines, methods not significantly better than a trivial "
+            "baseline, peers with a fewstep twin."]
+    warning = few_seeds(decisions)
+    head += [warning] if warning else []
     lines = [*head, *_table(_DECISION, [_decision_cells(d) for d in decisions]),
              "Pareto front, time per sample vs metric (eligible cases, fastest first):"]
     seen: dict[str, list[Agg]] = {d.teacher: d.front for d in decisions}
     lines += [_front_line(t, f) for t, f in seen.items()]
     return "\n".join(lines)
+
+
+def few_seeds(decisions: Sequence[Decision]) -> str | None:
+    """A warning when the fewest seeds behind any case is below 5 (None otherwise): a paired
+    t-test over 2 seeds needs t > 6.3, so almost nothing separates."""
+    n = min((a.summary.n for d in decisions for a in d.ranking.ranked), default=0)
+    if n >= 5:
+        return None
+    return (f"Only {n} seed(s) behind some cases: too few to separate most methods (5 or more "
+            "recommended); ties and flags here mostly mean 'not shown', not 'equal'.")
 
 
 def format_peer_comparison(comp: Sequence[dict[str, Any]]) -> str:
