@@ -75,22 +75,6 @@ def test_progress_in_a_log_is_plain_lines_at_an_interval(tmp_path, monkeypatch, 
     assert err.splitlines()[-1].startswith("bench tiny: 12/12 cases (0 failed)")
 
 
-def test_interrupt_keeps_finished_cases_and_releases_claims(tmp_path, monkeypatch):
-    calls = []
-
-    def interrupted(case, ctx):
-        calls.append(case.key)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return _fake_ok(case, ctx)
-
-    monkeypatch.setattr(runner, "run_case", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_suite(tiny(), tmp_path, progress=False)
-    store = Store(tmp_path / "results.sqlite")
-    assert store.done() == set(calls[:2]) and store.claims() == []
-
-
 def test_failures_are_summarised_once_per_distinct_error(tmp_path, monkeypatch):
     def broken(case, ctx):
         error = "ValueError: cannot read image /x/bad.png" if case.method == "ddim" else \
