@@ -209,3 +209,18 @@ def test_concurrent_claims_give_each_case_to_one_handle(tmp_path):
     for t in threads:
         t.join()
     assert sorted(won["a"] + won["b"]) == sorted(keys)
+
+
+def test_report_command_on_a_read_only_mount(tmp_path, capsys):
+    from fewstep.cli import main
+
+    ro = tmp_path / "ro"
+    store = Store(ro / "results.sqlite")
+    for seed in (0, 1):
+        store.put(_row(f"k{seed}", seed=seed, nfe=4.0, time_per_sample_s=1e-3))
+    with _read_only_dir(ro):
+        assert main(["report", "--out", str(ro)]) == 2  # cannot write report.html there
+        err = capsys.readouterr().err
+        assert f"cannot write the report in {ro}" in err and "--report-dir" in err
+        assert main(["report", "--out", str(ro), "--report-dir", str(tmp_path / "html")]) == 0
+    assert (tmp_path / "html" / "report.html").exists()
