@@ -109,6 +109,8 @@ USER_ERRORS = [
     (["report", "--out", "{root}/truncated"], "{root}/truncated/results.sqlite"),
     (["report", "--out", "{root}/nowhere/all.sqlite"], "{root}/nowhere/all.sqlite"),
     (["report", "--out", "{root}/results", "--metric", "bogus"], "'bogus'"),
+    (["bench", "--suite", "{root}/tiny.toml", "--out", "{root}/results", "--metric", "bogus",
+      "--no-report", "--quiet"], "'bogus'"),
     (["bench", "--suite", "{root}/corrupt/../nfe.toml", "--out", "{root}/x"], "[0, -1]"),
     (["bench", "--out", "{root}/corrupt", "--suite", "{root}/tiny.toml", "--quiet"],
      "{root}/corrupt/results.sqlite"),
