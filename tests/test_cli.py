@@ -201,3 +201,14 @@ def test_bench_prints_each_distinct_failure_once(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "4 failed: 4 x ValueError: cannot read image '/x/bad.png' (e.g. gmm2/ddim/nfe=3/" \
            "seed=0)" in out
+
+
+def test_results_paths_accept_a_directory_or_a_database_file(tmp_path):
+    from fewstep.cli import results_paths
+
+    (tmp_path / "run.sqlite").mkdir()  # a results directory that happens to end in .sqlite
+    assert results_paths(str(tmp_path / "run.sqlite")) == \
+        (tmp_path / "run.sqlite" / "results.sqlite", tmp_path / "run.sqlite")
+    assert results_paths(str(tmp_path / "all.sqlite")) == (tmp_path / "all.sqlite", tmp_path)
+    assert results_paths(str(tmp_path / "out")) == (tmp_path / "out" / "results.sqlite",
+                                                    tmp_path / "out")

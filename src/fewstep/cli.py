@@ -99,7 +99,7 @@ def results_paths(out: str) -> tuple[Path, Path]:
     ``results.sqlite``, or a database file itself (e.g. ``fewstep merge``'s ``all.sqlite``),
     whose report goes beside it."""
     path = Path(out)
-    if path.is_file() or path.suffix in (".sqlite", ".sqlite3", ".db"):
+    if not path.is_dir() and (path.is_file() or path.suffix in (".sqlite", ".sqlite3", ".db")):
         return path, path.parent
     return path / RESULTS_DB, path
 
