@@ -56,3 +56,160 @@ def test_unknown_method_is_a_clear_error(tmp_path, capsys):
     assert main(["distill", "--method", "magic", "--data", "moons", "--out",
                  str(tmp_path)]) == 2
     assert "unknown method 'magic'" in capsys.readouterr().err
+
+
+# --- user errors: one line naming the bad value, exit status 2, no traceback ----------------
+
+TINY_SUITE = ('name = "tiny"\nteachers = ["gmm2"]\nmethods = ["ddim", "heun"]\nnfe = [3, 5]\n'
+              'seeds = [0]\nn_samples = 32\nreference_rtol = 1e-5\n')
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Paths the error table refers to: a finished results directory and its merged copy,
+    corrupt and truncated databases, a KD student, bad and wrong-size images, bad suites."""
+    import numpy as np
+    from skimage import io
+
+    from fewstep.bench.store import Store
+
+    root = tmp_path_factory.mktemp("cli")
+    (root / "tiny.toml").write_text(TINY_SUITE)
+    assert main(["bench", "--suite", str(root / "tiny.toml"), "--out", str(root / "results"),
+                 "--quiet", "--no-report"]) == 0
+    assert main(["merge", str(root / "all.sqlite"), str(root / "results" / "results.sqlite")]) \
+        == 0
+    (root / "corrupt").mkdir()
+    (root / "corrupt" / "results.sqlite").write_text("not a database\n" * 50)
+    (root / "truncated").mkdir()
+    big = Store(root / "big.sqlite")
+    for i in range(100):
+        big.put({"key": f"k{i}", "status": "ok", "config": {"pad": "x" * 800}})
+    (root / "truncated" / "results.sqlite").write_bytes((root / "big.sqlite").read_bytes()[:4096])
+    (root / "nfe.toml").write_text(TINY_SUITE.replace("nfe = [3, 5]", "nfe = [0, -1]"))
+    (root / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    io.imsave(str(root / "digit.png"), np.zeros((8, 8), np.uint8), check_contrast=False)
+    io.imsave(str(root / "big.png"), np.zeros((10, 12), np.uint8), check_contrast=False)
+    io.imsave(str(root / "bigmask.png"), np.zeros((16, 16), np.uint8), check_contrast=False)
+    common = ["--data", "moons", "--hidden", "16", "--batch-size", "16", "--quiet"]
+    assert main(["train", "--out", str(root / "teacher"), "--steps", "2", *common]) == 0
+    assert main(["distill", "--method", "kd", "--teacher", str(root / "teacher"), "--out",
+                 str(root / "kd"), "--steps", "2", *common]) == 0
+    return root
+
+
+def _missing_cuda() -> str:
+    import torch
+
+    return f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+
+
+# argv (with {root} for the files fixture) -> text the one error line must contain
+USER_ERRORS = [
+    (["report", "--out", "{root}/corrupt"], "{root}/corrupt/results.sqlite"),
+    (["report", "--out", "{root}/truncated"], "{root}/truncated/results.sqlite"),
+    (["report", "--out", "{root}/nowhere/all.sqlite"], "{root}/nowhere/all.sqlite"),
+    (["report", "--out", "{root}/results", "--metric", "bogus"], "'bogus'"),
+    (["bench", "--suite", "{root}/tiny.toml", "--out", "{root}/results", "--metric", "bogus",
+      "--no-report", "--quiet"], "'bogus'"),
+    (["bench", "--suite", "{root}/corrupt/../nfe.toml", "--out", "{root}/x"], "[0, -1]"),
+    (["bench", "--out", "{root}/corrupt", "--suite", "{root}/tiny.toml", "--quiet"],
+     "{root}/corrupt/results.sqlite"),
+    (["bench", "--out", "{root}/all.sqlite", "--suite", "{root}/tiny.toml"], "all.sqlite"),
+    (["bench", "--device", _missing_cuda(), "--suite", "{root}/tiny.toml"], _missing_cuda()),
+    (["merge", "{root}/m.sqlite", "{root}/all.sqlite", "{root}/nope.sqlite"], "nope.sqlite"),
+    (["train", "--data", "moonz", "--out", "{root}/t"], "'moonz'"),
+    (["train", "--data", "moons", "--steps", "0", "--out", "{root}/t"], "--steps"),
+    (["train", "--data", "moons", "--lr", "-1", "--out", "{root}/t"], "--lr"),
+    (["distill", "--method", "magic", "--data", "moons", "--out", "{root}/t"], "'magic'"),
+    (["sample", "--n", "0"], "--n"),
+    (["sample", "--nfe", "0"], "--nfe"),
+    (["sample", "--teacher", "moons", "--student", "{root}/kd", "--nfe", "4"], "--nfe 4"),
+    (["edit", "inpaint", "{root}/digit.png", "--model", "digits", "--samples", "0"],
+     "--samples"),
+    (["edit", "inpaint", "{root}/bad.png", "--model", "digits"], "{root}/bad.png"),
+    (["edit", "inpaint", "{root}/missing.png", "--model", "digits"], "{root}/missing.png"),
+    (["edit", "inpaint", "{root}/big.png", "--model", "digits"], "{root}/big.png is 10x12"),
+    (["edit", "inpaint", "{root}/digit.png", "--mask", "{root}/bigmask.png", "--model",
+      "digits"], "{root}/bigmask.png is 16x16"),
+    (["edit", "super-resolve", "{root}/digit.png", "--model", "digits", "--factor", "3"],
+     "--factor 3"),
+]
+
+
+@pytest.mark.parametrize("argv,bad", USER_ERRORS, ids=[" ".join(a[:2]) + f" [{b}]"
+                                                      for a, b in USER_ERRORS])
+def test_user_errors_are_one_line_naming_the_value(files, capsys, argv, bad):
+    argv = [a.format(root=files) for a in argv]
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse
+        code = e.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert bad.format(root=files) in lines[0]
+
+
+def test_report_reads_the_merged_database_file(files, capsys):
+    assert main(["report", "--out", str(files / "all.sqlite")]) == 0
+    assert (files / "report.html").exists()  # beside the database
+    assert "best method" in capsys.readouterr().out
+
+
+def test_edit_resize_is_explicit_and_stated(files, capsys):
+    out = files / "edited.png"
+    assert main(["edit", "inpaint", str(files / "big.png"), "--model", "digits", "--resize",
+                 "--solver", "heun", "--nfe", "3", "--samples", "1", "--out", str(out)]) == 0
+    assert f"resized {files / 'big.png'} from 10x12 to 8x8 pixels" in capsys.readouterr().out
+
+
+def test_ctrl_c_is_one_line_exit_130_and_keeps_finished_cases(tmp_path, monkeypatch, capsys):
+    from fewstep.bench import runner
+    from fewstep.bench.store import Store
+
+    (tmp_path / "tiny.toml").write_text(TINY_SUITE)
+    real, calls = runner.run_case, []
+
+    def interrupted(case, ctx):
+        calls.append(case.key)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(case, ctx)
+
+    monkeypatch.setattr(runner, "run_case", interrupted)
+    assert main(["bench", "--suite", str(tmp_path / "tiny.toml"), "--out", str(tmp_path),
+                 "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "interrupted" in err and "Traceback" not in err
+    store = Store(tmp_path / "results.sqlite")
+    assert store.done() == set(calls[:2]) and store.claims() == []
+
+
+def test_bench_prints_each_distinct_failure_once(tmp_path, monkeypatch, capsys):
+    from fewstep.bench import runner
+
+    (tmp_path / "tiny.toml").write_text(TINY_SUITE)
+
+    def broken(case, ctx):
+        return {"key": case.key, "suite": case.suite, "status": "error", "metrics": {},
+                "error": "ValueError: cannot read image '/x/bad.png'"}
+
+    monkeypatch.setattr(runner, "run_case", broken)
+    assert main(["bench", "--suite", str(tmp_path / "tiny.toml"), "--out", str(tmp_path),
+                 "--quiet", "--no-report"]) == 1
+    out = capsys.readouterr().out
+    assert "4 failed: 4 x ValueError: cannot read image '/x/bad.png' (e.g. gmm2/ddim/nfe=3/" \
+           "seed=0)" in out
+
+
+def test_results_paths_accept_a_directory_or_a_database_file(tmp_path):
+    from fewstep.cli import results_paths
+
+    (tmp_path / "run.sqlite").mkdir()  # a results directory that happens to end in .sqlite
+    assert results_paths(str(tmp_path / "run.sqlite")) == \
+        (tmp_path / "run.sqlite" / "results.sqlite", tmp_path / "run.sqlite")
+    assert results_paths(str(tmp_path / "all.sqlite")) == (tmp_path / "all.sqlite", tmp_path)
+    assert results_paths(str(tmp_path / "out")) == (tmp_path / "out" / "results.sqlite",
+                                                    tmp_path / "out")

@@ -237,7 +237,7 @@ def test_edit_cli(tmp_path, capsys, task):
     assert edit_cli is not None
 
 
-def test_edit_cli_with_a_trained_checkpoint(tmp_path):
+def test_edit_cli_with_a_trained_checkpoint(tmp_path, capsys):
     """A consistency student saved by the training loop is loaded from its run directory."""
     from fewstep.distill.consistency import ImprovedConsistencyTraining
     from fewstep.nets import ConsistencyPrecond, UNet
@@ -253,7 +253,30 @@ def test_edit_cli_with_a_trained_checkpoint(tmp_path):
     assert main(["inpaint", str(src), "--model", str(tmp_path / "run"), "--nfe", "2",
                  "--samples", "3", "--out", str(out)]) == 0
     assert load_png(out).shape == (1, 1, 17, 17)  # a 2 x 2 grid
-    with pytest.raises(ValueError, match="unknown model"):
-        main(["inpaint", str(src), "--model", str(tmp_path / "nothing")])
-    with pytest.raises(ValueError, match="does not generate images"):
-        main(["inpaint", str(src), "--model", "moons"])
+    assert main(["inpaint", str(src), "--model", str(tmp_path / "nothing")]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert main(["inpaint", str(src), "--model", "moons"]) == 2
+    assert "does not generate images" in capsys.readouterr().err
+
+
+def test_load_png_names_a_file_that_is_not_an_image(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    with pytest.raises(ValueError, match=r"cannot read image .*bad\.png"):
+        load_png(tmp_path / "bad.png")
+    with pytest.raises(FileNotFoundError, match=r"missing\.png"):
+        load_png(tmp_path / "missing.png")
+
+
+@pytest.mark.parametrize("what", ["input", "mask"])
+def test_edit_refuses_a_wrong_size_without_resize(tmp_path, capsys, what):
+    small, big = save_png(tmp_path / "ok.png", torch.zeros(1, 8, 8)), \
+        save_png(tmp_path / "big.png", torch.zeros(1, 12, 12))
+    args = ["inpaint", str(big if what == "input" else small), "--model", "digits",
+            "--solver", "heun", "--nfe", "3", "--samples", "1", "--out",
+            str(tmp_path / "out.png")]
+    if what == "mask":
+        args += ["--mask", str(big)]
+    assert main(args) == 2
+    assert f"{big} is 12x12 pixels; expected 8x8 (pass --resize" in capsys.readouterr().err
+    assert main([*args, "--resize"]) == 0
+    assert f"resized {big} from 12x12 to 8x8 pixels" in capsys.readouterr().out

@@ -1,4 +1,9 @@
-"""The ``fewstep`` command."""
+"""The ``fewstep`` command.
+
+User errors (a bad value, a missing or unreadable file: ``ValueError`` and ``OSError``, which
+every check raises naming the value) print one line and exit with status 2, argument errors
+included; Ctrl-C prints one line and exits with 130, keeping finished work.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,105 @@ import dataclasses
 import functools
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from .bench.students import CONSISTENCY_METHODS, OWN_GRID_METHODS, RENOISE_SIGMA_MIN
+from .bench.students import (
+    CONSISTENCY_METHODS,
+    ONE_STEP_METHODS,
+    OWN_GRID_METHODS,
+    RENOISE_SIGMA_MIN,
+)
 
 DEFAULT_STEPS = 2000
+RESULTS_DB = "results.sqlite"  # the database inside a results directory
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number; got {text!r}")
+    return value
+
+
+def device(text: str) -> str:
+    """argparse type: a torch device string that exists on this machine."""
+    if text == "cpu":
+        return text
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r} (cpu, cuda, cuda:N, mps)") \
+            from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine "
+                                         f"(torch {torch.__version__}); use --device cpu")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: only {torch.cuda.device_count()} CUDA "
+                                         "device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available on this machine")
+    return text
+
+
+def registered(kind: str, names: Callable[[], list[str]]) -> Callable[[str], str]:
+    """argparse type: one of a registry's ``names()``, else an error listing them."""
+    def check(text: str) -> str:
+        if text not in (valid := names()):
+            raise argparse.ArgumentTypeError(f"unknown {kind} {text!r}; available: "
+                                             f"{', '.join(valid)}")
+        return text
+    return check
+
+
+def _datasets() -> list[str]:
+    from . import data
+
+    return data.available()
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage block), exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def results_paths(out: str) -> tuple[Path, Path]:
+    """(database, report directory) of ``--out``: a results directory holding
+    ``results.sqlite``, or a database file itself (e.g. ``fewstep merge``'s ``all.sqlite``),
+    whose report goes beside it."""
+    path = Path(out)
+    if not path.is_dir() and (path.is_file() or path.suffix in (".sqlite", ".sqlite3", ".db")):
+        return path, path.parent
+    return path / RESULTS_DB, path
+
+
+def _check_metric(metric: str, rows: list[dict], db: Path) -> None:
+    """``metric`` must be present in ``rows``, else an error naming the ones that are."""
+    from .bench.report import metrics_present
+
+    if rows and metric not in (present := metrics_present(rows)):
+        raise ValueError(f"--metric {metric!r}: not a metric of the rows in {db}; "
+                         f"available: {', '.join(present)}")
 
 EPILOG_BENCH = """examples:
   fewstep bench                         # the quick suite on the built-in teachers
@@ -54,19 +153,27 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         for why in suite.skipped:
             print(f"skipped: {why}")
         return 0
+    if Path(args.out).is_file():
+        raise ValueError(f"--out {args.out!r} is a file; bench writes a results directory "
+                         f"(its database is DIR/{RESULTS_DB})")
     t0 = time.perf_counter()
     summary = run_suite(suite, args.out, shard=parse_shard(args.shard), device=args.device,
                         progress=not args.quiet)
     print(f"suite {suite.name!r}: {summary.total} cases in this shard, {summary.already_done} "
-          f"already done, {summary.ran} run ({summary.failed} failed) in "
-          f"{summary.seconds:.1f} s; {len(summary.skipped)} unreachable budgets skipped")
-    rows = Store(f"{args.out}/results.sqlite").rows(suite=suite.name)
+          f"already done, {summary.ran} run ({summary.failed} failed), {summary.elsewhere} "
+          f"left to another run on this --out, in {summary.seconds:.1f} s; "
+          f"{len(summary.skipped)} unreachable budgets skipped")
+    for i, line in enumerate(summary.failure_lines()):
+        print(f"{summary.failed} failed: {line}" if i == 0 else f"  {line}")
+    db = Path(args.out) / RESULTS_DB
+    store = Store(db, read_only=True)
+    rows = store.rows(suite=suite.name)
+    _check_metric(args.metric, rows, db)
     print(format_decision(decide(rows, args.metric)))
     print(format_leaderboard(leaderboard(rows, metric=args.metric)))
     print(format_peer_comparison(peer_comparison(rows, metric=args.metric)))
     if not args.no_report:  # the store, not rows: the report lists the failed cases too
-        path = write_report(Store(f"{args.out}/results.sqlite"), args.out, suite=suite.name,
-                            metric=args.metric)
+        path = write_report(store, args.out, suite=suite.name, metric=args.metric)
         print(f"report: {path}")
     print(f"total wall-clock: {time.perf_counter() - t0:.1f} s")
     return 1 if summary.failed else 0
@@ -94,7 +201,8 @@ def _register_teachers(specs: list[str], data_dir: str | None) -> list[str]:
 
 
 def _sample_own_grid(args: argparse.Namespace, D, x, sigma_max: float):
-    """A PD student with DDIM on its own training grid, at exactly its step count."""
+    """A PD student with DDIM on its own training grid, at exactly its step count; a KD
+    student in its one step."""
     from .bench import students
 
     entry = f"student:{args.student}"
@@ -121,6 +229,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
         denoiser = load_checkpoint(args.student)
         method = method_name(args.student)
+        if method in ONE_STEP_METHODS and args.nfe != 1:
+            raise ValueError(f"--nfe {args.nfe}: {args.student} is a one-step ({method}) "
+                             "student; sample it with --nfe 1")
         if solver is None:
             solver = "consistency" if method in CONSISTENCY_METHODS else "ddim"
     else:
@@ -141,7 +252,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if spec.stochastic:
         knobs["generator"] = solvers.sample_generators(args.seed, args.n)
     with torch.no_grad():
-        if args.student and method in OWN_GRID_METHODS and solver == "ddim":
+        if args.student and method in OWN_GRID_METHODS + ONE_STEP_METHODS and \
+                solver == "ddim":
             out = _sample_own_grid(args, denoiser, x, teacher.sigma_max)
         else:
             out = spec(denoiser, x, sigmas, **knobs)
@@ -249,16 +361,17 @@ def _typed(value: str, default: object, key: str) -> object:
 
 
 def _training_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="built-in data set (moons, digits, ...)")
+    p.add_argument("--data", required=True, type=registered("data set", _datasets),
+                   help="built-in data set (moons, digits, ...)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, log; resumes)")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=positive_int, default=None,
                    help=f"optimiser steps (default {DEFAULT_STEPS}; PD: its rounds' total)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--hidden", type=int, default=256, help="network width")
+    p.add_argument("--hidden", type=positive_int, default=256, help="network width")
     p.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
-    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--checkpoint-every", type=positive_int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -275,23 +388,34 @@ def _cmd_report(args: argparse.Namespace) -> int:
     )
     from .bench.store import Store
 
-    rows = Store(f"{args.out}/results.sqlite").rows(suite=args.suite)
-    if not rows:
-        print(f"no finished cases in {args.out}/results.sqlite", file=sys.stderr)
+    db, report_dir = results_paths(args.out)
+    store = Store(db, read_only=True)
+    rows = store.rows(suite=args.suite)
+    if not store.rows(suite=args.suite, status=None):
+        print(f"no cases in {db}", file=sys.stderr)
         return 1
+    if not rows:  # only failed cases: the report lists them
+        print(f"no finished cases in {db}; the report lists the failed ones", file=sys.stderr)
+    _check_metric(args.metric, rows, db)
     print(format_decision(decide(rows, args.metric)))
     print(format_leaderboard(leaderboard(rows, metric=args.metric)))
     print(format_peer_comparison(peer_comparison(rows, metric=args.metric)))
-    store = Store(f"{args.out}/results.sqlite")  # with its failed cases
-    print(f"report: {write_report(store, args.out, suite=args.suite, metric=args.metric)}")
-    return 0
+    report_dir = Path(args.report_dir) if args.report_dir else report_dir
+    try:  # the store, not rows: the report lists the failed cases too
+        path = write_report(store, report_dir, suite=args.suite, metric=args.metric)
+    except OSError as e:
+        raise OSError(f"cannot write the report in {report_dir} ({e.strerror or e}); "
+                      "choose another folder with --report-dir") from None
+    print(f"report: {path}")
+    return 0 if rows else 1
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
     from .bench.store import merge
 
     n = merge(args.target, args.sources)
-    print(f"merged {n} rows into {args.target}")
+    print(f"merged {len(args.sources)} database(s) into {args.target}: {n} rows written "
+          "(newest finished row per case)")
     return 0
 
 
@@ -310,7 +434,7 @@ def _cmd_solvers(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fewstep", description="Fast diffusion sampling, measured "
+    p = _Parser(prog="fewstep", description="Fast diffusion sampling, measured "
                                 "honestly: solvers, distillation and a benchmark harness.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -322,7 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="fewstep-results", help="results directory (SQLite store, "
                    "reference cache, report); default: fewstep-results")
     b.add_argument("--shard", default="0/1", help="run only shard i of n, as 'i/n'")
-    b.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, mps)")
+    b.add_argument("--device", default="cpu", type=device, help="torch device (cpu, cuda, "
+                   "cuda:1, mps)")
     b.add_argument("--metric", default="ode_rmse", help="leaderboard metric (default ode_rmse)")
     b.add_argument("--no-report", action="store_true", help="skip writing the HTML report")
     b.add_argument("--list", action="store_true", help="list the cases and exit")
@@ -340,12 +465,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "results directory", epilog="example:\n  fewstep report --out "
                        "fewstep-results --metric sw",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("--out", default="fewstep-results")
+    r.add_argument("--out", default="fewstep-results", help="results directory, or a database "
+                   "file such as merge's all.sqlite (default: fewstep-results)")
+    r.add_argument("--report-dir", default=None, help="where to write report.html (default: "
+                   "the results directory, or the database file's folder)")
     r.add_argument("--suite", default=None, help="only this suite's rows")
     r.add_argument("--metric", default="ode_rmse")
     r.set_defaults(fn=_cmd_report)
 
-    m = sub.add_parser("merge", help="merge shard databases into one",
+    m = sub.add_parser("merge", help="merge shard databases into one (per case the newest "
+                       "finished row; an error never replaces a finished result)",
                        epilog="example:\n  fewstep merge all.sqlite a/results.sqlite "
                        "b/results.sqlite", formatter_class=argparse.RawDescriptionHelpFormatter)
     m.add_argument("target")
@@ -361,11 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "consistency for consistency students, ddim for other students)")
     sp.add_argument("--student", default=None, help="a trained student (run directory or "
                     "checkpoint) to sample instead of the teacher, on the teacher's sigma range")
-    sp.add_argument("--nfe", type=int, default=10)
+    sp.add_argument("--nfe", type=positive_int, default=10)
     sp.add_argument("--schedule", default="karras")
     sp.add_argument("--sigma-min", type=float, default=None, help="last nonzero sigma of the "
                     "plan (default: the teacher's; 0.821 for the consistency sampler)")
-    sp.add_argument("--n", type=int, default=64, help="number of samples")
+    sp.add_argument("--n", type=positive_int, default=64, help="number of samples")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", default="fewstep-samples", help="output directory")
     sp.set_defaults(fn=_cmd_sample)
@@ -403,12 +532,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``fewstep`` command line; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"fewstep {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError) as e:  # user errors: each names the bad value or file
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"fewstep {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"fewstep {args.command}: interrupted; finished work is kept (rerun the same "
+              "command to resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

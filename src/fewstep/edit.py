@@ -219,10 +219,13 @@ def stroke_guided(denoiser: Denoiser, strokes: Tensor, *, sigma_start: float = 1
 def load_png(path: str | Path, channels: int | None = None,
              size: tuple[int, int] | None = None) -> Tensor:
     """A PNG as a ``(1, C, H, W)`` float32 tensor in [-1, 1]; optionally converted to 1 or 3
-    ``channels`` (luma as :data:`RGB_TO_GREY`) and resized to ``size = (H, W)``."""
-    from skimage import color, io, transform
+    ``channels`` (luma as :data:`RGB_TO_GREY`) and resized to ``size = (H, W)``.
 
-    img = io.imread(str(path))
+    Raises FileNotFoundError for a missing file and ValueError naming the file for one that
+    is not a readable image."""
+    from skimage import color, transform
+
+    img = _imread(path)
     img = img.astype(np.float32) / (65535.0 if img.dtype == np.uint16 else 255.0)
     if img.ndim == 2:
         img = img[..., None]
@@ -236,6 +239,22 @@ def load_png(path: str | Path, channels: int | None = None,
     if size is not None and tuple(img.shape[:2]) != tuple(size):
         img = transform.resize(img, size, order=1, anti_aliasing=True)
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].float() * 2 - 1
+
+
+def _imread(path: str | Path) -> np.ndarray:
+    """The pixels of an image file; errors name the file."""
+    from skimage import io
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"image {str(path)!r} does not exist")
+    try:
+        img = io.imread(str(path))
+    except Exception as e:  # imageio/PIL raise many types for a file that is not an image
+        raise ValueError(f"cannot read image {str(path)!r}: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if img.ndim not in (2, 3):
+        raise ValueError(f"cannot read image {str(path)!r}: pixel array of shape {img.shape}")
+    return img
 
 
 def to_uint8(x: Tensor) -> np.ndarray:
@@ -276,6 +295,8 @@ TASKS = ("inpaint", "colorize", "super-resolve", "strokes")
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The arguments of ``fewstep edit``."""
+    from .cli import positive_float, positive_int
+
     p.add_argument("task", choices=TASKS, help="what to do with the input image")
     p.add_argument("input", help="input PNG: the image to inpaint, the grey image, the "
                    "low-resolution image, or the stroke painting")
@@ -285,19 +306,26 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", default="edited.png", help="output PNG (default edited.png)")
     p.add_argument("--mask", help="inpaint: PNG whose white pixels are to be filled (holes); "
                    "default: the right half")
-    p.add_argument("--factor", type=int, default=2, help="super-resolve: up-scaling factor")
+    p.add_argument("--factor", type=positive_int, default=2, help="super-resolve: up-scaling "
+                   "factor")
+    p.add_argument("--resize", action="store_true", help="resize an input or mask whose size "
+                   "differs from the model's images (default: such a size is an error)")
     p.add_argument("--solver", default="consistency", help="consistency (Alg. 4 with a "
                    "consistency student) or any registered solver name (default consistency)")
-    p.add_argument("--nfe", type=int, default=4, help="network evaluations (default 4)")
-    p.add_argument("--sigma-min", type=float, default=0.002, help="last noise level of the "
-                   "Karras schedule; for the consistency sampler a larger value (e.g. 0.1) "
+    p.add_argument("--nfe", type=positive_int, default=4, help="network evaluations "
+                   "(default 4)")
+    p.add_argument("--sigma-min", type=positive_float, default=0.002, help="last noise level "
+                   "of the Karras schedule; for the consistency sampler a larger value (e.g. 0.1) "
                    "makes the last evaluation useful")
-    p.add_argument("--sigma-max", type=float, default=80.0, help="first noise level")
-    p.add_argument("--sigma-start", type=float, default=1.0, help="strokes: noise level the "
-                   "painting is raised to (SDEdit's t0; larger = more realism, less fidelity)")
-    p.add_argument("--samples", type=int, default=4, help="samples drawn (saved as a grid)")
+    p.add_argument("--sigma-max", type=positive_float, default=80.0, help="first noise level")
+    p.add_argument("--sigma-start", type=positive_float, default=1.0, help="strokes: noise "
+                   "level the painting is raised to (SDEdit's t0; larger = more realism, less "
+                   "fidelity)")
+    p.add_argument("--samples", type=positive_int, default=4, help="samples drawn (saved as a "
+                   "grid)")
     p.add_argument("--seed", type=int, default=0, help="first per-sample seed")
-    p.add_argument("--scale", type=int, default=1, help="nearest up-scaling of the saved PNG")
+    p.add_argument("--scale", type=positive_int, default=1, help="nearest up-scaling of the "
+                   "saved PNG")
     return p
 
 
@@ -335,10 +363,22 @@ def _find(spec: Any, key: str) -> Any:
 
 
 def _png_size(path: str, factor: int = 1) -> tuple[int, int]:
-    from skimage import io
-
-    h, w = io.imread(str(path)).shape[:2]
+    h, w = _imread(path).shape[:2]
     return h * factor, w * factor
+
+
+def _load_sized(path: str, channels: int, size: tuple[int, int], resize: bool) -> Tensor:
+    """``load_png(path, channels)``, which must be ``size`` pixels unless ``resize`` (then
+    resized, and a line says so)."""
+    image = load_png(path, channels)
+    have = tuple(image.shape[-2:])
+    if have == tuple(size):
+        return image
+    if not resize:
+        raise ValueError(f"{path} is {have[0]}x{have[1]} pixels; expected {size[0]}x{size[1]} "
+                         "(pass --resize to resize it)")
+    print(f"resized {path} from {have[0]}x{have[1]} to {size[0]}x{size[1]} pixels")
+    return load_png(path, channels, size)
 
 
 def _read_input(args: argparse.Namespace, c: int, size: tuple[int, int]) -> tuple[Tensor,
@@ -346,9 +386,9 @@ def _read_input(args: argparse.Namespace, c: int, size: tuple[int, int]) -> tupl
     """The observation and the function that edits it, for ``args.task``."""
     h, w = size
     if args.task == "inpaint":
-        image = load_png(args.input, c, (h, w))
+        image = _load_sized(args.input, c, (h, w), args.resize)
         if args.mask:
-            known = (load_png(args.mask, 1, (h, w)) <= 0).float()
+            known = (_load_sized(args.mask, 1, (h, w), args.resize) <= 0).float()
         else:
             known = torch.ones(1, 1, h, w)
             known[..., w // 2:] = 0
@@ -357,11 +397,14 @@ def _read_input(args: argparse.Namespace, c: int, size: tuple[int, int]) -> tupl
         if c != 3:
             raise ValueError(f"colorize needs a model of colour images; {args.model!r} makes "
                              f"{c}-channel images")
-        return load_png(args.input, 1, (h, w)), colorize
+        return _load_sized(args.input, 1, (h, w), args.resize), colorize
     if args.task == "super-resolve":
-        low = load_png(args.input, c, (h // args.factor, w // args.factor))
+        if h % args.factor or w % args.factor:
+            raise ValueError(f"--factor {args.factor}: the model's {h}x{w} images are not "
+                             "divisible by it")
+        low = _load_sized(args.input, c, (h // args.factor, w // args.factor), args.resize)
         return low, lambda D, x, **kw: super_resolve(D, x, args.factor, **kw)
-    strokes = load_png(args.input, c, (h, w))
+    strokes = _load_sized(args.input, c, (h, w), args.resize)
     return strokes, lambda D, x, **kw: stroke_guided(D, x, sigma_start=args.sigma_start, **kw)
 
 
@@ -386,10 +429,13 @@ def edit_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry point: ``python -m fewstep.edit inpaint in.png --model digits``."""
-    p = add_arguments(argparse.ArgumentParser(prog="fewstep edit", description=__doc__.split(
-        "\n")[0]))
-    return edit_cli(p.parse_args(argv))
+    """Stand-alone entry point: ``python -m fewstep.edit inpaint in.png --model digits``,
+    the same as ``fewstep edit ...`` (user errors: one line, exit status 2)."""
+    import sys
+
+    from .cli import main as cli_main
+
+    return cli_main(["edit", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

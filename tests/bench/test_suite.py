@@ -29,6 +29,22 @@ def _write(tmp_path, body):
      "unknown peer 'diffusers:magic'"),
     ('name="x"\nteachers=["gmm2"]\nmethods=["ddim"]\nnfe=[2]\nseeds=[0]\ncolour="red"\n',
      "unknown suite keys \\['colour'\\]"),
+    ('name="x"\nteachers=["gmm2"]\nmethods=["ddim"]\nnfe=[0, -1]\nseeds=[0]\n',
+     r"nfe must be positive integers; got \[0, -1\] \(bad: 0, -1\)"),
+    ('name="x"\nteachers=["gmm2"]\nmethods=["ddim"]\nnfe=[4, 2.5]\nseeds=[0]\n',
+     r"nfe must be positive integers; got \[4, 2.5\] \(bad: 2.5\)"),
+    ('name="x"\nteachers=["gmm2"]\nmethods=["ddim"]\nnfe=[]\nseeds=[0]\n',
+     r"nfe must be a non-empty list of positive integers; got \[\]"),
+    ('name="x"\nteachers=["gmm2"]\nmethods=["ddim"]\nnfe=[2]\nseeds=[-3]\n',
+     r"seeds must be non-negative integers; got \[-3\] \(bad: -3\)"),
+    ('name="x"\nteachers=[]\nmethods=["ddim"]\nnfe=[2]\nseeds=[0]\n',
+     r"teachers must be a non-empty list"),
+    ('name="x"\nteachers=["gmm2"]\nmethods=["ddim"]\nnfe=[2]\nseeds=[0]\nn_samples=0\n',
+     r"n_samples must be an integer >= 2; got 0"),
+    ('name="x"\nteachers=["gmm2"]\nmethods=["ddim"]\nnfe=[2]\nseeds=[0]\n'
+     'reference_rtol=-1\n', r"reference_rtol must be a number in \(0, 1\); got -1"),
+    ('name="x"\nteachers=["gmm2"]\nmethods=["ddim"]\nnfe=[2]\nseeds=[0]\nschedule="nope"\n',
+     r"unknown schedule 'nope'"),
 ])
 def test_bad_suites_name_the_problem(tmp_path, body, match):
     with pytest.raises(ValueError, match=match):

@@ -182,6 +182,32 @@ def test_prdc_hand_computed_1d():
     assert out == {"precision": 0.5, "recall": 1.0, "density": 1.0, "coverage": 0.5}
 
 
+def test_prdc_all_duplicates_is_one():
+    # Every point has 1023 duplicates: radius 0, every ball holds every sample.
+    out = prdc(torch.ones(1024, 16), torch.ones(1024, 16), k=5)
+    assert out == {"precision": 1.0, "recall": 1.0, "density": 1.0, "coverage": 1.0}
+
+
+def test_prdc_discrete_data_hand_computed():
+    # Reals: 0, 10 and 20, four copies each, so every real 2-NN radius is 0 and each ball's
+    # sphere holds its 4 copies with weight (k - 0) / 4 = 1/2. Fakes 0, 0, 10, 5.
+    real = torch.tensor([0.0, 10.0, 20.0]).repeat_interleave(4)[:, None]
+    fake = torch.tensor([[0.0], [0.0], [10.0], [5.0]])
+    out = prdc(real, fake, k=2)
+    # precision: 3 fakes sit on real points; density: each of them is on 4 spheres, weight
+    # 1/2, (3 * 2) / (k M) = 6 / 8; coverage: the 8 reals at 0 and 10; recall: fake radii
+    # are 5, 5, 10, 5, and 20 is exactly 10 from the fake at 10 (a closed ball).
+    assert out == pytest.approx({"precision": 0.75, "recall": 1.0, "density": 0.75,
+                                 "coverage": 8 / 12})
+
+
+def test_prdc_duplicated_continuous_points_are_ties():
+    f = torch.randn(300, 8, generator=_gen(3))
+    f = torch.cat([f, f, f])  # each point three times: 2 duplicates < k, radius > 0
+    out = prdc(f, f.clone(), k=5)
+    assert out == {"precision": 1.0, "recall": 1.0, "density": 1.0, "coverage": 1.0}
+
+
 def test_prdc_rejects_large_k():
     with pytest.raises(ValueError, match=r"k=5 .*real 5, fake 8"):
         prdc(torch.randn(5, 2), torch.randn(8, 2), k=5)

@@ -12,7 +12,8 @@ import math
 import re
 import sys
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from .suite import Case, Suite
 from .teachers import Teacher
 from .teachers import get as get_teacher
 
-__all__ = ["RunSummary", "parse_shard", "run_case", "run_suite", "start_noise"]
+__all__ = ["RunSummary", "case_label", "parse_shard", "run_case", "run_suite", "start_noise"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
@@ -40,12 +41,26 @@ N_MMD = 500  # of those, the ones MMD compares against (its cost is quadratic)
 
 @dataclass(frozen=True)
 class RunSummary:
+    """What a :func:`run_suite` call did; ``elsewhere`` counts cases another process had
+    claimed, ``failures`` holds (case label, error message) of the failed cases."""
+
     total: int
     already_done: int
     ran: int
     failed: int
     skipped: list[str]
     seconds: float
+    elsewhere: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def failure_lines(self) -> list[str]:
+        """Each distinct error once, most frequent first, with its count and one case, e.g.
+        ``34 x ValueError: cannot read image bad.png (e.g. digits/ddim/nfe=4/seed=0)``."""
+        first: dict[str, str] = {}
+        for label, error in self.failures:
+            first.setdefault(error, label)
+        counts = Counter(error for _, error in self.failures)
+        return [f"{n} x {error} (e.g. {first[error]})" for error, n in counts.most_common()]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -270,20 +285,76 @@ def _notes(case: Case) -> dict[str, Any]:
 def run_suite(suite: Suite, out_dir: str | Path, *, shard: tuple[int, int] = (0, 1),
               device: str = "cpu", progress: bool = True) -> RunSummary:
     """Run every unfinished case of ``suite`` in this shard, storing rows in
-    ``out_dir/results.sqlite``; finished cases are skipped, so an interrupted run resumes."""
+    ``out_dir/results.sqlite``; finished cases are skipped, so an interrupted run resumes.
+    Each case is claimed in the store before it runs, so several processes on one ``out_dir``
+    share the work instead of repeating it; an interruption releases this run's claims."""
     out_dir = Path(out_dir)
     store = Store(out_dir / "results.sqlite")
     cases = [c for c in suite.cases() if int(c.key, 16) % shard[1] == shard[0]]
     done = store.done()
     todo = [c for c in cases if c.key not in done]
-    ctx, failed, t0 = _Context(out_dir, device), 0, time.perf_counter()
-    tty = sys.stderr.isatty()  # a log file gets a line every 15 s, not every case
-    bar = tqdm(todo, desc=f"bench {suite.name}", unit="case", disable=not progress,
-               dynamic_ncols=tty, mininterval=0.1 if tty else 15.0)
-    for case in bar:
-        bar.set_postfix_str(f"{case.teacher} {case.method} nfe={case.nfe} seed={case.seed}")
-        row = run_case(case, ctx)
-        failed += row["status"] != "ok"
-        store.put(row)
-    return RunSummary(len(cases), len(cases) - len(todo), len(todo), failed,
-                      list(suite.skipped), time.perf_counter() - t0)
+    ctx, failures, elsewhere, t0 = _Context(out_dir, device), [], 0, time.perf_counter()
+    bar = _Progress(len(todo), f"bench {suite.name}", enabled=progress)
+    try:
+        for case in todo:
+            if not store.claim(case.key):
+                elsewhere += 1
+                bar.finished(len(failures))
+                continue
+            label = case_label(case)
+            bar.running(label)
+            row = run_case(case, ctx)
+            if row["status"] != "ok":
+                failures.append((label, row["error"]))
+            store.put(row)
+            bar.finished(len(failures))
+    finally:
+        bar.close()
+        store.release()
+    return RunSummary(len(cases), len(cases) - len(todo), len(todo) - elsewhere, len(failures),
+                      list(suite.skipped), time.perf_counter() - t0, elsewhere, failures)
+
+
+def case_label(case: Case) -> str:
+    """A readable name of a case: ``teacher/method/nfe=N/seed=S``."""
+    return f"{case.teacher}/{case.method}/nfe={case.nfe}/seed={case.seed}"
+
+
+PLAIN_PROGRESS_S = 15.0  # seconds between plain progress lines when stderr is not a terminal
+
+
+class _Progress:
+    """Progress of a suite run on stderr: a tqdm bar naming the running case on a terminal;
+    elsewhere (CI logs, files) a plain line every :data:`PLAIN_PROGRESS_S` seconds and at
+    the end, never carriage-return updates."""
+
+    def __init__(self, total: int, desc: str, enabled: bool):
+        self.total, self.desc, self.enabled = total, desc, enabled
+        self.n, self.failed, self.t0 = 0, 0, time.monotonic()
+        self.last = self.t0
+        self.bar = tqdm(total=total, desc=desc, unit="case", dynamic_ncols=True) \
+            if enabled and sys.stderr.isatty() else None
+
+    def running(self, label: str) -> None:
+        """Name the case now running (on the terminal bar only)."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(label)
+
+    def finished(self, failed: int) -> None:
+        """Count one more case as finished; ``failed`` is the run's failures so far."""
+        self.n, self.failed = self.n + 1, failed
+        if self.bar is not None:
+            self.bar.update()
+        elif self.enabled and time.monotonic() - self.last >= PLAIN_PROGRESS_S:
+            self._line()
+
+    def _line(self) -> None:
+        self.last = time.monotonic()
+        print(f"{self.desc}: {self.n}/{self.total} cases ({self.failed} failed), "
+              f"{self.last - self.t0:.0f} s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled and self.total:
+            self._line()

@@ -1,21 +1,31 @@
 """SQLite result store: one row per case, keyed by a hash of the case's full configuration.
 
 Each row is written in one transaction, so an interrupted run never leaves a torn row and a
-rerun skips finished keys. Several processes (shards) may write to one file; separate shard
-files merge with :func:`merge`.
+rerun skips finished keys. Several processes may write to one file: a process *claims* a case
+(a row in the ``claims`` table naming its host, pid and a lease expiry, taken inside an
+immediate transaction) before running it, and the others skip claimed cases; the claim of a
+dead process or an expired lease is taken over. Separate shard files merge with
+:func:`merge`, newest finished row first, never an error over a finished result.
+
+A database that cannot be written (a read-only mount) is opened read-only and immutable for
+reading; every database error names the file (:class:`StoreError`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import sqlite3
 import time
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMNS", "Store", "case_key", "merge"]
+__all__ = ["COLUMNS", "LEASE_S", "Store", "StoreError", "case_key", "merge"]
 
 # name -> SQL type; metrics, config and env are JSON objects.
 COLUMNS: dict[str, str] = {
@@ -41,9 +51,18 @@ COLUMNS: dict[str, str] = {
     "env": "TEXT",             # JSON: versions, device, dtype, threads, git revision
     "status": "TEXT",          # "ok" or "error"
     "error": "TEXT",
-    "created": "REAL",
+    "created": "REAL",         # unix time the case finished (the row was written); merge order
 }
 _JSON = ("metrics", "config", "env")
+_CLAIMS = "key TEXT PRIMARY KEY, host TEXT, pid INTEGER, owner TEXT, expires REAL"
+LEASE_S = 3600.0  # a claim not released within this time is taken over (other hosts)
+# Errors that describe the file (not a bug in the caller): not a database, malformed, locked,
+# cannot be opened. ProgrammingError, IntegrityError etc. are subclasses and pass through.
+_FILE_ERRORS = (sqlite3.DatabaseError, sqlite3.OperationalError)
+
+
+class StoreError(ValueError):
+    """A results database that cannot be opened, read or written; the message names the file."""
 
 
 def case_key(config: dict[str, Any]) -> str:
@@ -52,37 +71,148 @@ def case_key(config: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-class Store:
-    """A results database at ``path`` (created on first use)."""
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
-    def __init__(self, path: str | Path):
+
+class Store:
+    """A results database at ``path``.
+
+    ``read_only=False`` (default) creates the file and its tables if needed and adds columns
+    missing from an older schema. ``read_only=True`` never creates or changes anything: the
+    file must exist, and where it cannot be written (a read-only mount, where SQLite's WAL
+    cannot create its shared-memory file) it is opened ``immutable``.
+
+    Raises :class:`StoreError` naming the file for a missing (read-only), corrupt, truncated
+    or non-database file.
+    """
+
+    def __init__(self, path: str | Path, *, read_only: bool = False):
         self.path = Path(path)
+        self.read_only = read_only
+        self.owner = uuid.uuid4().hex  # this handle's identity in claims
+        self._host, self._pid = socket.gethostname(), os.getpid()
+        if read_only:
+            if not self.path.is_file():
+                raise StoreError(f"no results database at {self.path}")
+            writable = os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)
+            self._uri = f"{self.path.resolve().as_uri()}?mode=ro" + \
+                ("" if writable else "&immutable=1")
+            with self._db() as con:
+                if not con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                                   "name = 'cases'").fetchone():
+                    raise StoreError(f"{self.path} is not a fewstep results database (no "
+                                     "'cases' table)")
+            return
+        if self.path.is_dir():
+            raise StoreError(f"{self.path} is a directory, not a results database file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
+        self._uri = self.path.resolve().as_uri()
+        with self._db() as con:
+            con.execute("PRAGMA journal_mode=WAL")
+        with self._db(write=True) as con:
             cols = ", ".join(f"{k} {v}" for k, v in COLUMNS.items())
             con.execute(f"CREATE TABLE IF NOT EXISTS cases ({cols})")
+            con.execute(f"CREATE TABLE IF NOT EXISTS claims ({_CLAIMS})")
+            have = {r[1] for r in con.execute("PRAGMA table_info(cases)")}
+            for k in COLUMNS.keys() - have:  # migrate an older schema: NULL in old rows
+                con.execute(f"ALTER TABLE cases ADD COLUMN {k} {COLUMNS[k]}")
 
-    def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, timeout=60.0)
-        con.execute("PRAGMA journal_mode=WAL")
-        return con
+    @contextmanager
+    def _db(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """A connection, closed on exit; ``write`` runs the block in one immediate
+        transaction (committed whole or rolled back). File errors become StoreError."""
+        try:
+            con = sqlite3.connect(self._uri, uri=True, timeout=60.0, isolation_level=None)
+            try:
+                if write:
+                    con.execute("BEGIN IMMEDIATE")
+                yield con
+                if write:
+                    con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+            finally:
+                con.close()
+        except _FILE_ERRORS as e:
+            if type(e) not in _FILE_ERRORS:
+                raise
+            raise StoreError(f"results database {self.path}: {e}") from None
 
     def done(self) -> set[str]:
         """Keys of finished cases."""
-        with self._connect() as con:
+        with self._db() as con:
             return {r[0] for r in con.execute("SELECT key FROM cases WHERE status = 'ok'")}
 
-    def put(self, row: dict[str, Any]) -> None:
-        """Insert or replace one case row atomically."""
+    def _values(self, row: dict[str, Any]) -> list[Any]:
         unknown = set(row) - set(COLUMNS)
         if unknown:
             raise ValueError(f"unknown result columns: {sorted(unknown)}")
-        row = {**row, "created": row.get("created", time.time())}
-        values = [json.dumps(row[k], sort_keys=True, default=str) if k in _JSON and k in row
-                  else row.get(k) for k in COLUMNS]
-        with self._connect() as con:  # one transaction: committed whole or not at all
-            con.execute(f"INSERT OR REPLACE INTO cases VALUES ({', '.join('?' * len(COLUMNS))})",
-                        values)
+        return [json.dumps(row[k], sort_keys=True, default=str) if k in _JSON and k in row
+                else row.get(k) for k in COLUMNS]
+
+    def put(self, row: dict[str, Any]) -> None:
+        """Insert or replace one case row atomically, releasing its claim (``created``, the
+        finish time, defaults to now)."""
+        values = self._values({**row, "created": row.get("created", time.time())})
+        with self._db(write=True) as con:  # one transaction: committed whole or not at all
+            con.execute(f"INSERT OR REPLACE INTO cases ({', '.join(COLUMNS)}) VALUES "
+                        f"({', '.join('?' * len(COLUMNS))})", values)
+            con.execute("DELETE FROM claims WHERE key = ?", (row["key"],))
+
+    def offer(self, row: dict[str, Any]) -> bool:
+        """Insert ``row`` unless the stored row of its key should win: an ok row is never
+        replaced by an error row, otherwise the later ``created`` (finish time; NULL is
+        oldest) wins and a tie keeps the stored row. Returns whether ``row`` was written."""
+        values = self._values(row)
+        cols = ", ".join(COLUMNS)
+        update = ", ".join(f"{k} = excluded.{k}" for k in COLUMNS if k != "key")
+        with self._db(write=True) as con:
+            cur = con.execute(
+                f"INSERT INTO cases ({cols}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+                f"ON CONFLICT(key) DO UPDATE SET {update} WHERE "
+                "NOT (cases.status = 'ok' AND excluded.status IS NOT 'ok') AND "
+                "((cases.status IS NOT 'ok' AND excluded.status = 'ok') OR "
+                "COALESCE(excluded.created, 0) > COALESCE(cases.created, 0))", values)
+            return cur.rowcount > 0
+
+    def claim(self, key: str, lease_s: float = LEASE_S) -> bool:
+        """Claim case ``key`` for this handle; False if it is finished or claimed by another
+        live owner. A claim whose lease expired, or whose process on this host has died,
+        is taken over. The check and the claim are one immediate transaction."""
+        now = time.time()
+        with self._db(write=True) as con:
+            if con.execute("SELECT 1 FROM cases WHERE key = ? AND status = 'ok'",
+                           (key,)).fetchone():
+                return False
+            held = con.execute("SELECT host, pid, owner, expires FROM claims WHERE key = ?",
+                               (key,)).fetchone()
+            if held is not None and held[2] != self.owner and held[3] > now and not (
+                    held[0] == self._host and not _alive(held[1])):
+                return False
+            con.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?)",
+                        (key, self._host, self._pid, self.owner, now + lease_s))
+            return True
+
+    def release(self) -> None:
+        """Drop every claim this handle still holds (an interrupted run's unfinished cases)."""
+        with self._db(write=True) as con:
+            con.execute("DELETE FROM claims WHERE owner = ?", (self.owner,))
+
+    def claims(self) -> list[dict[str, Any]]:
+        """The open claims: key, host, pid, owner, expires."""
+        with self._db() as con:
+            con.row_factory = sqlite3.Row
+            return [dict(r) for r in con.execute("SELECT * FROM claims")]
 
     def rows(self, suite: str | None = None, status: str | None = "ok") -> list[dict[str, Any]]:
         """All rows (optionally of one suite / status) with JSON columns decoded."""
@@ -91,20 +221,29 @@ class Store:
             query, args = query + " AND suite = ?", [*args, suite]
         if status is not None:
             query, args = query + " AND status = ?", [*args, status]
-        with self._connect() as con:
+        with self._db() as con:
             con.row_factory = sqlite3.Row
-            out = [dict(r) for r in con.execute(query + " ORDER BY created", args)]
+            out = [{k: None for k in COLUMNS} | dict(r)
+                   for r in con.execute(query + " ORDER BY rowid", args)]
+        out.sort(key=lambda r: r["created"] or 0.0)  # finish order (an old schema: NULL)
         for r in out:
             for k in _JSON:
-                r[k] = json.loads(r[k]) if r[k] else {}
+                try:
+                    r[k] = json.loads(r[k]) if r[k] else {}
+                except json.JSONDecodeError as e:
+                    raise StoreError(f"results database {self.path}: row {r['key']}: column "
+                                     f"{k} is not JSON ({e})") from None
         return out
 
 
 def merge(target: str | Path, sources: Iterable[str | Path]) -> int:
-    """Copy every row of ``sources`` into ``target`` (newer rows win); returns rows copied."""
-    dst, n = Store(target), 0
-    for src in sources:
-        for row in Store(src).rows(status=None):
-            dst.put(row)
-            n += 1
-    return n
+    """Merge the rows of ``sources`` into ``target``: per key the newest finished row wins
+    (by ``created``), and an error row never replaces an ok row, whatever the order of the
+    sources. Every source must be an existing database (checked before ``target`` is created
+    or changed; :class:`StoreError` names the first that is not). Returns the number of
+    source rows written (rows that lost to a stored row are not counted)."""
+    stores = [Store(src, read_only=True) for src in sources]
+    if any(Path(s.path).resolve() == Path(target).resolve() for s in stores):
+        raise StoreError(f"merge target {target} is also a source")
+    dst = Store(target)
+    return sum(dst.offer(row) for src in stores for row in src.rows(status=None))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import solvers
+from ..schedules import get_schedule
 from . import baselines, peers, students, teachers
 from .store import case_key
 
@@ -66,7 +67,10 @@ class Suite:
     skipped: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
-        """Fail early, naming any unknown teacher or method."""
+        """Fail early (ValueError), naming any bad value: unknown teacher, method or dtype,
+        empty lists, NFE budgets that are not positive integers, negative seeds, a
+        non-positive sample count or tolerance."""
+        self._check_values()
         known_teachers = teachers.available()
         for t in self.teachers:
             if t not in known_teachers:
@@ -85,6 +89,33 @@ class Suite:
                 solvers.get(m)
         if self.dtype not in ("float32", "float64", "float16", "bfloat16"):
             raise ValueError(f"suite {self.name!r}: unknown dtype {self.dtype!r}")
+
+    def _check_values(self) -> None:
+        where = f"suite {self.name!r}"
+        for key, item, ok, what in (
+                ("teachers", str, lambda v: bool(v), "names"),
+                ("methods", str, lambda v: bool(v), "names"),
+                ("nfe", int, lambda v: v >= 1, "positive integers"),
+                ("seeds", int, lambda v: v >= 0, "non-negative integers")):
+            values = getattr(self, key)
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"{where}: {key} must be a non-empty list of {what}; got "
+                                 f"{values!r}")
+            bad = [v for v in values if not isinstance(v, item) or isinstance(v, bool)
+                   or not ok(v)]
+            if bad:
+                raise ValueError(f"{where}: {key} must be {what}; got {values!r} (bad: "
+                                 f"{', '.join(map(repr, bad))})")
+        if isinstance(self.n_samples, bool) or not isinstance(self.n_samples, int) or \
+                self.n_samples < 2:
+            raise ValueError(f"{where}: n_samples must be an integer >= 2; got "
+                             f"{self.n_samples!r}")
+        if isinstance(self.reference_rtol, bool) or \
+                not isinstance(self.reference_rtol, int | float) or \
+                not 0 < self.reference_rtol < 1:
+            raise ValueError(f"{where}: reference_rtol must be a number in (0, 1); got "
+                             f"{self.reference_rtol!r}")
+        get_schedule(self.schedule)  # names an unknown schedule
 
     def cases(self) -> list[Case]:
         """Every reachable case, in a stable order; unreachable budgets go to ``skipped``."""

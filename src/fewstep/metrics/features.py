@@ -151,10 +151,23 @@ def _poly_mmd2(x: Tensor, y: Tensor) -> Tensor:
 
 
 def prdc(real: Tensor, fake: Tensor, k: int = 5) -> dict[str, float]:
-    """Precision, recall, density and coverage from k-NN balls (Naeem et al. 2020).
+    """Precision, recall, density and coverage from k-NN balls (Naeem et al. 2020, Eqs. 1-4).
 
-    Ball membership uses a strict inequality d < r_k, as the authors' reference code does,
-    so identical sets give precision = recall = density = coverage = 1 (absent ties).
+    ``real`` (N, D) and ``fake`` (M, D); ``B(x, r)`` is the closed ball ``d <= r`` of radius
+    ``r = NND_k(x)``, the distance to x's k-th nearest other sample of its own set:
+
+    - precision = fraction of fakes in some real ball; recall = fraction of reals in some
+      fake ball; coverage = fraction of real balls holding a fake;
+    - density = (1 / kM) sum_j sum_i 1[Y_j in B(X_i)], where a ball's boundary sphere counts
+      with weight ``(k - a_i) / b_i`` (``a_i`` reals strictly inside the ball, self included,
+      ``b_i`` on the sphere), so that every ball holds exactly k of the real samples. Without
+      ties (continuous data) this is the paper's definition; with ties it keeps
+      E[density] = 1 for identical distributions (the paper's Lemma).
+
+    The authors' reference code (clovaai/generative-evaluation-prdc) tests ``d < r``, which
+    differs only on ties and there gives 0 for all four scores when a point has more than k
+    duplicates (radius 0). Distances are computed exactly (no ``|x|^2 + |y|^2 - 2 x.y``
+    shortcut), so duplicates are at distance 0. Identical sets give 1 for all four.
     """
     real, fake = pair(real, fake, names=("real", "fake"))
     check_positive_int(k, "k")
@@ -163,46 +176,60 @@ def prdc(real: Tensor, fake: Tensor, k: int = 5) -> dict[str, float]:
             f"k={k} must be smaller than both sample counts "
             f"(real {real.shape[0]}, fake {fake.shape[0]})"
         )
-    real_radius = _knn_radius(real, k)
-    fake_radius = _knn_radius(fake, k)
-    precision, density, nearest_fake = _fake_side(real, fake, real_radius)
+    real_radius, boundary_weight = _knn_radius(real, k)
+    fake_radius, _ = _knn_radius(fake, k)
+    precision, density, nearest_fake = _fake_side(real, fake, real_radius, boundary_weight)
     recall = _fraction_in_balls(real, fake, fake_radius)
     return {
         "precision": precision,
         "recall": recall,
         "density": density / k,
-        "coverage": float((nearest_fake < real_radius).double().mean()),
+        "coverage": float((nearest_fake <= real_radius).double().mean()),
     }
 
 
-def _knn_radius(x: Tensor, k: int) -> Tensor:
-    """Distance from each row of x to its k-th nearest other row (self counts as the 0-th)."""
-    blocks = [
-        torch.cdist(x[i : i + _BLOCK], x).topk(k + 1, dim=1, largest=False).values[:, -1]
-        for i in range(0, x.shape[0], _BLOCK)
-    ]
-    return torch.cat(blocks)
+def _dist(a: Tensor, b: Tensor) -> Tensor:
+    """Exact Euclidean distances (the matrix-product form puts duplicates at ~1e-3 in fp32)."""
+    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
 
 
-def _fake_side(real: Tensor, fake: Tensor, real_radius: Tensor) -> tuple[float, float, Tensor]:
-    """Precision, mean ball count per fake (density * k) and each real's nearest-fake distance."""
-    hits, count = 0, 0
+def _knn_radius(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Distance from each row of x to its k-th nearest other row (self counts as the 0-th),
+    and the weight ``(k - a) / b`` of the ball's boundary sphere (``a`` rows strictly inside,
+    self included, ``b`` on the sphere), which makes each ball hold exactly k rows."""
+    radii, weights = [], []
+    for i in range(0, x.shape[0], _BLOCK):
+        dist = _dist(x[i : i + _BLOCK], x)
+        r = dist.topk(k + 1, dim=1, largest=False).values[:, -1]
+        inside = (dist < r[:, None]).sum(dim=1)
+        on_sphere = (dist == r[:, None]).sum(dim=1)
+        radii.append(r)
+        weights.append((k - inside).to(x.dtype) / on_sphere)
+    return torch.cat(radii), torch.cat(weights)
+
+
+def _fake_side(
+    real: Tensor, fake: Tensor, real_radius: Tensor, boundary_weight: Tensor
+) -> tuple[float, float, Tensor]:
+    """Precision, weighted mean ball count per fake (density * k) and each real's
+    nearest-fake distance."""
+    hits, count = 0, 0.0
     nearest = torch.full_like(real_radius, float("inf"))
     for i in range(0, fake.shape[0], _BLOCK):
-        dist = torch.cdist(fake[i : i + _BLOCK], real)
-        inside = dist < real_radius[None, :]
-        hits += int(inside.any(dim=1).sum())
-        count += int(inside.sum())
+        dist = _dist(fake[i : i + _BLOCK], real)
+        r = real_radius[None, :]
+        hits += int((dist <= r).any(dim=1).sum())
+        count += float((dist < r).sum()) + float(((dist == r) * boundary_weight[None, :]).sum())
         nearest = torch.minimum(nearest, dist.min(dim=0).values)
     return hits / fake.shape[0], count / fake.shape[0], nearest
 
 
 def _fraction_in_balls(points: Tensor, centres: Tensor, radius: Tensor) -> float:
-    """Fraction of points inside at least one ball B(centre_j, radius_j)."""
+    """Fraction of points inside at least one closed ball B(centre_j, radius_j)."""
     hits = 0
     for i in range(0, points.shape[0], _BLOCK):
-        dist = torch.cdist(points[i : i + _BLOCK], centres)
-        hits += int((dist < radius[None, :]).any(dim=1).sum())
+        dist = _dist(points[i : i + _BLOCK], centres)
+        hits += int((dist <= radius[None, :]).any(dim=1).sum())
     return hits / points.shape[0]
 
 
