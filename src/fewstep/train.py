@@ -528,7 +528,7 @@ class _Run:
         changes = (_changes("config", _without(info["config"], RESUMABLE_CHANGES),
                             _without(_jsonable(self.config), RESUMABLE_CHANGES))
                    + _changes("method", info["method"]["params"], _jsonable(self.method))
-                   + _changes("model", info["model"], model_spec(self.student)))
+                   + _changes("model", info["model"], _jsonable(model_spec(self.student))))
         if changes:
             raise ValueError(f"cannot resume {path} with changed settings: {'; '.join(changes)}. "
                              "Rerun with the recorded settings (only "
