@@ -1,6 +1,9 @@
 """The shared training loop: exact resume, atomic checkpoints, cost records, loading."""
 
 import json
+import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,8 +97,9 @@ def test_interrupted_checkpoint_write_leaves_no_partial_directory(tmp_path, monk
     assert sorted(p.name for p in root.iterdir()) == ["step_00000003"]
     assert checkpoint_info(cfg.out_dir)["step"] == 3
     monkeypatch.setattr(train_module, "save_file", real_save)
-    (root / ".tmp-step_00000009-dead").mkdir()  # left by a hard kill mid-write: ignored
-    result = train(METHODS["edm"](), _template(), DATA, cfg)
+    (root / ".tmp-step_00000009-dead").mkdir()  # left by a hard kill mid-write: removed
+    with pytest.warns(UserWarning, match=r"\.tmp-step_00000009-dead \(interrupted write"):
+        result = train(METHODS["edm"](), _template(), DATA, cfg)
     assert result.checkpoint.name == "step_00000006" and result.cost.steps == 6
 
 
@@ -175,11 +179,8 @@ def test_resume_refuses_other_data_or_method(tmp_path):
                                                                      "steps": 3}))
     with pytest.raises(ValueError, match="method 'edm'"):
         train(METHODS["kd"](), _template(), DATA, cfg, teacher=GM)
-    with pytest.warns(UserWarning, match="lr"):
-        train(METHODS["edm"](), _template(), DATA, TrainConfig(**{**cfg.__dict__, "lr": 0.1,
-                                                                   "steps": 3}))
     fresh = train(METHODS["edm"](), _template(), DATA + 1,
-                  TrainConfig(**{**cfg.__dict__, "resume": False}))
+                  TrainConfig(**{**cfg.__dict__, "resume": False, "overwrite": True}))
     assert fresh.cost.steps == 2
 
 
@@ -211,6 +212,8 @@ def test_bf16_mixed_precision_on_cpu():
     ({"steps": -1}, "steps"),
     ({"batch_size": 0}, "batch_size"),
     ({"ema_decay": 1.0}, "ema_decay"),
+    ({"ema_rampup": 0.0}, "ema_rampup"),
+    ({"overwrite": True}, "needs resume=False"),
 ])
 def test_config_validation(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -238,3 +241,203 @@ def test_unet_teacher_trains_on_builtin_images(tmp_path):
     with torch.no_grad():
         x = fewstep.sample(model, 80 * torch.randn(2, 1, 8, 8), "heun", nfe=3)
     assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
+
+
+
+def _same_weights(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                 b.state_dict().values(), strict=True))
+
+
+def test_new_run_in_an_old_runs_directory(tmp_path):
+    """Issue 10.1: a fresh run over an old one is refused unless asked to overwrite; the new
+    run's checkpoints survive rotation, and "latest" and resumption follow the new run."""
+    old = _cfg(tmp_path, steps=9, checkpoint_every=3, keep_checkpoints=2)  # keeps 6 and 9
+    train(METHODS["edm"](), _template(), DATA, old)
+    fresh = TrainConfig(**{**old.__dict__, "steps": 4, "resume": False})
+    with pytest.raises(ValueError, match=r"already holds a training run \(checkpoints up to "
+                                         r"step_00000009\).*overwrite=True"):
+        train(METHODS["edm"](), _template(), DATA, fresh)
+    assert checkpoint_info(old.out_dir)["step"] == 9  # refused: nothing touched
+    new = train(METHODS["edm"](), _template(), DATA,
+                TrainConfig(**{**fresh.__dict__, "overwrite": True}))
+    assert new.checkpoint.name == "step_00000004" and new.checkpoint.is_dir()
+    root = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000003", "step_00000004"]
+    assert checkpoint_info(old.out_dir)["step"] == 4
+    assert _same_weights(load_checkpoint(old.out_dir), new.ema)
+    steps = [json.loads(ln)["step"] for ln in (tmp_path / "run" / "log.jsonl").open()]
+    assert steps == [1, 2, 3, 4]  # the old run's log went with it
+    resumed = train(METHODS["edm"](), _template(), DATA,
+                    TrainConfig(**{**fresh.__dict__, "steps": 5, "resume": True}))
+    assert resumed.cost.steps == 5 and checkpoint_info(old.out_dir)["run"] == \
+        checkpoint_info(new.checkpoint)["run"]
+
+
+def test_an_interrupted_overwrite_never_resumes_the_old_run(tmp_path):
+    """A kill after the new run id is written but before the old checkpoints are gone: the old
+    run's checkpoints are not "latest" and are removed on the next start."""
+    cfg = _cfg(tmp_path, steps=6)
+    train(METHODS["edm"](), _template(), DATA, cfg)
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"run": "new-run"}))
+    assert latest_checkpoint(cfg.out_dir) is None
+    with pytest.warns(UserWarning, match="step_00000006 \\(checkpoint of a replaced run\\)"):
+        result = train(METHODS["edm"](), _template(), DATA, TrainConfig(**{**cfg.__dict__,
+                                                                           "steps": 2}))
+    assert result.cost.steps == 2 and checkpoint_info(cfg.out_dir)["run"] == "new-run"
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_00000002"]
+
+
+def test_resume_with_changed_settings_is_refused_by_name(tmp_path):
+    """Issue 10.2: config, method parameters and architecture must match the checkpoint's;
+    only RESUMABLE_CHANGES (e.g. steps, log_every) may differ."""
+    cd = get_method("cd")
+    cfg = _cfg(tmp_path, steps=2)
+    train(cd(N=18, mu=0.95), _template(0, "cd"), DATA, cfg, teacher=GM)
+    with pytest.raises(ValueError) as err:
+        train(cd(N=6, mu=0.5, distance="pseudo_huber"), _template(0, "cd"), DATA,
+              TrainConfig(**{**cfg.__dict__, "steps": 3, "lr": 0.1}), teacher=GM)
+    message = str(err.value)
+    for change in ("config.lr 0.001 -> 0.1", "method.N 18 -> 6", "method.mu 0.95 -> 0.5",
+                   "method.distance 'l2' -> 'pseudo_huber'"):
+        assert change in message
+    assert "steps" not in message.split("with changed settings:")[1].split(". Rerun")[0]
+    narrow = ConsistencyPrecond(MLPDenoiserNet(2, hidden=16, depth=1, emb_dim=16))
+    with pytest.raises(ValueError, match=r"model\.kwargs\.net\.kwargs\.hidden 32 -> 16"):
+        train(cd(N=18, mu=0.95), narrow, DATA, cfg, teacher=GM)
+    assert checkpoint_info(cfg.out_dir)["method"]["params"]["N"] == 18  # record untouched
+    longer = TrainConfig(**{**cfg.__dict__, "steps": 4, "log_every": 2, "checkpoint_every": 0})
+    assert train(cd(N=18, mu=0.95), _template(0, "cd"), DATA, longer,
+                 teacher=GM).cost.steps == 4
+
+
+def _cli(*argv):
+    from fewstep.cli import main
+
+    return main([*argv, "--data", "moons", "--hidden", "16", "--batch-size", "16", "--quiet"])
+
+
+def test_cli_resume_cannot_silently_change_icts_curriculum(tmp_path, capsys):
+    out = str(tmp_path / "ct")
+    assert _cli("distill", "--method", "ct", "--steps", "2", "--out", out) == 0
+    assert _cli("distill", "--method", "ct", "--steps", "4", "--out", out) == 2
+    assert "method.total_steps 2 -> 4" in capsys.readouterr().err
+    assert checkpoint_info(out)["step"] == 2
+    # Extending the run on the recorded curriculum is allowed, and so is replacing it.
+    assert _cli("distill", "--method", "ct", "--steps", "3", "--param", "total_steps=2",
+                "--out", out) == 0
+    assert checkpoint_info(out)["step"] == 3
+    assert _cli("distill", "--method", "ct", "--steps", "4", "--overwrite", "--out", out) == 0
+    info = checkpoint_info(out)
+    assert info["step"] == 4 and info["method"]["params"]["total_steps"] == 4
+
+
+@pytest.mark.parametrize("command", [("train",), ("distill", "--method", "ct")])
+def test_cli_seed_fixes_the_initial_weights(tmp_path, command):
+    """Issue 10.5: the network is built after seeding; the same command gives the same
+    weights, another seed other weights."""
+    runs = [tmp_path / f"{i}" for i in range(3)]
+    for run, seed in zip(runs, ("3", "3", "4"), strict=True):
+        torch.manual_seed(int(run.name) + 100)  # the process's RNG state must not matter
+        assert _cli(*command, "--steps", "1", "--seed", seed, "--out", str(run)) == 0
+    a, b, c = (load_checkpoint(r, weights="model") for r in runs)
+    assert _same_weights(a, b) and not _same_weights(a, c)
+
+
+def test_ema_beta_is_edms_halflife_with_rampup():
+    """Issue 10.3: beta = 0.5 ** (1 / min(H, step * rampup)), H = ln 0.5 / ln decay steps."""
+    from fewstep.train import ema_beta
+
+    H = math.log(0.5) / math.log(0.999)  # 692.8 steps
+    assert ema_beta(0, 0.999, 0.05) == 0.0  # the first update copies the model
+    for step in (1, 20, 100, 13_000):
+        assert ema_beta(step, 0.999, 0.05) == pytest.approx(0.5 ** (1 / (0.05 * step)))
+    assert ema_beta(int(H / 0.05) + 1, 0.999, 0.05) == pytest.approx(0.999, abs=1e-12)
+    assert ema_beta(10**6, 0.999, 0.05) == pytest.approx(0.999, abs=1e-12)
+    assert ema_beta(5, 0.999, None) == 0.999 and ema_beta(5, 0.0, 0.05) == 0.0
+    one = train(get_method("edm")(), _template(), DATA, TrainConfig(steps=1, batch_size=32,
+                                                                    progress=False))
+    assert _same_weights(one.ema, one.student)
+
+
+def test_short_run_ema_is_not_worse_than_the_raw_model():
+    """Issue 10.3 on the issue's toy (moons): with the default decay 0.999 and no warm-up the
+    EMA at step 150 still sat near the random initialisation."""
+    from fewstep import data
+    from fewstep.metrics import sliced_wasserstein
+
+    torch.manual_seed(0)
+    student = EDMPrecond(MLPDenoiserNet(2, hidden=64, depth=2, emb_dim=32))
+    cfg = TrainConfig(steps=150, batch_size=128, lr=3e-3, progress=False, data_n=2048)
+    result = train(get_method("edm")(), student, "moons", cfg)
+    ref = data.load("moons", "test", n=1000)
+    x = 80 * torch.randn(1000, 2, generator=torch.Generator().manual_seed(1))
+    sw = {}
+    for name, model in (("raw", result.student), ("ema", result.ema)):
+        with torch.no_grad():
+            out = fewstep.sample(model, x, "heun", nfe=21)
+        sw[name] = sliced_wasserstein(out, ref, generator=torch.Generator().manual_seed(2))
+    assert sw["ema"] <= 1.05 * sw["raw"], sw
+
+
+def test_resume_rewrites_the_log_atomically_and_repairs_a_torn_line(tmp_path, monkeypatch):
+    """Issue 10.6: a kill during the rewrite keeps the old log; a torn final line is dropped
+    with a warning naming the file."""
+    cfg = _cfg(tmp_path, steps=8)
+    with pytest.raises(KillError):  # log holds steps 1..5, the last checkpoint is step 3
+        train(METHODS["edm"](), _template(), DATA, cfg, callback=_kill_at(5))
+    log = tmp_path / "run" / "log.jsonl"
+    before = log.read_text()
+
+    def killed_write(self, text, *a, **k):  # writes half, then the process dies
+        with open(self, "w") as fh:
+            fh.write(text[: len(text) // 2])
+        raise KillError
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "write_text", killed_write)
+        with pytest.raises(KillError):
+            train(METHODS["edm"](), _template(), DATA, cfg)
+    assert log.read_text() == before
+    with log.open("a") as fh:
+        fh.write('{"step": 6, "loss": 1.3')  # a kill while logging
+    with pytest.warns(UserWarning, match=re.escape(f"{log}: dropped a torn final line")):
+        train(METHODS["edm"](), _template(), DATA, cfg)
+    assert [json.loads(ln)["step"] for ln in log.open()] == list(range(1, 9))
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([lines[0], "{torn", *lines[1:]]) + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"{log}, line 2: not a loss record")):
+        train(METHODS["edm"](), _template(), DATA, TrainConfig(**{**cfg.__dict__, "steps": 9}))
+
+
+def test_debris_is_removed_and_never_latest(tmp_path):
+    """Issue 10.7: kills inside a save leave .tmp-step_* folders, kills during rotation leave
+    step_* folders missing files; neither is ever "latest", and a start removes both."""
+    cfg = _cfg(tmp_path, steps=6)
+    train(METHODS["edm"](), _template(), DATA, cfg)
+    root = tmp_path / "run" / "checkpoints"
+    good = root / "step_00000006"
+    for name, files in (("step_00000012", ["checkpoint.json"]),  # weights deleted first
+                        ("step_00000015", ["model.safetensors"]),
+                        (".tmp-step_00000009-x1", ["model.safetensors"]),
+                        (".old-step_00000003-x2", ["ema.safetensors"])):
+        (root / name).mkdir()
+        for f in files:
+            (root / name / f).write_bytes((good / f).read_bytes())
+    assert latest_checkpoint(cfg.out_dir) == good
+    assert checkpoint_info(cfg.out_dir)["step"] == 6
+    with pytest.warns(UserWarning) as caught:
+        result = train(METHODS["edm"](), _template(), DATA, TrainConfig(**{**cfg.__dict__,
+                                                                           "steps": 7}))
+    message = " ".join(str(w.message) for w in caught)
+    for name in ("step_00000012 (incomplete", "step_00000015 (incomplete",
+                 ".tmp-step_00000009-x1 (interrupted", ".old-step_00000003-x2 (interrupted"):
+        assert name in message
+    assert result.cost.steps == 7
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000006", "step_00000007"]
+
+
+def test_fp16_mixed_precision_on_cpu_says_it_runs_fp32():
+    cfg = TrainConfig(steps=1, batch_size=16, progress=False, mixed_precision="fp16")
+    with pytest.warns(UserWarning, match="fp16 autocast is not available on CPU.*float32"):
+        train(get_method("edm")(), _template(), DATA, cfg)

@@ -274,12 +274,16 @@ EPILOG_TRAIN = """examples:
 
 
 
-def _template(data_name: str, method: str, hidden: int):
-    """A fresh network for ``data_name``: an MLP for vectors, a small UNet for images,
-    preconditioned as an EDM denoiser or (consistency methods) a consistency function."""
+def _template(data_name: str, method: str, hidden: int, seed: int):
+    """A fresh network for ``data_name``, initialised from ``seed``: an MLP for vectors, a small
+    UNet for images, preconditioned as an EDM denoiser or (consistency methods) a consistency
+    function."""
+    import torch
+
     from . import data, nets
 
     ds = data.get(data_name)
+    torch.manual_seed(seed)
     if ds.kind == "vector":
         net = nets.MLPDenoiserNet(ds.shape[0], hidden=hidden)
     else:
@@ -295,6 +299,7 @@ def _train_config(args: argparse.Namespace, steps: int | None = None):
                        lr=args.lr,
                        ema_decay=args.ema_decay, mixed_precision=args.mixed_precision,
                        checkpoint_every=args.checkpoint_every, seed=args.seed, out_dir=args.out,
+                       resume=not args.overwrite, overwrite=args.overwrite,
                        progress=not args.quiet)
 
 
@@ -309,7 +314,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
     method = get_method("edm")()
-    result = train(method, _template(args.data, "edm", args.hidden), args.data,
+    result = train(method, _template(args.data, "edm", args.hidden, args.seed), args.data,
                    _train_config(args))
     _report_training(result)
     return 0
@@ -321,7 +326,8 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
     method, steps = _method_and_steps(get_method(args.method), args.param, args.steps)
     teacher = load_checkpoint(args.teacher) if args.teacher else None
-    student = method.init_student(teacher, _template(args.data, args.method, args.hidden))
+    template = _template(args.data, args.method, args.hidden, args.seed)
+    student = method.init_student(teacher, template)
     result = train(method, student, args.data, _train_config(args, steps), teacher=teacher)
     _report_training(result)
     return 0
@@ -372,7 +378,9 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=positive_int, default=256, help="network width")
     p.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
     p.add_argument("--checkpoint-every", type=positive_int, default=500)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="initial weights, data order, noise")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out "
+                   "(default: resume it with the same settings)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

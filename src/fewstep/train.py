@@ -2,14 +2,21 @@
 many with the same code).
 
 ``train(method, student, data, config, teacher=...)`` runs ``config.steps`` optimiser steps of
-``method.loss`` with EMA weights, gradient clipping, optional mixed precision, JSONL loss
-logging and a tqdm bar. Checkpoints (``out_dir/checkpoints/step_XXXXXXXX/``) hold the model
-and EMA weights (safetensors), the method state, the optimiser and RNG states, and a JSON
-record (config, method, architecture spec, step, training cost); each is written to a temporary
-directory and renamed into place, so a checkpoint is either complete or absent. Re-running with
-the same ``out_dir`` resumes from the latest checkpoint and, on CPU, gives bitwise the same
-weights as an uninterrupted run: data order is a pure function of (seed, step) and every other
-random draw comes from the checkpointed generator.
+``method.loss`` with EMA weights (EDM's half-life with ramp-up), gradient clipping, optional
+mixed precision, JSONL loss logging and a tqdm bar. Checkpoints
+(``out_dir/checkpoints/step_XXXXXXXX/``) hold the model and EMA weights (safetensors), the
+method state, the optimiser and RNG states, and a JSON record (run id, config, method,
+architecture spec, data fingerprint, step, training cost); each is written to a temporary
+directory and renamed into place, so a checkpoint is either complete or absent.
+
+A run directory holds one run: ``out_dir/run.json`` names it, every checkpoint records its id,
+and "latest" and rotation only see the current run's checkpoints. Re-running with the same
+``out_dir`` resumes from the latest checkpoint and, on CPU, gives bitwise the same weights as
+an uninterrupted run: data order is a pure function of (seed, step) and every other random
+draw comes from the checkpointed generator. A resumption must use the recorded settings
+(config, method parameters, architecture, data), except the fields in ``RESUMABLE_CHANGES``;
+a fresh run (``resume=False``) in a directory that holds one needs ``overwrite=True``. Debris of
+killed runs (half-written or half-deleted checkpoints) is removed, with a warning, on start.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,15 +42,18 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ._io import atomic_write
 from .denoiser import NonFiniteError
 from .distill.base import Batch, LossContext, Method
 from .nets.spec import build_model, model_spec
 
 __all__ = [
+    "RESUMABLE_CHANGES",
     "TrainConfig",
     "TrainCost",
     "TrainResult",
     "checkpoint_info",
+    "ema_beta",
     "latest_checkpoint",
     "load_checkpoint",
     "train",
@@ -50,9 +61,16 @@ __all__ = [
 
 FORMAT = 1
 MIXED_PRECISION = ("no", "fp16", "bf16")
-# Config fields that may change between a run and its resumption without breaking exactness.
-_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "progress",
-                      "out_dir", "resume"}
+# Config fields that may change between a run and its resumption: none of them changes a step's
+# arithmetic (``steps`` only extends or shortens the run; no schedule of the loop depends on it).
+# Everything else the checkpoint records (other config fields, every method parameter, hence
+# derived schedules such as iCT's curriculum over ``total_steps``, the architecture and the data)
+# must match, or the resumption is refused naming each changed field.
+RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "keep_checkpoints", "log_every",
+                               "progress", "out_dir", "resume", "overwrite"})
+RUN_FILE = "run.json"  # the current run's id
+CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "state.safetensors",
+                    "train_state.pt", "checkpoint.json")  # checkpoint.json is written last
 
 Data = Tensor | Mapping[str, Tensor] | str
 Callback = Callable[[int, dict[str, Any]], None]
@@ -68,7 +86,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     warmup_steps: int = 0  # linear learning-rate warm-up
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999  # per-step EMA decay once ramped up (half-life ln 0.5 / ln decay)
+    ema_rampup: float | None = 0.05  # half-life <= ema_rampup * steps so far; None: constant
     grad_clip: float | None = 1.0  # max global gradient norm; None disables clipping
     mixed_precision: str = "no"  # "no", "fp16" or "bf16"
     checkpoint_every: int = 0  # 0: only the final checkpoint
@@ -77,6 +96,7 @@ class TrainConfig:
     seed: int = 0
     out_dir: str | None = None  # None: no checkpoints or logs
     resume: bool = True  # resume from the latest checkpoint in out_dir, if any
+    overwrite: bool = False  # with resume=False: replace a run already in out_dir
     progress: bool = True
     data_n: int | None = None  # samples loaded from a built-in data set (None: its default)
 
@@ -91,6 +111,11 @@ class TrainConfig:
             raise ValueError("batch_size, log_every and keep_checkpoints must be >= 1")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1); got {self.ema_decay}")
+        if self.ema_rampup is not None and not self.ema_rampup > 0:
+            raise ValueError(f"ema_rampup must be > 0 or None; got {self.ema_rampup}")
+        if self.overwrite and self.resume:
+            raise ValueError("overwrite=True starts a new run in place of the old one: it "
+                             "needs resume=False")
 
 
 @dataclass(frozen=True)
@@ -238,8 +263,19 @@ def _umask() -> int:
     return mask
 
 
-def _write_checkpoint(root: Path, step: int, files: Callable[[Path], None], keep: int) -> Path:
-    """Write a checkpoint into a temporary directory, then rename it to ``step_XXXXXXXX``."""
+def _discard(path: Path) -> None:
+    """Remove a file or directory so that it vanishes at once: rename it to a ``.old-`` name
+    beside it (atomic), then delete that; a kill in between leaves debris that the next start
+    removes (:func:`_remove_debris`)."""
+    trash = Path(tempfile.mkdtemp(prefix=f".old-{path.name}-", dir=path.parent))
+    os.replace(path, trash / path.name)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _write_checkpoint(root: Path, step: int, files: Callable[[Path], None], keep: int,
+                      run: str | None) -> Path:
+    """Write a checkpoint into a temporary directory, rename it to ``step_XXXXXXXX``, then
+    delete all but the ``keep`` newest checkpoints of ``run`` (never the one just written)."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
@@ -257,24 +293,105 @@ def _write_checkpoint(root: Path, step: int, files: Callable[[Path], None], keep
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for stale in _checkpoints(root)[:-keep]:
-        shutil.rmtree(stale, ignore_errors=True)
+    others = [p for p in _checkpoints(root, run) if p != final]
+    for stale in others[:len(others) - (keep - 1)]:
+        _discard(stale)
     return final
 
 
-def _checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints under ``root``, oldest first."""
+def _complete(path: Path) -> bool:
+    return all((path / f).is_file() for f in CHECKPOINT_FILES)
+
+
+def _run_of(path: Path) -> str | None:
+    """The run id a checkpoint records (None: written before run ids)."""
+    return json.loads((path / "checkpoint.json").read_text()).get("run")
+
+
+_ANY_RUN = object()
+
+
+def _checkpoints(root: Path, run: Any = _ANY_RUN) -> list[Path]:
+    """Complete checkpoints under ``root`` (of run id ``run`` if given), oldest first."""
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_")
-             and (p / "checkpoint.json").is_file()]
+             and p.name[len("step_"):].isdigit() and _complete(p)]
+    if run is not _ANY_RUN:
+        found = [p for p in found if _run_of(p) == run]
     return sorted(found, key=lambda p: int(p.name[len("step_"):]))
 
 
+def _current_run(out: Path) -> str | None:
+    """The id of the run ``out`` holds: the one in ``run.json``, else (a run directory written
+    before run ids) the one its newest checkpoint records."""
+    if (out / RUN_FILE).is_file():
+        return json.loads((out / RUN_FILE).read_text())["run"]
+    found = _checkpoints(out / "checkpoints")
+    return _run_of(found[-1]) if found else None
+
+
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint of a training run (``out_dir``), or None."""
-    found = _checkpoints(Path(out_dir) / "checkpoints")
+    """The newest complete checkpoint of the run in ``out_dir``, or None."""
+    out = Path(out_dir)
+    found = _checkpoints(out / "checkpoints", _current_run(out))
     return found[-1] if found else None
+
+
+def _remove_debris(out: Path, run: str | None) -> None:
+    """Delete, with a warning naming them, what killed runs left in ``out`` and
+    ``out/checkpoints``: half-written (``.tmp-*``, ``.*.tmp``) and half-deleted (``.old-*``)
+    files and directories, ``step_*`` folders missing a file, and checkpoints of another run
+    than ``run``."""
+    root = out / "checkpoints"
+    debris = []
+    for p in sorted([*out.iterdir(), *(root.iterdir() if root.is_dir() else [])]):
+        if p.name.startswith((".tmp-", ".old-")) or (p.name.startswith(".")
+                                                      and p.name.endswith(".tmp")):
+            debris.append((p, "interrupted write or delete"))
+        elif p.parent == root and p.is_dir() and p.name.startswith("step_"):
+            if not _complete(p):
+                debris.append((p, "incomplete checkpoint"))
+            elif _run_of(p) != run:
+                debris.append((p, "checkpoint of a replaced run"))
+    for p, _ in debris:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    if debris:
+        warnings.warn(f"removed debris of interrupted runs in {out}: " + ", ".join(
+            f"{p.relative_to(out)} ({why})" for p, why in debris), stacklevel=3)
+
+
+def _refuse_fresh_start(out: Path, config: TrainConfig) -> None:
+    """A fresh run (``resume=False``) over a run that ``out`` holds needs ``overwrite=True``."""
+    log = out / "log.jsonl"
+    found = _checkpoints(out / "checkpoints")
+    if config.resume or config.overwrite or not (found or (log.is_file() and log.stat().st_size)):
+        return
+    what = f"checkpoints up to {found[-1].name}" if found else "a loss log"
+    raise ValueError(f"{out} already holds a training run ({what}); resume it (resume=True), "
+                     "replace it (overwrite=True; CLI: --overwrite) or use another out_dir")
+
+
+def _open_run_dir(out: Path, config: TrainConfig) -> None:
+    """Settle which run ``out`` holds (``run.json``: a new id for a fresh run, written before
+    a replaced run is discarded), discard a replaced run, and remove debris."""
+    log = out / "log.jsonl"
+    if not config.resume:
+        run = uuid.uuid4().hex
+    else:
+        run = _current_run(out)
+        if run is None and not _checkpoints(out / "checkpoints", None):
+            run = uuid.uuid4().hex  # None: resuming a run written before run ids
+    if not config.resume or not (out / RUN_FILE).is_file():
+        atomic_write(out / RUN_FILE, lambda tmp: tmp.write_text(json.dumps({"run": run})))
+    if not config.resume:
+        for old in (out / "checkpoints", log):
+            if old.exists():
+                _discard(old)
+    _remove_debris(out, run)
 
 
 def _resolve(path: str | os.PathLike) -> Path:
@@ -310,6 +427,18 @@ def load_checkpoint(path: str | os.PathLike, *, weights: str = "ema",
         model = build_model(info["model"])
     model.load_state_dict(load_file(path / f"{weights}.safetensors"))
     return model.eval().requires_grad_(False)
+
+
+def ema_beta(step: int, decay: float, rampup: float | None) -> float:
+    """EMA decay of the update after optimiser step ``step`` (0-based), as EDM's
+    ``training/training_loop.py`` (Karras et al. 2022) with the half-life counted in steps:
+    ``beta = 0.5 ** (1 / max(h, 1e-8))`` with ``h = min(H, step * rampup)`` and
+    ``H = ln 0.5 / ln decay``, so the EMA averages over about the last ``rampup`` fraction of a
+    short run and reaches ``decay`` after ``H / rampup`` steps (``rampup`` None: ``decay``)."""
+    if rampup is None or decay == 0:
+        return decay
+    halflife = min(math.log(0.5) / math.log(decay), step * rampup)
+    return 0.5 ** (1 / max(halflife, 1e-8))
 
 
 # ------------------------------------------------------------------------------------ loop
@@ -354,6 +483,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     ctx: LossContext
     fingerprint: str
+    run_id: str | None = None  # the run the checkpoints belong to (see run.json)
     step: int = 0
     seconds: float = 0.0
 
@@ -361,7 +491,8 @@ class _Run:
         return TrainCost(self.step, self.seconds + time.perf_counter() - t0, self.ctx.teacher_nfe)
 
     def record(self, cost: TrainCost, modules: list[str], values: dict[str, Any]) -> dict:
-        return {"format": FORMAT, "step": self.step, "cost": dataclasses.asdict(cost),
+        return {"format": FORMAT, "run": self.run_id, "step": self.step,
+                "cost": dataclasses.asdict(cost),
                 "config": _jsonable(self.config),
                 "method": {"name": self.method.name, "params": _jsonable(self.method)},
                 "model": model_spec(self.student), "data": self.fingerprint,
@@ -383,7 +514,8 @@ class _Run:
             (d / "checkpoint.json").write_text(json.dumps(record, indent=2))
 
         root = Path(self.config.out_dir) / "checkpoints"
-        return _write_checkpoint(root, self.step, files, self.config.keep_checkpoints)
+        return _write_checkpoint(root, self.step, files, self.config.keep_checkpoints,
+                                 self.run_id)
 
     def restore(self, path: Path, device: torch.device) -> None:
         info = json.loads((path / "checkpoint.json").read_text())
@@ -393,11 +525,16 @@ class _Run:
         if info["data"] != self.fingerprint:
             raise ValueError(f"{path} was trained on different data; use another out_dir or "
                              "resume=False")
-        changed = sorted(k for k, v in _jsonable(self.config).items()
-                         if k not in _RESUMABLE_CHANGES and info["config"].get(k) != v)
-        if changed:
-            warnings.warn(f"resuming {path} with changed config fields {changed}: the run will "
-                          "not match an uninterrupted one", stacklevel=3)
+        changes = (_changes("config", _without(info["config"], RESUMABLE_CHANGES),
+                            _without(_jsonable(self.config), RESUMABLE_CHANGES))
+                   + _changes("method", info["method"]["params"], _jsonable(self.method))
+                   + _changes("model", info["model"], _jsonable(model_spec(self.student))))
+        if changes:
+            raise ValueError(f"cannot resume {path} with changed settings: {'; '.join(changes)}. "
+                             "Rerun with the recorded settings (only "
+                             f"{', '.join(sorted(RESUMABLE_CHANGES))} may change on resume), or "
+                             "start a new run (another out_dir, or resume=False with "
+                             "overwrite=True; CLI: --overwrite)")
         self.student.load_state_dict(load_file(path / "model.safetensors"))
         self.ema.load_state_dict(load_file(path / "ema.safetensors"))
         train_state = torch.load(path / "train_state.pt", weights_only=True)
@@ -414,12 +551,46 @@ class _Run:
         self.ctx.teacher_nfe = float(info["cost"]["teacher_nfe"])
 
 
+_ABSENT = "(absent)"
+
+
+def _without(record: Mapping[str, Any], keys: frozenset[str]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in keys}
+
+
+def _changes(prefix: str, old: Any, new: Any) -> list[str]:
+    """``"prefix.key old -> new"`` for every (nested) field that differs between two JSON
+    records."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [c for k in sorted(old.keys() | new.keys())
+                for c in _changes(f"{prefix}.{k}", old.get(k, _ABSENT), new.get(k, _ABSENT))]
+    return [] if old == new else [f"{prefix} {old!r} -> {new!r}"]
+
+
 def _truncate_log(log: Path, step: int) -> None:
-    """Drop log lines written after ``step`` by a run that was killed before checkpointing."""
-    if log.is_file():
-        lines = [ln for ln in log.read_text().splitlines()
-                 if ln.strip() and json.loads(ln)["step"] <= step]
-        log.write_text("".join(ln + "\n" for ln in lines))
+    """Keep the records of ``log`` up to ``step`` (a killed run logged past its last
+    checkpoint), rewriting the file atomically; a torn final line (a kill while logging) is
+    dropped with a warning, a corrupt earlier line is an error naming the file and line."""
+    if not log.is_file():
+        return
+    text = log.read_text()
+    lines = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+    kept = []
+    for i, ln in lines:
+        try:
+            record = json.loads(ln)
+            logged = int(record["step"])
+        except (ValueError, KeyError, TypeError) as err:
+            if i != lines[-1][0]:
+                raise ValueError(f"{log}, line {i}: not a loss record ({err}); remove the line "
+                                 "to resume") from None
+            warnings.warn(f"{log}: dropped a torn final line {ln[:60]!r} (a kill while "
+                          "logging)", stacklevel=3)
+            continue
+        if logged <= step:
+            kept.append(ln + "\n")
+    if "".join(kept) != text:
+        atomic_write(log, lambda tmp: tmp.write_text("".join(kept)))
 
 
 def _setup(method: Method, student: nn.Module, data: Data, config: TrainConfig, teacher: Any,
@@ -460,7 +631,7 @@ def _step(run: _Run, model: nn.Module, optimizer: Any, batch: Batch,
     grad_norm = (accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
                  if config.grad_clip is not None else None)
     optimizer.step()
-    _update_ema(run.ema, run.student, config.ema_decay)
+    _update_ema(run.ema, run.student, ema_beta(step, config.ema_decay, config.ema_rampup))
     run.step += 1
     return loss.detach(), grad_norm
 
@@ -475,12 +646,23 @@ def train(method: Method, student: nn.Module, data: Data, config: TrainConfig, *
     logged values; raising in it stops training (as a kill would)."""
     accelerator = _accelerator(config.mixed_precision)
     main = accelerator.is_main_process
+    if config.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        warnings.warn("mixed_precision='fp16': fp16 autocast is not available on CPU, so this "
+                      "run computes in float32; use 'bf16' for mixed precision on CPU",
+                      stacklevel=2)
     run, samples = _setup(method, student, data, config, teacher, accelerator.device,
                           accelerator.process_index)
     out = Path(config.out_dir) if config.out_dir else None
-    latest = latest_checkpoint(out) if out is not None and config.resume else None
-    if latest is not None:
-        run.restore(latest, accelerator.device)
+    latest = None
+    if out is not None:
+        _refuse_fresh_start(out, config)
+        if main:
+            _open_run_dir(out, config)
+        accelerator.wait_for_everyone()
+        run.run_id = _current_run(out)
+        latest = latest_checkpoint(out)
+        if latest is not None:
+            run.restore(latest, accelerator.device)
         if main:
             _truncate_log(out / "log.jsonl", run.step)
     model, optimizer = accelerator.prepare(run.student, run.optimizer)

@@ -117,6 +117,17 @@ def test_pseudo_huber_values():
         ImprovedConsistencyTraining(distance="l1")
 
 
+@pytest.mark.parametrize("cls", [ConsistencyDistillation, ImprovedConsistencyTraining,
+                                 EasyConsistencyTuning])
+@pytest.mark.parametrize("c", [0, 0.0, -0.5, float("nan"), float("inf")])
+def test_pseudo_huber_c_must_be_positive(cls, c):
+    """c = 0 gives sqrt(|a - b|^2) whose gradient at a = b is NaN: refused when the method is
+    built, naming the value."""
+    with pytest.raises(ValueError, match=f"pseudo-Huber c must be a positive.*got c={c!r}"):
+        cls(distance="pseudo_huber", c=c)
+    assert cls(distance="pseudo_huber", c=0.01).c == 0.01
+
+
 def test_ict_curriculum_doubles_from_s0_to_s1():
     """Song & Dhariwal 2023, Eq. 8 with K = 400k: K' = 50k, N = 11, 21, ..., 1281."""
     K = 400_000

@@ -67,6 +67,32 @@ def test_missing_weights_say_what_to_do(tmp_path):
         InceptionExtractor(tmp_path / "nope.pth")
 
 
+def test_broken_torch_fidelity_shows_the_real_import_error(tmp_path, monkeypatch):
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"")
+    for name in [m for m in sys.modules if m.split(".")[0] == "torch_fidelity"]:
+        monkeypatch.delitem(sys.modules, name)
+    broken = tmp_path / "site" / "torch_fidelity"  # installed, but its own import fails
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('libtorchvision.so: undefined symbol')")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    with pytest.raises(ImportError, match=r"installed but failed to import.*undefined symbol"):
+        InceptionExtractor(weights)
+    monkeypatch.delitem(sys.modules, "torch_fidelity", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_NotInstalled(), *sys.meta_path])
+    with pytest.raises(ImportError, match="needs torch-fidelity: pip install torch-fidelity"):
+        InceptionExtractor(weights)
+
+
+class _NotInstalled:
+    """An import finder for which torch-fidelity is not installed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch_fidelity":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
 def test_quantisation_convention():
     x = torch.tensor([-1.0, 0.0, 1.0, 2.0]).reshape(1, 1, 2, 2)
     q = quantize_uint8(x)

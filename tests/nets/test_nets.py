@@ -1,5 +1,7 @@
 """Backbones, preconditioning and architecture specs."""
 
+import copy
+
 import pytest
 import torch
 
@@ -113,3 +115,41 @@ def test_spec_errors():
     with pytest.raises(ValueError, match="unknown model class 'Nope'"):
         build_model({"class": "Nope", "kwargs": {}})
     assert model_spec(EDMPrecond(torch.nn.Linear(2, 2))) is None  # not buildable: no spec
+
+
+BACKBONES = {  # (backbone, input shape, conditioning)
+    "mlp": (lambda: MLPDenoiserNet(3, hidden=32, depth=2, emb_dim=16), (5, 3), {}),
+    "mlp_label": (lambda: MLPDenoiserNet(3, hidden=32, depth=1, emb_dim=16, cond_type="label",
+                                         num_classes=4), (5, 3),
+                  {"cond": torch.tensor([0, 1, 2, 3, 4])}),
+    "mlp_scalar": (lambda: MLPDenoiserNet(3, hidden=32, depth=1, emb_dim=16, cond_type="scalar"),
+                   (5, 3), {"cond": torch.linspace(1.0, 7.5, 5)}),
+    "unet": (lambda: UNet(3, channels=8, channel_mult=(1, 2), emb_dim=16, cond_type="label",
+                          num_classes=10), (2, 3, 8, 8), {"cond": torch.tensor([1, 10])}),
+}
+PRECONDS = {"edm": EDMPrecond, "consistency": ConsistencyPrecond, "none": None}
+# Max |half - fp32| relative to 1 + max |fp32| (fp16: 10-bit mantissa, bf16: 7-bit).
+HALF_TOL = {torch.float16: 1e-2, torch.bfloat16: 6e-2}
+
+
+@pytest.mark.parametrize("dtype", list(HALF_TOL), ids=["fp16", "bf16"])
+@pytest.mark.parametrize("precond", list(PRECONDS))
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_every_backbone_and_precond_runs_in_half_precision(backbone, precond, dtype):
+    make, shape, cond = BACKBONES[backbone]
+    torch.manual_seed(0)
+    model = make() if PRECONDS[precond] is None else PRECONDS[precond](make())
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, generator=g) * 2
+    sigma = torch.tensor([0.05, 80.0, 1.0, 0.3, 7.0][:shape[0]])
+    arg = sigma.log() / 4 if PRECONDS[precond] is None else sigma  # a bare net takes c_noise
+    half = copy.deepcopy(model).to(dtype)
+    with torch.no_grad():
+        ref = model(x, arg, **cond)
+        out = half(x.to(dtype), arg.to(dtype), **cond)
+    assert out.dtype == dtype and out.shape == ref.shape and torch.isfinite(out).all()
+    err = (out.float() - ref).abs().max().item()
+    assert err <= HALF_TOL[dtype] * (1 + ref.abs().max().item()), err
+    if precond == "consistency":  # the boundary condition stays exact in half precision
+        xs = x.to(dtype)
+        assert torch.equal(half(xs, torch.full((shape[0],), 0.002, dtype=dtype), **cond), xs)

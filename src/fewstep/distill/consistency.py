@@ -123,9 +123,14 @@ def check_consistency_student(template: nn.Module, sigma_min: float, name: str) 
                          f"method's sigma_min={sigma_min}")
 
 
-def _check_distance(name: str) -> None:
+def _check_distance(name: str, c: float | None) -> None:
+    """Raise for an unknown distance or a pseudo-Huber ``c`` that is not a positive finite
+    number (``c = 0`` makes the gradient of ``sqrt(|a - b|^2 + c^2)`` NaN at ``a = b``)."""
     if name not in DISTANCES:
         consistency_distance(name, torch.zeros(1, 1), torch.zeros(1, 1))  # raises, with reason
+    if c is not None and not (isinstance(c, int | float) and math.isfinite(c) and c > 0):
+        raise ValueError(f"pseudo-Huber c must be a positive finite number (or None for "
+                         f"0.00054 sqrt(d)); got c={c!r}")
 
 
 def _rows(v: Tensor, x: Tensor) -> Tensor:
@@ -153,7 +158,7 @@ class ConsistencyDistillation(MethodBase):
     c: float | None = None  # pseudo-Huber constant; None: 0.00054 sqrt(d)
 
     def __post_init__(self) -> None:
-        _check_distance(self.distance)
+        _check_distance(self.distance, self.c)
         if self.N < 2 or not 0 <= self.mu < 1:
             raise ValueError(f"need N >= 2 and 0 <= mu < 1; got N={self.N}, mu={self.mu}")
 
@@ -212,7 +217,7 @@ class ImprovedConsistencyTraining(MethodBase):
     c: float | None = None
 
     def __post_init__(self) -> None:
-        _check_distance(self.distance)
+        _check_distance(self.distance, self.c)
 
     def init_student(self, teacher_model: nn.Module | None, template: nn.Module) -> nn.Module:
         """Trained from scratch: the template as given."""
@@ -252,7 +257,7 @@ class EasyConsistencyTuning(MethodBase):
     c: float | None = None
 
     def __post_init__(self) -> None:
-        _check_distance(self.distance)
+        _check_distance(self.distance, self.c)
         if self.double_every < 1 or self.q <= 1:
             raise ValueError(f"need double_every >= 1 and q > 1; got {self.double_every}, "
                              f"{self.q}")

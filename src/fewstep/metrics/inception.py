@@ -53,8 +53,11 @@ class InceptionExtractor:
         try:
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
         except ImportError as e:
-            raise ImportError("Inception FID needs torch-fidelity: pip install torch-fidelity "
-                              f"({e})") from e
+            if isinstance(e, ModuleNotFoundError) and e.name == "torch_fidelity":
+                raise ImportError("Inception FID needs torch-fidelity: pip install "
+                                  "torch-fidelity") from e
+            raise ImportError("torch-fidelity is installed but failed to import (Inception FID "
+                              f"needs it): {type(e).__name__}: {e}") from e
         self.net = FeatureExtractorInceptionV3(self.name, ["2048"],
                                                feature_extractor_weights_path=str(path))
         self.net = self.net.to(device).eval()

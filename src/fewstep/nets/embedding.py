@@ -12,18 +12,26 @@ __all__ = ["CondEmbedding", "SinusoidalEmbedding"]
 
 class SinusoidalEmbedding(nn.Module):
     """``[cos(2 pi f_k c), sin(2 pi f_k c)]`` with ``f_k`` log-spaced in ``[1, max_freq]``: a
-    fixed Fourier-feature map of the noise level (Vaswani et al. 2017; Tancik et al. 2020)."""
+    fixed Fourier-feature map of the noise level (Vaswani et al. 2017; Tancik et al. 2020).
+
+    The angles are computed in at least float32; the features come out in the module's dtype
+    (float32 by default; float16 or bfloat16 after ``.to(torch.float16)`` and the like)."""
 
     def __init__(self, dim: int, max_freq: float = 4.0):
         super().__init__()
         if dim % 2:
             raise ValueError(f"embedding dim must be even; got {dim}")
+        self.max_freq = float(max_freq)
         freqs = torch.logspace(0, math.log10(max_freq), dim // 2)
-        self.register_buffer("freqs", freqs, persistent=False)
+        self.register_buffer("freqs", freqs, persistent=False)  # its dtype: the module's
 
     def forward(self, c: Tensor) -> Tensor:
-        angle = 2 * math.pi * c.float()[:, None] * self.freqs.to(c.device)
-        return torch.cat([angle.cos(), angle.sin()], dim=1)
+        """``(batch,)`` noise levels -> ``(batch, dim)`` features."""
+        freqs, dtype = self.freqs, self.freqs.dtype
+        if dtype in (torch.float16, torch.bfloat16):  # cast to half: use exact frequencies
+            freqs = torch.logspace(0, math.log10(self.max_freq), len(freqs), device=freqs.device)
+        angle = 2 * math.pi * c.float()[:, None] * freqs.to(c.device)
+        return torch.cat([angle.cos(), angle.sin()], dim=1).to(dtype)
 
 
 class CondEmbedding(nn.Module):

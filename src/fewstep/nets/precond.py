@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..denoiser import append_dims, as_batch_sigma
@@ -41,12 +42,15 @@ class _Precond(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
+        """``(batch, ...)`` x and a scalar or ``(batch,)`` sigma -> ``D(x, sigma)`` in x's dtype.
+        The scalings are computed in at least float32 (sigma^2 overflows float16 above 255)."""
         sigma = as_batch_sigma(sigma, x)
-        c_skip, c_out, c_in, c_noise = self.scalings(sigma)
+        c_skip, c_out, c_in, c_noise = self.scalings(
+            sigma.to(torch.promote_types(sigma.dtype, torch.float32)))
         c_skip, c_out, c_in = (append_dims(c, x.ndim) for c in (c_skip, c_out, c_in))
         dtype = next(self.net.parameters()).dtype
         F = self.net((c_in * x).to(dtype), c_noise.to(dtype), **cond)
-        return c_skip * x + c_out * F.to(x.dtype)
+        return (c_skip * x + c_out * F.to(c_out.dtype)).to(x.dtype)
 
 
 @buildable
