@@ -132,6 +132,14 @@ def test_mmd_grows_with_separation():
     assert values == sorted(values)
 
 
+def test_mmd_block_size_changes_only_the_summation_order(monkeypatch):
+    g = _gen(9)
+    x, y = torch.randn(1300, 3, generator=g), torch.randn(1100, 3, generator=g) + 0.3
+    blocked = mmd(x, y)  # several blocks of dist._MMD_BLOCK rows
+    monkeypatch.setattr(dist, "_MMD_BLOCK", 4096)  # one block
+    assert dist._MMD_BLOCK > 1300 and blocked == pytest.approx(mmd(x, y), rel=1e-9, abs=1e-15)
+
+
 def test_mmd_rejects_bad_bandwidth():
     x = torch.randn(4, 2)
     with pytest.raises(ValueError, match=r"-1\.0"):

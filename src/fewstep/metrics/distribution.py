@@ -21,6 +21,11 @@ from fewstep.metrics._validate import (
 Tensor = torch.Tensor
 
 _MEDIAN_POINTS = 512  # per sample set, for the median-heuristic bandwidth
+# Rows per MMD kernel block. Measured (1 thread, CPU time, 3 bandwidths): at 4096 x 4096
+# samples 512-row blocks take 1.8 s (2-d) / 2.3 s (64-d) against 7.5 s / 8.1 s for 2048
+# (256 rows: 3.3 s / 2.3 s); at 1000 x 1000 x 64, 113 ms against 156 ms; below 512 rows the
+# sum is one block either way. Results agree to ~1e-11 relative (summation order).
+_MMD_BLOCK = 512
 
 
 def sliced_wasserstein(
@@ -109,9 +114,9 @@ def mmd(x: Tensor, y: Tensor, bandwidths: Sequence[float] | None = None) -> floa
         sq = torch.cdist(a, c).square()
         return sum(torch.exp(-sq / (2 * s * s)) for s in bw)
 
-    kxx = (block_sum(x, x, kernel) - n * b) / (n * (n - 1))
-    kyy = (block_sum(y, y, kernel) - m * b) / (m * (m - 1))
-    kxy = block_sum(x, y, kernel) / (n * m)
+    kxx = (block_sum(x, x, kernel, _MMD_BLOCK) - n * b) / (n * (n - 1))
+    kyy = (block_sum(y, y, kernel, _MMD_BLOCK) - m * b) / (m * (m - 1))
+    kxy = block_sum(x, y, kernel, _MMD_BLOCK) / (n * m)
     return float(kxx + kyy - 2 * kxy)
 
 
