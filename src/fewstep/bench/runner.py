@@ -96,8 +96,8 @@ def reference(teacher: Teacher, seed: int, n: int, rtol: float, cache: Path) -> 
 class _Prepared:
     """A case's method with its set-up done (fewstep's plan and noise generators, or a peer's
     scheduler): ``run(model(D), x) -> (samples, solver steps)``. ``model`` is the network as
-    the method calls it (a peer's eps adapter included), so timing it counts as network time
-    on both sides."""
+    the method calls it (a peer's eps adapter included); the timer wraps it, so an adapter
+    counts as network time and the per-step overhead is the solver's own on both sides."""
 
     run: Callable[[Any, Tensor], tuple[Tensor, int]]
     model: Callable[[Any], Any] = lambda D: D
@@ -250,7 +250,7 @@ class _Context:
 
     def held_out(self, teacher: Teacher, seed: int, extractor: Any) -> _HeldOut | None:
         """:func:`held_out`, prepared once per (teacher, seed) and kept for the
-        :data:`HELD_OUT_CACHE` most recent pairs."""
+        :data:`HELD_OUT_CACHE` most recently prepared pairs."""
         key = (teacher.name, seed)
         if key not in self._held:
             if len(self._held) >= HELD_OUT_CACHE:
