@@ -76,6 +76,18 @@ def test_peer_eps_adapter_is_network_time(tmp_path, monkeypatch):
     assert row["overhead_per_step_s"] < DELAY / 4
 
 
+@pytest.mark.parametrize("method,nfe", [("heun", 9), ("ddim", 9), ("dpmpp_2m", 9)])
+def test_overhead_is_per_solver_step_on_both_sides(method, nfe):
+    """diffusers' Heun makes 2N-1 scheduler calls for N steps; its overhead is divided by the
+    same N solver steps as fewstep's Heun, not by its scheduler calls."""
+    teacher = get_teacher("gmm2")
+    x = runner.start_noise(teacher, 0, 4).float()
+    steps = {m: runner._run_method(_case(m, nfe), teacher.denoiser, x, teacher)[1]
+             for m in (method, f"diffusers:{method}")}
+    plan = solvers.plan(method, nfe, "karras", sigma_min=0.002, sigma_max=80.0)
+    assert steps == {method: plan.steps, f"diffusers:{method}": plan.steps}
+
+
 def test_timing_is_the_median_of_warm_repeats(monkeypatch):
     """One slow run of three (a scheduler hiccup) does not move the recorded figures."""
     monkeypatch.setattr(runner, "TIMING_REPEATS", 3)

@@ -116,7 +116,8 @@ class PreparedPeer:
         self.process = VPDiscrete(betas)
         self.scheduler = getattr(diffusers, self.spec.cls_name)(
             num_train_timesteps=len(betas), trained_betas=betas.numpy(), **self.spec.config)
-        self.scheduler.set_timesteps(self.spec.steps(nfe))
+        self.steps = self.spec.steps(nfe)  # solver steps (Heun: one per 2 scheduler calls)
+        self.scheduler.set_timesteps(self.steps)
         self.used = False
 
     def model(self, denoiser: Denoiser) -> Callable[[Tensor, Tensor], Tensor]:

@@ -110,7 +110,7 @@ def _prepare(case: Case, teacher: Teacher, x: Tensor) -> _Prepared:
             case.method, D, x, case.nfe, teacher.sigma_max, case.seed, case.schedule))
     if case.impl == "diffusers":
         peer = peers.PreparedPeer(case.method, case.nfe, teacher.sigma_min, teacher.sigma_max)
-        return _Prepared(lambda eps, x: (peer.sample(eps, x), case.nfe), peer.model)
+        return _Prepared(lambda eps, x: (peer.sample(eps, x), peer.steps), peer.model)
     spec = solvers.get(case.method)
     plan = solvers.plan(case.method, case.nfe, case.schedule, sigma_min=teacher.sigma_min,
                         sigma_max=teacher.sigma_max, denoise_to_zero=case.denoise_to_zero)
