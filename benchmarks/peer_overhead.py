@@ -1,7 +1,7 @@
 """fewstep vs diffusers: solver overhead per step of the same algorithm, at image shapes.
 
     .venv/bin/python benchmarks/peer_overhead.py [--shapes 3x32x32,4x64x64] [--batch 8]
-        [--nfe 9] [--repeats 15] [--threads 1]
+        [--nfe 9] [--repeats 15] [--threads 1] [--clock wall|cpu]
 
 Both sides run through the bench's own timing (``fewstep.bench.runner``): set-up (fewstep's
 ``plan``, the scheduler's construction and ``set_timesteps``) is timed apart; the network is
@@ -9,12 +9,15 @@ a closed-form Gaussian denoiser ``D(x, sigma) = x / (1 + sigma^2)`` (data N(0, I
 sigma -> eps adapter diffusers needs counts as network time, so ``overhead = (wall -
 network) / steps`` is each solver's own cost. Methods alternate within each repeat, after a
 warm-up; the table gives medians over ``--repeats`` and the ratio fewstep / diffusers.
+``--clock cpu`` times with this process's CPU time instead of the wall clock: with one
+thread it is the same figure, but other processes on a busy machine do not inflate it.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
 import torch
 from torch import Tensor
@@ -63,13 +66,16 @@ def main() -> None:
     ap.add_argument("--nfe", type=int, default=9, help="odd: diffusers' Heun spends 2N-1")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.clock == "cpu":  # the bench's timers read time.perf_counter
+        time.perf_counter = time.process_time
     import fewstep.bench.runner as runner
 
     runner.TIMING_REPEATS = 1  # this script alternates the methods itself
-    print(f"batch {args.batch}, NFE {args.nfe}, {args.threads} thread(s), median of "
-          f"{args.repeats} alternating repeats")
+    print(f"batch {args.batch}, NFE {args.nfe}, {args.threads} thread(s), {args.clock} clock, "
+          f"median of {args.repeats} alternating repeats")
     print("| shape | algorithm | fewstep overhead/step (us) | diffusers overhead/step (us) | "
           "ratio | fewstep set-up (us) | diffusers set-up (us) |")
     print("|---|---|---|---|---|---|---|")
