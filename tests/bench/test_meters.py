@@ -1,5 +1,8 @@
+import subprocess
+
 import torch
 
+from fewstep.bench import meters
 from fewstep.bench.meters import EnergyMeter, MemoryMeter, TimedDenoiser, environment
 
 
@@ -36,6 +39,21 @@ def test_environment_records_what_the_report_needs():
     for key in ("fewstep", "torch", "numpy", "diffusers", "device", "dtype", "threads", "git"):
         assert env[key] not in (None, "")
     assert env["dtype"] == "float32"
+
+
+def test_environment_asks_git_once_per_process(monkeypatch):
+    calls = []
+    run = subprocess.run
+
+    def counted(*args, **kwargs):
+        calls.append(args[0])
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", counted)
+    meters._git_revision.cache_clear()
+    envs = [environment("cpu", torch.float32) for _ in range(5)]
+    assert len(calls) == 2 and all(c[0] == "git" for c in calls)  # rev-parse and status
+    assert len({e["git"] for e in envs}) == 1
 
 
 def test_energy_meter_reads_zeus_when_present(monkeypatch):

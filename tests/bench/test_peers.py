@@ -39,3 +39,23 @@ def test_sigma_space_peers_match_fewstep_on_the_same_karras_sigmas(peer, ours):
     p = solvers.plan(ours, 9, sigma_min=0.002, sigma_max=80.0)
     torch.testing.assert_close(solvers.get(ours)(GM, x, p.sigmas, **p.knobs), theirs,
                                rtol=2e-3, atol=2e-3)
+
+
+def test_a_prepared_peer_is_set_up_once_and_samples_once():
+    peer = peers.PreparedPeer("diffusers:dpmpp_2m", 5, 0.002, 80.0)
+    assert len(peer.scheduler.timesteps) == 5  # set_timesteps is part of the set-up
+    x = 80.0 * torch.randn(8, 3, generator=torch.Generator().manual_seed(2))
+    counter = CountingDenoiser(GM)
+    out = peer.sample(peer.model(counter), x)
+    torch.testing.assert_close(out, peers.run_peer("diffusers:dpmpp_2m", GM, x, 5, 0.002, 80.0),
+                               rtol=0, atol=0)
+    assert counter.nfe == 5
+    with pytest.raises(RuntimeError, match="samples once"):
+        peer.sample(peer.model(GM), x)
+
+
+def test_unknown_peer_and_short_budget_are_named():
+    with pytest.raises(ValueError, match="unknown peer 'diffusers:nope'"):
+        peers.PreparedPeer("diffusers:nope", 3, 0.002, 80.0)
+    with pytest.raises(peers.UnreachableNFEError, match="nfe=0 is below the minimum of 1"):
+        peers.PreparedPeer("diffusers:ddim", 0, 0.002, 80.0)

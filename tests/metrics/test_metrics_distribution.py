@@ -8,7 +8,9 @@ import pytest
 import scipy.stats
 import torch
 
+from fewstep.metrics import distribution as dist
 from fewstep.metrics import energy_distance, mmd, mode_coverage, nll, sliced_wasserstein
+from fewstep.metrics.distribution import SlicedReference
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -63,6 +65,38 @@ def test_sw_of_replicated_set_is_zero():
     assert sliced_wasserstein(x, x.repeat(3, 1), generator=_gen()) == pytest.approx(0, abs=1e-12)
 
 
+def _sw_as_before(x, y, n_projections, p, generator):
+    """The one-shot computation sliced_wasserstein did before SlicedReference existed."""
+    x, y = x.double().flatten(1), y.double().flatten(1)
+    theta = torch.randn(x.shape[1], n_projections, generator=generator).double()
+    theta = theta / theta.norm(dim=0, keepdim=True)
+    px, py = torch.sort(x @ theta, dim=0).values, torch.sort(y @ theta, dim=0).values
+    return float(dist._wasserstein_1d_pp(px, py, p).mean() ** (1.0 / p))
+
+
+@pytest.mark.parametrize("n,m,p", [(40, 40, 2), (40, 70, 2), (33, 9, 1), (50, 20, 3)])
+def test_sliced_reference_is_identical_to_before_and_reusable(n, m, p):
+    g = _gen(11)
+    x, x2 = torch.randn(n, 2, 3, generator=g), torch.randn(n, 2, 3, generator=g) * 2
+    y = torch.randn(m, 2, 3, generator=g) + 0.5
+    before = [_sw_as_before(v, y, 64, p, _gen(5)) for v in (x, x2)]
+    ref = SlicedReference(y, 64, _gen(5))
+    assert [ref.distance(x, p), ref.distance(x2, p), ref.distance(x, p)] == [*before, before[0]]
+    assert [sliced_wasserstein(v, y, 64, p, _gen(5)) for v in (x, x2)] == before
+
+
+def test_sliced_reference_checks_its_inputs():
+    ref = SlicedReference(torch.randn(10, 3), 8, _gen())
+    with pytest.raises(ValueError, match="x has 4, y has 3"):
+        ref.distance(torch.randn(10, 4))
+    with pytest.raises(ValueError, match=r"p must be >= 1, got 0\.5"):
+        ref.distance(torch.randn(10, 3), p=0.5)
+    with pytest.raises(ValueError, match="y needs at least 2 samples, got 1"):
+        SlicedReference(torch.randn(1, 3))
+    with pytest.raises(ValueError, match="n_projections must be a positive integer, got 0"):
+        SlicedReference(torch.randn(5, 3), n_projections=0)
+
+
 # ----------------------------------------------------------------------------- MMD
 
 
@@ -96,6 +130,14 @@ def test_mmd_grows_with_separation():
     values = [mmd(x, y + s, bandwidths=(0.5, 1.0, 2.0)) for s in (0.5, 1.0, 2.0, 4.0)]
     assert values[0] > 0
     assert values == sorted(values)
+
+
+def test_mmd_block_size_changes_only_the_summation_order(monkeypatch):
+    g = _gen(9)
+    x, y = torch.randn(1300, 3, generator=g), torch.randn(1100, 3, generator=g) + 0.3
+    blocked = mmd(x, y)  # several blocks of dist._MMD_BLOCK rows
+    monkeypatch.setattr(dist, "_MMD_BLOCK", 4096)  # one block
+    assert dist._MMD_BLOCK > 1300 and blocked == pytest.approx(mmd(x, y), rel=1e-9, abs=1e-15)
 
 
 def test_mmd_rejects_bad_bandwidth():

@@ -6,6 +6,7 @@ Nothing is estimated: a quantity no meter can read is recorded as ``None`` with 
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -133,6 +134,7 @@ class EnergyMeter:
             result["joules"] = joules if joules > 0 else None
 
 
+@functools.cache  # two subprocesses: once per process, not once per case
 def _git_revision() -> str:
     root = Path(__file__).resolve().parents[3]
     try:
@@ -155,7 +157,8 @@ def _version(module: str) -> str:
 
 
 def environment(device: str, dtype: torch.dtype) -> dict[str, Any]:
-    """Versions, device, dtype, threads, CPU and git revision of this run."""
+    """Versions, device, dtype, threads, CPU and git revision of this run (the revision is
+    read from git once per process)."""
     dev = torch.device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() \
         or platform.machine()

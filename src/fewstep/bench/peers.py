@@ -21,7 +21,8 @@ from torch import Tensor
 from ..denoiser import Denoiser
 from ..process import VPDiscrete
 
-__all__ = ["NOTES", "PEERS", "PeerSpec", "UnreachableNFEError", "available", "run_peer", "vp_table"]
+__all__ = ["NOTES", "PEERS", "PeerSpec", "PreparedPeer", "UnreachableNFEError", "available",
+           "run_peer", "vp_table"]
 
 
 class UnreachableNFEError(ValueError):
@@ -88,28 +89,61 @@ def _eps_model(D: Denoiser, proc: VPDiscrete) -> Callable[[Tensor, Tensor], Tens
     return eps
 
 
+class PreparedPeer:
+    """A diffusers scheduler built and set to its timesteps: a peer's whole set-up, done.
+
+    Construction (scheduler and ``set_timesteps``) is the peer's set-up; the bench times it
+    apart from sampling, as it times fewstep's ``plan``. :meth:`model` is the teacher as
+    diffusers sees it (the sigma-space denoiser behind a discrete-time eps adapter); the
+    bench times the adapter as network time on both sides of a comparison. :meth:`sample`
+    runs the scheduler once: a scheduler carries state between steps, so a prepared peer
+    samples once only.
+    """
+
+    def __init__(self, name: str, nfe: int, sigma_min: float, sigma_max: float):
+        """Build peer ``name`` for ``nfe`` evaluations over [sigma_min, sigma_max]. Raises
+        ValueError for an unknown peer, UnreachableNFEError for a budget it cannot spend."""
+        import diffusers
+
+        key = name.removeprefix("diffusers:")
+        if key not in PEERS:
+            raise ValueError(f"unknown peer {name!r}; available: {available()}")
+        self.name, self.spec, self.sigma_max = name, PEERS[key], sigma_max
+        if nfe < self.spec.min_nfe:
+            raise UnreachableNFEError(f"nfe={nfe} is below the minimum of {self.spec.min_nfe} "
+                                      f"for {name}")
+        betas = vp_table(sigma_min, sigma_max)
+        self.process = VPDiscrete(betas)
+        self.scheduler = getattr(diffusers, self.spec.cls_name)(
+            num_train_timesteps=len(betas), trained_betas=betas.numpy(), **self.spec.config)
+        self.steps = self.spec.steps(nfe)  # solver steps (Heun: one per 2 scheduler calls)
+        self.scheduler.set_timesteps(self.steps)
+        self.used = False
+
+    def model(self, denoiser: Denoiser) -> Callable[[Tensor, Tensor], Tensor]:
+        """``eps(x_vp, t)``: the sigma-space ``denoiser`` as a discrete-time eps model."""
+        return _eps_model(denoiser, self.process)
+
+    def sample(self, eps: Callable[[Tensor, Tensor], Tensor], x: Tensor) -> Tensor:
+        """Sample from sigma-space start noise ``x`` (at sigma_max) with the eps model ``eps``
+        (see :meth:`model`); returns the sigma = 0 sample. Raises RuntimeError on reuse."""
+        if self.used:
+            raise RuntimeError(f"{self.name}: a prepared peer samples once; prepare another")
+        self.used = True
+        sched = self.scheduler
+        sample = x if self.spec.sigma_space else x / math.sqrt(1 + self.sigma_max**2)
+        for t in sched.timesteps:
+            model_in = sched.scale_model_input(sample, t)
+            sample = sched.step(eps(model_in, t), t, sample).prev_sample
+        return sample
+
+
 def run_peer(name: str, denoiser: Denoiser, x: Tensor, nfe: int, sigma_min: float,
              sigma_max: float) -> Tensor:
     """Sample with diffusers scheduler ``name`` from sigma-space start noise ``x`` (at
     ``sigma_max``), spending ``nfe`` evaluations; returns the sigma = 0 sample."""
-    import diffusers
-
-    key = name.removeprefix("diffusers:")
-    if key not in PEERS:
-        raise ValueError(f"unknown peer {name!r}; available: {available()}")
-    spec = PEERS[key]
-    if nfe < spec.min_nfe:
-        raise UnreachableNFEError(f"nfe={nfe} is below the minimum of {spec.min_nfe} for {name}")
-    betas = vp_table(sigma_min, sigma_max)
-    sched = getattr(diffusers, spec.cls_name)(num_train_timesteps=len(betas),
-                                              trained_betas=betas.numpy(), **spec.config)
-    sched.set_timesteps(spec.steps(nfe))
-    eps = _eps_model(denoiser, VPDiscrete(betas))
-    sample = x if spec.sigma_space else x / math.sqrt(1 + sigma_max**2)
-    for t in sched.timesteps:
-        model_in = sched.scale_model_input(sample, t)
-        sample = sched.step(eps(model_in, t), t, sample).prev_sample
-    return sample
+    peer = PreparedPeer(name, nfe, sigma_min, sigma_max)
+    return peer.sample(peer.model(denoiser), x)
 
 
 # What a reader of the report should know about each peer as configured here.

@@ -10,9 +10,11 @@ import copy
 import hashlib
 import math
 import re
+import statistics
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,8 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.f
           "bfloat16": torch.bfloat16}
 N_REFERENCE = 1000  # held-out / exact samples for sliced Wasserstein, Frechet and KID
 N_MMD = 500  # of those, the ones MMD compares against (its cost is quadratic)
+TIMING_REPEATS = 3  # warm timed runs per case; the row records their medians
+HELD_OUT_CACHE = 16  # (teacher, seed) held-out sides kept prepared per run
 
 
 @dataclass(frozen=True)
@@ -103,38 +107,90 @@ def reference(teacher: Teacher, seed: int, n: int, rtol: float, cache: Path) -> 
     return ref
 
 
-def _run_method(case: Case, D: Any, x: Tensor, teacher: Teacher,
-                ref: Tensor) -> tuple[Tensor, int]:
-    """Sample with the case's method; returns the samples and the number of solver steps.
-    For ``student:PATH`` methods ``D`` (the timing wrapper) wraps the student, not the
-    teacher; ``baseline:NAME`` methods use the (already computed) reference ``ref``."""
+@dataclass(frozen=True)
+class _Prepared:
+    """A case's method with its set-up done (fewstep's plan and noise generators, or a peer's
+    scheduler): ``run(model(D), x) -> (samples, solver steps)``. ``model`` is the network as
+    the method calls it (a peer's eps adapter included); the timer wraps it, so an adapter
+    counts as network time and the per-step overhead is the solver's own on both sides."""
+
+    run: Callable[[Any, Tensor], tuple[Tensor, int]]
+    model: Callable[[Any], Any] = lambda D: D
+
+
+def _prepare(case: Case, teacher: Teacher, x: Tensor, ref: Tensor) -> _Prepared:
+    """The set-up of a case's method for start noise ``x``, timed apart from sampling;
+    ``baseline:NAME`` methods use the (already computed) reference solution ``ref``."""
     if case.impl == "baseline":
-        return baselines.run_baseline(case.method, x, ref, teacher.sigma_max), 0
+        return _Prepared(lambda D, x: (baselines.run_baseline(case.method, x, ref,
+                                                              teacher.sigma_max), 0))
     if case.impl == "student":
-        return students.run_student(case.method, D, x, case.nfe, teacher.sigma_max, case.seed,
-                                    case.schedule)
+        return _Prepared(lambda D, x: students.run_student(
+            case.method, D, x, case.nfe, teacher.sigma_max, case.seed, case.schedule))
     if case.impl == "diffusers":
-        return peers.run_peer(case.method, D, x, case.nfe, teacher.sigma_min,
-                              teacher.sigma_max), case.nfe
+        peer = peers.PreparedPeer(case.method, case.nfe, teacher.sigma_min, teacher.sigma_max)
+        return _Prepared(lambda eps, x: (peer.sample(eps, x), peer.steps), peer.model)
     spec = solvers.get(case.method)
     plan = solvers.plan(case.method, case.nfe, case.schedule, sigma_min=teacher.sigma_min,
                         sigma_max=teacher.sigma_max, denoise_to_zero=case.denoise_to_zero)
     knobs = dict(plan.knobs)
     if spec.stochastic:
         knobs["generator"] = solvers.sample_generators(case.seed, x.shape[0], x.device)
-    return spec(D, x, plan.sigmas, **knobs), plan.steps
+    return _Prepared(lambda D, x: (spec(D, x, plan.sigmas, **knobs), plan.steps))
+
+
+def _run_method(case: Case, D: Any, x: Tensor, teacher: Teacher,
+                ref: Tensor) -> tuple[Tensor, int]:
+    """Sample with the case's method, set-up included; returns the samples and the number of
+    solver steps. For ``student:PATH`` methods ``D`` is the student, not the teacher."""
+    prepared = _prepare(case, teacher, x, ref)
+    return prepared.run(prepared.model(D), x)
+
+
+@dataclass(frozen=True)
+class _Timing:
+    """One case's timing: medians over :data:`TIMING_REPEATS` warm runs, in seconds."""
+
+    setup: float  # plan / scheduler construction, outside the per-step figure
+    wall: float  # sampling, set-up excluded
+    network: float  # inside the network as the method calls it (adapters included)
+    overhead_per_step: float  # (wall - network) / steps of each run, then the median
+    rows: int  # network rows evaluated by one run
+
+
+def _timed_runs(case: Case, teacher: Teacher, D: Any, x: Tensor, ref: Tensor,
+                device: str) -> tuple[Tensor, _Timing]:
+    """Run the case :data:`TIMING_REPEATS` times, each run set-up then sampling, timed apart
+    and synchronised; returns the first run's samples and the timing. Every run starts from
+    the same ``x`` with freshly seeded noise, so the runs are identical."""
+    runs, first = [], None
+    for _ in range(TIMING_REPEATS):
+        synchronize(device)
+        t0 = time.perf_counter()
+        prepared = _prepare(case, teacher, x, ref)
+        timed = TimedDenoiser(prepared.model(D), device)
+        synchronize(device)
+        t1 = time.perf_counter()
+        out, steps = prepared.run(timed, x)
+        synchronize(device)
+        runs.append((t1 - t0, time.perf_counter() - t1, timed.seconds))
+        first = out if first is None else first  # later runs' samples are dropped at once
+    setup, wall, network = (statistics.median(r[k] for r in runs) for k in range(3))
+    overhead = statistics.median(max(w - n, 0.0) / max(steps, 1) for _, w, n in runs)
+    return first, _Timing(setup, wall, network, overhead, timed.rows)
 
 
 def feature_space(teacher: Teacher, cache: Path) -> tuple[str, Any]:
-    """The feature space image metrics are computed in: a fewstep-trained extractor where
-    one exists for the teacher's data, else raw pixels."""
+    """The feature space image metrics are computed in, described with what its extractor was
+    trained on: a fewstep-trained extractor where one exists for the teacher's data, else raw
+    pixels."""
     if teacher.extra.get("extractor") == "digits_cnn":
-        from ..metrics.extractors import VERSION, digits_cnn
+        from ..metrics.extractors import digits_cnn
 
         net = digits_cnn(cache)
-        return f"{VERSION} (64-d penultimate layer of a CNN trained by fewstep on the digits " \
-               "train split; weights hash-checked)", net
-    return "pixels (flattened, no learned features)", None
+        return f"{net.name} (64-d penultimate layer of a CNN trained by fewstep; trained on " \
+               f"{net.trained_on}; weights hash-checked)", net
+    return "pixels (flattened; no learned features, trained on nothing)", None
 
 
 def _features(extractor: Any, images: Tensor) -> Tensor:
@@ -144,12 +200,38 @@ def _features(extractor: Any, images: Tensor) -> Tensor:
         return extractor(images.float()).double()
 
 
-def _score(case: Case, teacher: Teacher, out: Tensor, ref: Tensor, held_out: Tensor | None,
+@dataclass(frozen=True)
+class _HeldOut:
+    """A (teacher, seed)'s held-out sample and what every case scores against it, prepared
+    once: the sorted sliced-Wasserstein projections and, for images, the reference features
+    and their Frechet statistics."""
+
+    samples: Tensor  # (N_REFERENCE, ...) as the teacher gives them
+    sliced: metrics.SlicedReference  # 256 directions seeded by the case seed
+    features: Tensor | None = None  # (N_REFERENCE, F) float64 in the feature space
+    stats: tuple[Any, Any] | None = None  # their mean and covariance
+
+
+def held_out(teacher: Teacher, seed: int, extractor: Any = None) -> _HeldOut | None:
+    """The prepared held-out side of ``teacher`` for seed ``seed`` (None without reference
+    samples); image teachers' features are taken with ``extractor`` (None: pixels)."""
+    if teacher.reference_samples is None:
+        return None
+    y = teacher.reference_samples(N_REFERENCE, seed)
+    sliced = metrics.SlicedReference(y.double(), n_projections=256,
+                                     generator=torch.Generator().manual_seed(seed))
+    if teacher.kind != "image":
+        return _HeldOut(y, sliced)
+    f = _features(extractor, y)
+    return _HeldOut(y, sliced, f, metrics.feature_stats(f))
+
+
+def _score(case: Case, teacher: Teacher, out: Tensor, ref: Tensor, held: _HeldOut | None,
            extractor: Any = None) -> dict[str, float | None]:
     out64 = out.double()
     m: dict[str, float | None] = {"ode_rmse": float((out64 - ref).pow(2).mean().sqrt())}
-    if held_out is not None:
-        m.update(_distribution_metrics(case, teacher, out64, held_out, extractor))
+    if held is not None:
+        m.update(_distribution_metrics(case, teacher, out64, held, extractor))
     if teacher.log_prob is not None:
         m["nll"] = metrics.nll(out64.float(), teacher.log_prob)
     if teacher.modes is not None:
@@ -159,17 +241,16 @@ def _score(case: Case, teacher: Teacher, out: Tensor, ref: Tensor, held_out: Ten
     return {k: (v if v is None or math.isfinite(v) else None) for k, v in m.items()}
 
 
-def _distribution_metrics(case: Case, teacher: Teacher, out64: Tensor, held_out: Tensor,
+def _distribution_metrics(case: Case, teacher: Teacher, out64: Tensor, held: _HeldOut,
                           extractor: Any) -> dict[str, float | None]:
     """Sliced Wasserstein and MMD against held-out samples; Frechet and KID for images."""
     m: dict[str, float | None] = {
-        "sw": metrics.sliced_wasserstein(out64, held_out.double(), n_projections=256,
-                                         generator=torch.Generator().manual_seed(case.seed)),
-        "mmd": metrics.mmd(out64.flatten(1), held_out[:N_MMD].double().flatten(1)),
+        "sw": held.sliced.distance(out64),
+        "mmd": metrics.mmd(out64.flatten(1), held.samples[:N_MMD].double().flatten(1)),
     }
-    if teacher.kind == "image":
-        f_out, f_ref = _features(extractor, out64), _features(extractor, held_out)
-        m["fd"] = metrics.frechet_distance_from_features(f_out, f_ref)
+    if held.features is not None and held.stats is not None:
+        f_out, f_ref = _features(extractor, out64), held.features
+        m["fd"] = metrics.frechet_distance(*metrics.feature_stats(f_out), *held.stats)
         k = min(100, len(f_out), len(f_ref))
         m["kid"] = metrics.kid(f_out, f_ref, subsets=10, subset_size=k,
                                generator=torch.Generator().manual_seed(case.seed))[0]
@@ -185,6 +266,17 @@ class _Context:
         self.envs: dict[str, dict[str, Any]] = {}
         self._inception: dict[str, Any] = {}
         self._features: dict[str, tuple[str, Any]] = {}
+        self._held: dict[tuple[str, int], _HeldOut | None] = {}
+
+    def held_out(self, teacher: Teacher, seed: int, extractor: Any) -> _HeldOut | None:
+        """:func:`held_out`, prepared once per (teacher, seed) and kept for the
+        :data:`HELD_OUT_CACHE` most recently prepared pairs."""
+        key = (teacher.name, seed)
+        if key not in self._held:
+            if len(self._held) >= HELD_OUT_CACHE:
+                self._held.pop(next(iter(self._held)))
+            self._held[key] = held_out(teacher, seed, extractor)
+        return self._held[key]
 
     def feature_space(self, teacher: Teacher) -> tuple[str, Any]:
         """:func:`feature_space` of ``teacher``, loaded (and hash-checked) once per run."""
@@ -204,13 +296,13 @@ class _Context:
 
 
 def _inception_note(case: Case) -> str:
-    from ..metrics.inception import CONVENTIONS
+    from ..metrics.inception import CONVENTIONS, TRAINED_ON
 
     if case.inception_weights is None:
         return ("Inception FID/KID not computed: no weights file given (suite key "
                 "inception_weights or --inception-weights); fd/kid are in the stated feature "
                 "space instead")
-    return f"fid_inception / kid_inception: {CONVENTIONS}"
+    return f"fid_inception / kid_inception: {CONVENTIONS}; trained on {TRAINED_ON}"
 
 
 def _inception_metrics(case: Case, inception: Any, out: Tensor,
@@ -232,7 +324,9 @@ def run_case(case: Case, ctx: _Context) -> dict[str, Any]:
 def _run_case(case: Case, ctx: _Context) -> dict[str, Any]:
     teacher = get_teacher(case.teacher)
     dtype = DTYPES[case.dtype]
-    env = ctx.envs.setdefault(case.dtype, environment(ctx.device, dtype))
+    if case.dtype not in ctx.envs:  # once per run and dtype (it asks git for the revision)
+        ctx.envs[case.dtype] = environment(ctx.device, dtype)
+    env = ctx.envs[case.dtype]
     row: dict[str, Any] = {"key": case.key, "suite": case.suite, "teacher": case.teacher,
                            "method": case.method, "impl": case.impl, "nfe_target": case.nfe,
                            "seed": case.seed, "n_samples": case.n_samples, "env": env,
@@ -246,31 +340,28 @@ def _run_case(case: Case, ctx: _Context) -> dict[str, Any]:
         if (case.teacher, case.method) not in ctx.warm:  # warm-up: same code path, 8 samples
             _run_method(case, D, x[:8], teacher, ref)
             ctx.warm.add((case.teacher, case.method))
-        timed, mem, energy = TimedDenoiser(D, ctx.device), MemoryMeter(ctx.device), \
-            EnergyMeter(ctx.device)
+        mem, energy = MemoryMeter(ctx.device), EnergyMeter(ctx.device)
         with mem.measure(), energy.measure() as joules:
-            synchronize(ctx.device)
-            t0 = time.perf_counter()
-            out, steps = _run_method(case, timed, x, teacher, ref)
-            synchronize(ctx.device)
-            wall = time.perf_counter() - t0
-        held_out = None if teacher.reference_samples is None else \
-            teacher.reference_samples(N_REFERENCE, case.seed)
-        extractor = None
-        if teacher.kind == "image" and held_out is not None:
+            out, timing = _timed_runs(case, teacher, D, x, ref, ctx.device)
+        extractor = inception = None
+        if teacher.kind == "image" and teacher.reference_samples is not None:
             space, extractor = ctx.feature_space(teacher)
             row["config"]["feature_space"] = space
             inception = ctx.inception(case.inception_weights)
             row["config"]["notes"] = [*row["config"].get("notes", []), _inception_note(case)]
+        held = ctx.held_out(teacher, case.seed, extractor)
         row.update(
-            status="ok", nfe=timed.rows / case.n_samples, wall_s=wall,
-            time_per_sample_s=wall / case.n_samples, network_s=timed.seconds,
-            overhead_per_step_s=max(wall - timed.seconds, 0.0) / max(steps, 1),
-            peak_mem_mb=mem.peak_mb, mem_method=mem.method, energy_j=joules["joules"],
-            energy_method=energy.method if joules["joules"] is not None else "not measured",
-            metrics=_score(case, teacher, out.cpu(), ref, held_out, extractor))
-        if teacher.kind == "image" and held_out is not None and inception is not None:
-            row["metrics"].update(_inception_metrics(case, inception, out.cpu(), held_out))
+            status="ok", nfe=timing.rows / case.n_samples, wall_s=timing.wall,
+            time_per_sample_s=timing.wall / case.n_samples, network_s=timing.network,
+            overhead_per_step_s=timing.overhead_per_step, setup_time_s=timing.setup,
+            peak_mem_mb=mem.peak_mb, mem_method=mem.method,
+            energy_j=None if joules["joules"] is None else joules["joules"] / TIMING_REPEATS,
+            energy_method=f"{energy.method}, per run (set-up included), mean of "
+            f"{TIMING_REPEATS}"
+            if joules["joules"] is not None else "not measured",
+            metrics=_score(case, teacher, out.cpu(), ref, held, extractor))
+        if held is not None and inception is not None:
+            row["metrics"].update(_inception_metrics(case, inception, out.cpu(), held.samples))
     except Exception as e:
         row.update(status="error", error=f"{type(e).__name__}: {e}", metrics={})
     return row

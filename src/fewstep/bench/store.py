@@ -39,10 +39,11 @@ COLUMNS: dict[str, str] = {
     "nfe": "REAL",             # evaluations actually spent per sample (counted)
     "n_samples": "INTEGER",
     "metrics": "TEXT",         # JSON: {"ode_rmse": float, "sw": float, ...}
-    "wall_s": "REAL",          # wall-clock of the timed run (whole batch)
+    "wall_s": "REAL",          # wall-clock of sampling the whole batch (set-up excluded)
     "time_per_sample_s": "REAL",
     "network_s": "REAL",       # time spent inside the denoiser
     "overhead_per_step_s": "REAL",  # (wall - network) / steps: the solver's own cost
+    "setup_time_s": "REAL",    # plan / scheduler construction, outside wall_s and overhead
     "peak_mem_mb": "REAL",
     "mem_method": "TEXT",
     "energy_j": "REAL",        # NULL when not measured

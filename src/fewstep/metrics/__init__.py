@@ -1,6 +1,7 @@
 """Sample-quality metrics: distribution distances, feature-space scores and CI summaries."""
 
 from fewstep.metrics.distribution import (
+    SlicedReference,
     energy_distance,
     mmd,
     mode_coverage,
@@ -26,6 +27,7 @@ __all__ = [
     "ChecksumError",
     "FeatureExtractor",
     "IdentityExtractor",
+    "SlicedReference",
     "Summary",
     "energy_distance",
     "extract_features",

@@ -21,6 +21,11 @@ from fewstep.metrics._validate import (
 Tensor = torch.Tensor
 
 _MEDIAN_POINTS = 512  # per sample set, for the median-heuristic bandwidth
+# Rows per MMD kernel block. Measured (1 thread, CPU time, 3 bandwidths): at 4096 x 4096
+# samples 512-row blocks take 1.8 s (2-d) / 2.3 s (64-d) against 7.5 s / 8.1 s for 2048
+# (256 rows: 3.3 s / 2.3 s); at 1000 x 1000 x 64, 113 ms against 156 ms; below 512 rows the
+# sum is one block either way. Results agree to ~1e-11 relative (summation order).
+_MMD_BLOCK = 512
 
 
 def sliced_wasserstein(
@@ -35,16 +40,40 @@ def sliced_wasserstein(
     Directions are uniform on the unit sphere, drawn on ``generator``'s device (CPU if None)
     and moved to x's device, so results are reproducible across devices. Unequal sample
     sizes are handled exactly by comparing the two empirical quantile functions on the
-    merged grid of their jump levels {i/n} U {j/m}.
+    merged grid of their jump levels {i/n} U {j/m}. Scoring many sample sets against one
+    ``y`` with the same directions: prepare ``y`` once with :class:`SlicedReference`.
     """
     x, y = pair(x, y)
-    check_positive_int(n_projections, "n_projections")
-    if not p >= 1:
-        raise ValueError(f"p must be >= 1, got {p!r}")
-    theta = _random_directions(x.shape[1], n_projections, generator).to(x)
-    px = torch.sort(x @ theta, dim=0).values
-    py = torch.sort(y @ theta, dim=0).values
-    return float(_wasserstein_1d_pp(px, py, p).mean() ** (1.0 / p))
+    return SlicedReference(y, n_projections, generator).distance(x, p)
+
+
+class SlicedReference:
+    """The reference side of :func:`sliced_wasserstein`, prepared once.
+
+    Draws ``n_projections`` directions on ``generator`` and sorts the projections of ``y``
+    (an (M, ...) sample, flattened), so each :meth:`distance` costs only the projection and
+    sort of its own sample. ``SlicedReference(y, L, g).distance(x, p)`` equals
+    ``sliced_wasserstein(x, y, L, p, g)`` exactly (same directions, same arithmetic).
+
+    Raises ValueError for fewer than 2 or non-finite samples, or a non-positive
+    ``n_projections``.
+    """
+
+    def __init__(self, y: Tensor, n_projections: int = 256,
+                 generator: torch.Generator | None = None):
+        y = as_samples(y, "y", 2)
+        check_positive_int(n_projections, "n_projections")
+        self.theta = _random_directions(y.shape[1], n_projections, generator).to(y)  # (d, L)
+        self.py = torch.sort(y @ self.theta, dim=0).values  # (M, L)
+
+    def distance(self, x: Tensor, p: float = 2) -> float:
+        """SW_p between the (N, ...) sample ``x`` and the prepared reference; a float."""
+        x = as_samples(x, "x", 2)
+        same_dim(x, self.theta.T, ("x", "y"))
+        if not p >= 1:
+            raise ValueError(f"p must be >= 1, got {p!r}")
+        px = torch.sort(x @ self.theta.to(x), dim=0).values
+        return float(_wasserstein_1d_pp(px, self.py.to(x), p).mean() ** (1.0 / p))
 
 
 def _random_directions(d: int, n: int, generator: torch.Generator | None) -> Tensor:
@@ -85,9 +114,9 @@ def mmd(x: Tensor, y: Tensor, bandwidths: Sequence[float] | None = None) -> floa
         sq = torch.cdist(a, c).square()
         return sum(torch.exp(-sq / (2 * s * s)) for s in bw)
 
-    kxx = (block_sum(x, x, kernel) - n * b) / (n * (n - 1))
-    kyy = (block_sum(y, y, kernel) - m * b) / (m * (m - 1))
-    kxy = block_sum(x, y, kernel) / (n * m)
+    kxx = (block_sum(x, x, kernel, _MMD_BLOCK) - n * b) / (n * (n - 1))
+    kyy = (block_sum(y, y, kernel, _MMD_BLOCK) - m * b) / (m * (m - 1))
+    kxy = block_sum(x, y, kernel, _MMD_BLOCK) / (n * m)
     return float(kxx + kyy - 2 * kxy)
 
 

@@ -1,7 +1,8 @@
 """Feature extractors for image metrics that fewstep trains itself, with no downloads.
 
 ``digits_cnn`` is a small CNN classifier trained (seeded, full-batch, about a second on CPU)
-on the train split of the built-in 8x8 digits; its 64-d penultimate layer is the feature
+on the train split of the built-in 8x8 digits (``fewstep.data``'s fixed split, so it never
+sees a test image the bench scores against); its 64-d penultimate layer is the feature
 space for Fréchet distance / KID on that set. Weights are cached with their SHA-256 in a
 sidecar JSON and verified on every load (:func:`~fewstep.metrics.load_extractor_weights`).
 """
@@ -12,15 +13,18 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .._io import atomic_write
+from ..data.images import digits_array
+from ..data.registry import split_indices
 from .features import file_sha256, load_extractor_weights
 
-__all__ = ["DigitsCNN", "cache_dir", "digits_cnn", "train_digits_cnn"]
+__all__ = ["DigitsCNN", "cache_dir", "digits_cnn", "train_digits_cnn", "training_indices"]
 
-VERSION = "digits-cnn-v1"
+VERSION = "digits-cnn-v2"  # v2: trained on the data train split only (v1 saw 287 test images)
 
 
 class DigitsCNN(nn.Module):
@@ -28,6 +32,8 @@ class DigitsCNN(nn.Module):
 
     name = VERSION
     dim = 64
+    trained_on = ("the digits train split only (fewstep.data's fixed seeded 80/20 split of "
+                  "scikit-learn's 1797 digits, labels supervised; no test image)")
 
     def __init__(self) -> None:
         super().__init__()
@@ -45,24 +51,24 @@ class DigitsCNN(nn.Module):
         return self.body(images)
 
 
-def _digits_with_labels() -> tuple[Tensor, Tensor]:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 8.0 - 1.0
-    return x, torch.tensor(d.target)
+def training_indices() -> np.ndarray:
+    """Rows of scikit-learn's ``load_digits()`` the extractor trains on: the ``train`` split of
+    :func:`fewstep.data.registry.split_indices`, exactly as ``fewstep.data`` splits digits."""
+    return split_indices(digits_array())["train"]
 
 
 def train_digits_cnn(seed: int = 0, steps: int = 150) -> DigitsCNN:
-    """Train the extractor on 80% of scikit-learn's digits (full-batch Adam, seeded)."""
+    """Train the extractor on the digits train split (:func:`training_indices`; full-batch
+    Adam, seeded)."""
+    from sklearn.datasets import load_digits
+
     torch.manual_seed(seed)
-    x, y = _digits_with_labels()
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    train = perm[: int(0.8 * len(x))]
+    train = torch.from_numpy(training_indices())
+    x, y = torch.from_numpy(digits_array())[train], torch.tensor(load_digits().target)[train]
     net = DigitsCNN()
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     with torch.enable_grad():  # callers (the bench) may run under no_grad
-        _fit(net, opt, x[train], y[train], steps)
+        _fit(net, opt, x, y, steps)
     return net.eval()
 
 

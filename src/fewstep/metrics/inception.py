@@ -17,11 +17,13 @@ from torch import Tensor
 
 from .features import ChecksumError, file_sha256
 
-__all__ = ["CONVENTIONS", "InceptionExtractor", "quantize_uint8"]
+__all__ = ["CONVENTIONS", "TRAINED_ON", "InceptionExtractor", "quantize_uint8"]
 
 CONVENTIONS = ("Inception-v3 pool3 (2048-d, torch-fidelity 'inception-v3-compat'); images in "
                "[-1, 1] quantised to uint8 as round((x+1)*127.5), grey repeated to RGB, resized "
                "to 299x299 by torch-fidelity's TF1-compatible bilinear interpolation")
+TRAINED_ON = ("ImageNet-1k (ILSVRC-2012 train split, Szegedy et al. 2016 / the TF FID weights), "
+              "independent of every fewstep data set")
 
 
 def quantize_uint8(images: Tensor) -> Tensor:
@@ -38,6 +40,7 @@ class InceptionExtractor:
 
     name = "inception-v3-compat"
     dim = 2048
+    trained_on = TRAINED_ON
 
     def __init__(self, weights_path: str | Path, sha256: str | None = None,
                  device: str | torch.device = "cpu", batch_size: int = 64):
