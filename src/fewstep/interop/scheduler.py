@@ -56,6 +56,7 @@ sample, never a wait). Give each concurrent pipeline its own scheduler
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -191,7 +192,9 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         self._plan: _Plan | None = None
         self._begin_index: int | None = None
         self._exclusive = _Exclusive()
-        self._discarded: Tensor | None = None  # last prev_sample of a run set_timesteps dropped
+        # every prev_sample returned before a run's end, so that a loop whose run another
+        # loop's set_timesteps() replaced cannot silently restart mid-way by timestep value
+        self._returned: weakref.WeakValueDictionary[int, Tensor] = weakref.WeakValueDictionary()
         self._reset()
 
     @classmethod
@@ -225,13 +228,10 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         return sample
 
     def _reset(self) -> None:
-        """Drop the current run (closing its generator), remembering an unfinished run's last
-        ``prev_sample`` so that its loop cannot silently restart mid-way."""
+        """Drop the current run, closing its generator."""
         run = getattr(self, "_run", None)
         if run is not None:
             run.close()
-            if self._last is not None:
-                self._discarded = self._last
         self._run: Steps | None = None
         self._request: Request | None = None
         self._last: Tensor | None = None
@@ -283,16 +283,16 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
 
     def _start(self, sample: Tensor, timestep: Any, generator: Any) -> None:
         plan, i = self._plan, self._start_index(timestep)
+        if self._begin_index is None and i > 0 and self._returned.get(id(sample)) is sample:
+            raise RuntimeError(f"step() got a prev_sample this scheduler returned in the middle "
+                               f"of an earlier run, at timesteps[{i}], but that run was replaced "
+                               "by set_timesteps(): is another pipeline sharing this scheduler? "
+                               "Give each concurrent pipeline its own FewstepScheduler (to "
+                               "resume deliberately, call set_begin_index first)")
         if i not in plan.starts:
             raise ValueError(f"cannot start at timesteps[{i}]: it is an intermediate "
                              f"evaluation of a {self.spec.name} step; start at one of "
                              f"{plan.starts}")
-        gone = self._discarded
-        if gone is not None and (sample is gone or (sample.shape == gone.shape
-                                                    and torch.equal(sample, gone))):
-            raise RuntimeError("this sample is the prev_sample of a run that set_timesteps() "
-                               "has since replaced (another pipeline sharing this scheduler?); "
-                               "give each concurrent pipeline its own FewstepScheduler")
         j = plan.starts.index(i)
         dtype = sample.dtype if sample.dtype in (torch.float32, torch.float64) else torch.float32
         x = sample.to(dtype) / self._alpha(plan.evals[i])
@@ -311,7 +311,6 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                              f"network call on this schedule (e.g. churn noise at "
                              f"sigma={plan.evals[i]:g}); a diffusers loop calls the network on "
                              "its own start sample first")
-        self._discarded = None
         self._step_index = i
 
     def _check(self, timestep: Any, sample: Tensor) -> None:
@@ -375,6 +374,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         prev = (x_next * self._alpha(sigma_next)).to(sample.dtype)
         self._step_index += 1
         self._last = prev
+        if self._run is not None:
+            self._returned[id(prev)] = prev
         if not return_dict:
             return (prev,)
         return FewstepSchedulerOutput(prev_sample=prev, pred_original_sample=x0.to(sample.dtype))

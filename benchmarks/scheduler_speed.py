@@ -1,0 +1,113 @@
+"""End-to-end time of a diffusers-style sampling loop: FewstepScheduler vs diffusers' own
+scheduler for the same method (DPM-Solver++ 2M), in one process, same network, same NFE.
+
+    PYTHONPATH=src python benchmarks/scheduler_speed.py
+    PYTHONPATH=src python benchmarks/scheduler_speed.py --compare /work/main/src   # + another
+                                                                      # fewstep checkout's row
+
+Two networks: ``none`` (a zero eps prediction: the loop is all scheduler overhead) and
+``unet`` (a small random ``UNet2DModel``). Each row is the median over ``--repeats`` loops of
+the wall-clock per loop, after warm-up; ``--compare SRC`` re-runs the FewstepScheduler rows in
+a subprocess importing fewstep from ``SRC`` (e.g. an older checkout) and prints them alongside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def make_net(kind: str, shape: tuple[int, ...]):
+    if kind == "none":
+        return lambda x, t: torch.zeros_like(x)
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=shape[-1], in_channels=shape[1], out_channels=shape[1],
+                       block_out_channels=(16, 32), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8).eval()
+    return lambda x, t: unet(x, t).sample
+
+
+def loop_time(sched, net, shape: tuple[int, ...], nfe: int, repeats: int) -> float:
+    """Median seconds of one full loop ``set_timesteps`` + ``nfe`` x (network + ``step``)."""
+    times = []
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for r in range(repeats + 3):
+            t0 = time.perf_counter()
+            sched.set_timesteps(nfe)
+            x = noise * sched.init_noise_sigma
+            for t in sched.timesteps:
+                x = sched.step(net(sched.scale_model_input(x, t), t), t, x).prev_sample
+            if r >= 3:  # warm-up
+                times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def fewstep_rows(args) -> list[dict]:
+    import fewstep
+    from fewstep.interop import FewstepScheduler
+
+    rows = []
+    for net_kind in args.nets:
+        net = make_net(net_kind, args.shape)
+        sched = FewstepScheduler(solver="dpmpp_2m")
+        rows.append({"impl": f"FewstepScheduler ({os.path.dirname(fewstep.__file__)})",
+                     "net": net_kind, "s": loop_time(sched, net, args.shape, args.nfe,
+                                                     args.repeats)})
+    return rows
+
+
+def diffusers_rows(args) -> list[dict]:
+    from diffusers import DPMSolverMultistepScheduler
+
+    rows = []
+    for net_kind in args.nets:
+        net = make_net(net_kind, args.shape)
+        sched = DPMSolverMultistepScheduler(solver_order=2, algorithm_type="dpmsolver++")
+        rows.append({"impl": "diffusers DPMSolverMultistepScheduler", "net": net_kind,
+                     "s": loop_time(sched, net, args.shape, args.nfe, args.repeats)})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shape", type=lambda s: tuple(int(v) for v in s.split("x")),
+                    default=(1, 4, 32, 32), help="sample shape, e.g. 1x4x32x32")
+    ap.add_argument("--nfe", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--nets", nargs="+", default=["none", "unet"], choices=["none", "unet"])
+    ap.add_argument("--compare", metavar="SRC", action="append", default=[],
+                    help="also time FewstepScheduler imported from this source directory")
+    ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # subprocess mode
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    if args.json:
+        print(json.dumps(fewstep_rows(args)))
+        return
+    rows = fewstep_rows(args)
+    for src in args.compare:
+        argv = [sys.executable, __file__, "--json", "--shape", "x".join(map(str, args.shape)),
+                "--nfe", str(args.nfe), "--repeats", str(args.repeats), "--nets", *args.nets]
+        out = subprocess.run(argv, env={**os.environ, "PYTHONPATH": src}, check=True,
+                             capture_output=True, text=True).stdout
+        rows += json.loads(out.strip().splitlines()[-1])
+    rows += diffusers_rows(args)
+    shape = "x".join(map(str, args.shape))
+    print(f"# loop of NFE={args.nfe} at {shape}, median of {args.repeats}, 1 torch thread")
+    print(f"{'net':5} {'ms/loop':>9} {'us/step':>9}  implementation")
+    for r in sorted(rows, key=lambda r: (r["net"], r["impl"])):
+        print(f"{r['net']:5} {1e3 * r['s']:9.2f} {1e6 * r['s'] / args.nfe:9.1f}  {r['impl']}")
+
+
+if __name__ == "__main__":
+    main()
