@@ -6,9 +6,11 @@ scheduler for the same method (DPM-Solver++ 2M), in one process, same network, s
                                                                       # fewstep checkout's row
 
 Two networks: ``none`` (a zero eps prediction: the loop is all scheduler overhead) and
-``unet`` (a small random ``UNet2DModel``). Each row is the median over ``--repeats`` loops of
-the wall-clock per loop, after warm-up; ``--compare SRC`` re-runs the FewstepScheduler rows in
-a subprocess importing fewstep from ``SRC`` (e.g. an older checkout) and prints them alongside.
+``unet`` (a small random ``UNet2DModel``). ``--compare SRC`` also times FewstepScheduler
+imported from ``SRC`` (e.g. an older checkout) in a subprocess. The implementations take turns
+for ``--rounds`` rounds of ``--repeats`` loops each (so a busy machine disturbs them alike);
+each row gives the fastest loop (the least-disturbed estimate) and the median loop over all
+rounds.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ def make_net(kind: str, shape: tuple[int, ...]):
     return lambda x, t: unet(x, t).sample
 
 
-def loop_time(sched, net, shape: tuple[int, ...], nfe: int, repeats: int) -> float:
-    """Median seconds of one full loop ``set_timesteps`` + ``nfe`` x (network + ``step``)."""
+def loop_time(sched, net, shape: tuple[int, ...], nfe: int, repeats: int) -> list[float]:
+    """Seconds of ``repeats`` full loops ``set_timesteps`` + ``nfe`` x (network + ``step``)."""
     times = []
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -50,7 +52,7 @@ def loop_time(sched, net, shape: tuple[int, ...], nfe: int, repeats: int) -> flo
                 x = sched.step(net(sched.scale_model_input(x, t), t), t, x).prev_sample
             if r >= 3:  # warm-up
                 times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
 
 
 def fewstep_rows(args) -> list[dict]:
@@ -62,7 +64,7 @@ def fewstep_rows(args) -> list[dict]:
         net = make_net(net_kind, args.shape)
         sched = FewstepScheduler(solver="dpmpp_2m")
         rows.append({"impl": f"FewstepScheduler ({os.path.dirname(fewstep.__file__)})",
-                     "net": net_kind, "s": loop_time(sched, net, args.shape, args.nfe,
+                     "net": net_kind, "times": loop_time(sched, net, args.shape, args.nfe,
                                                      args.repeats)})
     return rows
 
@@ -75,7 +77,7 @@ def diffusers_rows(args) -> list[dict]:
         net = make_net(net_kind, args.shape)
         sched = DPMSolverMultistepScheduler(solver_order=2, algorithm_type="dpmsolver++")
         rows.append({"impl": "diffusers DPMSolverMultistepScheduler", "net": net_kind,
-                     "s": loop_time(sched, net, args.shape, args.nfe, args.repeats)})
+                     "times": loop_time(sched, net, args.shape, args.nfe, args.repeats)})
     return rows
 
 
@@ -84,7 +86,8 @@ def main() -> None:
     ap.add_argument("--shape", type=lambda s: tuple(int(v) for v in s.split("x")),
                     default=(1, 4, 32, 32), help="sample shape, e.g. 1x4x32x32")
     ap.add_argument("--nfe", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--nets", nargs="+", default=["none", "unet"], choices=["none", "unet"])
     ap.add_argument("--compare", metavar="SRC", action="append", default=[],
                     help="also time FewstepScheduler imported from this source directory")
@@ -94,19 +97,24 @@ def main() -> None:
     if args.json:
         print(json.dumps(fewstep_rows(args)))
         return
-    rows = fewstep_rows(args)
-    for src in args.compare:
-        argv = [sys.executable, __file__, "--json", "--shape", "x".join(map(str, args.shape)),
-                "--nfe", str(args.nfe), "--repeats", str(args.repeats), "--nets", *args.nets]
-        out = subprocess.run(argv, env={**os.environ, "PYTHONPATH": src}, check=True,
-                             capture_output=True, text=True).stdout
-        rows += json.loads(out.strip().splitlines()[-1])
-    rows += diffusers_rows(args)
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.rounds):
+        rows = fewstep_rows(args)
+        for src in args.compare:
+            argv = [sys.executable, __file__, "--json", "--shape",
+                    "x".join(map(str, args.shape)), "--nfe", str(args.nfe), "--repeats",
+                    str(args.repeats), "--nets", *args.nets]
+            out = subprocess.run(argv, env={**os.environ, "PYTHONPATH": src}, check=True,
+                                 capture_output=True, text=True).stdout
+            rows += json.loads(out.strip().splitlines()[-1])
+        for r in rows + diffusers_rows(args):
+            times.setdefault((r["net"], r["impl"]), []).extend(r["times"])
     shape = "x".join(map(str, args.shape))
-    print(f"# loop of NFE={args.nfe} at {shape}, median of {args.repeats}, 1 torch thread")
-    print(f"{'net':5} {'ms/loop':>9} {'us/step':>9}  implementation")
-    for r in sorted(rows, key=lambda r: (r["net"], r["impl"])):
-        print(f"{r['net']:5} {1e3 * r['s']:9.2f} {1e6 * r['s'] / args.nfe:9.1f}  {r['impl']}")
+    print(f"# loop of NFE={args.nfe} at {shape}, {args.rounds} rounds x {args.repeats} loops, "
+          "1 torch thread")
+    print(f"{'net':5} {'min ms':>8} {'median ms':>10}  implementation")
+    for (net, impl), ts in sorted(times.items()):
+        print(f"{net:5} {1e3 * min(ts):8.2f} {1e3 * statistics.median(ts):10.2f}  {impl}")
 
 
 if __name__ == "__main__":

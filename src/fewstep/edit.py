@@ -209,11 +209,12 @@ def super_resolve(denoiser: Denoiser, low: Tensor, factor: int, **kw: Any) -> Te
 
 def stroke_guided(denoiser: Denoiser, strokes: Tensor, *, sigma_start: float = 1.0,
                   solver: str = "consistency", nfe: int = 1, sigma_min: float = 0.002,
-                  generator: Generator = None, **knobs: Any) -> Tensor:
+                  generator: Generator = None, cond: Mapping[str, Any] | None = None,
+                  **knobs: Any) -> Tensor:
     """SDEdit (Meng et al. 2022, Alg. 1 ODE form; Song et al. 2023, Sec. 6.3): noise a stroke
     painting to ``sigma_start`` and solve to 0, so the result keeps its layout and colours."""
     x = strokes + sigma_start * randn_like(strokes, generator)
-    return _solve(denoiser, x, solver, nfe, sigma_min, sigma_start, generator, knobs)
+    return _solve(denoiser, x, solver, nfe, sigma_min, sigma_start, generator, cond, knobs)
 
 
 # --- PNG in / PNG out -------------------------------------------------------------------------

@@ -105,11 +105,13 @@ class SolverFunction:
     def __init__(self, steps_fn: Callable[..., Steps], name: str):
         if not inspect.isgeneratorfunction(steps_fn):
             raise TypeError(f"{steps_fn!r} is not a generator function")
-        params = inspect.signature(steps_fn).parameters.values()
+        params = inspect.signature(steps_fn).parameters
+        if "callback" not in params:
+            raise TypeError(f"solver generator {steps_fn.__name__} must take callback=")
         self.steps_fn, self.__name__, self.__doc__ = steps_fn, name, steps_fn.__doc__
         self.__module__ = steps_fn.__module__
-        self.stochastic = "generator" in inspect.signature(steps_fn).parameters
-        self.knobs = tuple(p.name for p in params
+        self.draws_noise = "generator" in params
+        self.knobs = tuple(p.name for p in params.values()
                            if p.kind is p.KEYWORD_ONLY and p.name not in _FACE)
 
     def check_knobs(self, knobs: Mapping[str, Any], who: str | None = None) -> None:
@@ -126,7 +128,7 @@ class SolverFunction:
         """The solver's generator on start sample ``x`` (at ``sigmas[0]``); input errors are
         raised at its first ``next()``."""
         self.check_knobs(knobs)
-        if self.stochastic:
+        if self.draws_noise:  # deterministic solvers ignore generator= by design
             knobs["generator"] = generator
         return self.steps_fn(x, sigmas, callback=callback, **knobs)
 
@@ -134,7 +136,7 @@ class SolverFunction:
                  cond: Mapping[str, Any] | None = None, generator: Any = None,
                  callback: Callable[[dict[str, Any]], None] | None = None,
                  **knobs: Any) -> Tensor:
-        cond = check_cond(cond)
+        """Run the solver on ``denoiser(x, sigma, **cond)``; returns the final sample."""
         return drive(self.steps(x, sigmas, generator=generator, callback=callback, **knobs),
                      denoiser, cond)
 

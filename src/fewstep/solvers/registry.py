@@ -21,7 +21,7 @@ from torch import Tensor
 from ..denoiser import Denoiser
 from ..schedules import get_schedule
 from .common import Callback, Generator, singlestep_orders
-from .driver import SolverFunction, Steps, check_cond, drive
+from .driver import SolverFunction, Steps, drive
 
 __all__ = ["KINDS", "Plan", "SolverSpec", "alias", "available", "get", "plan", "register",
            "sample"]
@@ -65,7 +65,6 @@ class SolverSpec:
                  callback: Callback = None, **knobs: Any) -> Tensor:
         """Run the solver on ``denoiser`` (called as ``denoiser(x, sigma, **cond)``) from
         ``x`` at ``sigmas[0]``; returns the final sample."""
-        cond = check_cond(cond)
         return drive(self.steps(x, sigmas, generator=generator, callback=callback, **knobs),
                      denoiser, cond)
 
