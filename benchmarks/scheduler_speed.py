@@ -9,8 +9,8 @@ Two networks: ``none`` (a zero eps prediction: the loop is all scheduler overhea
 ``unet`` (a small random ``UNet2DModel``). ``--compare SRC`` also times FewstepScheduler
 imported from ``SRC`` (e.g. an older checkout) in a subprocess. The implementations take turns
 for ``--rounds`` rounds of ``--repeats`` loops each (so a busy machine disturbs them alike);
-each row gives the fastest loop (the least-disturbed estimate) and the median loop over all
-rounds.
+each row gives the fastest and the median loop over all rounds, in wall-clock time and in
+the process's CPU time (all its threads; less disturbed by other processes on a busy machine).
 """
 
 from __future__ import annotations
@@ -39,19 +39,21 @@ def make_net(kind: str, shape: tuple[int, ...]):
     return lambda x, t: unet(x, t).sample
 
 
-def loop_time(sched, net, shape: tuple[int, ...], nfe: int, repeats: int) -> list[float]:
-    """Seconds of ``repeats`` full loops ``set_timesteps`` + ``nfe`` x (network + ``step``)."""
+def loop_time(sched, net, shape: tuple[int, ...], nfe: int,
+              repeats: int) -> list[tuple[float, float]]:
+    """(wall-clock, process CPU) seconds of ``repeats`` full loops: ``set_timesteps`` and
+    ``nfe`` x (network + ``step``)."""
     times = []
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         for r in range(repeats + 3):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             sched.set_timesteps(nfe)
             x = noise * sched.init_noise_sigma
             for t in sched.timesteps:
                 x = sched.step(net(sched.scale_model_input(x, t), t), t, x).prev_sample
             if r >= 3:  # warm-up
-                times.append(time.perf_counter() - t0)
+                times.append((time.perf_counter() - t0, time.process_time() - c0))
     return times
 
 
@@ -97,7 +99,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(fewstep_rows(args)))
         return
-    times: dict[tuple[str, str], list[float]] = {}
+    times: dict[tuple[str, str], list[list[float]]] = {}
     for _ in range(args.rounds):
         rows = fewstep_rows(args)
         for src in args.compare:
@@ -112,9 +114,12 @@ def main() -> None:
     shape = "x".join(map(str, args.shape))
     print(f"# loop of NFE={args.nfe} at {shape}, {args.rounds} rounds x {args.repeats} loops, "
           "1 torch thread")
-    print(f"{'net':5} {'min ms':>8} {'median ms':>10}  implementation")
+    print(f"{'net':5} {'wall min':>9} {'median':>8} {'cpu min':>8} {'median':>8}  "
+          "(ms per loop)  implementation")
     for (net, impl), ts in sorted(times.items()):
-        print(f"{net:5} {1e3 * min(ts):8.2f} {1e3 * statistics.median(ts):10.2f}  {impl}")
+        wall, cpu = [t[0] for t in ts], [t[1] for t in ts]
+        print(f"{net:5} {1e3 * min(wall):9.2f} {1e3 * statistics.median(wall):8.2f} "
+              f"{1e3 * min(cpu):8.2f} {1e3 * statistics.median(cpu):8.2f}  {impl}")
 
 
 if __name__ == "__main__":

@@ -310,7 +310,7 @@ def test_errors(pipes):
         sched.step(torch.zeros(SHAPE), sched.timesteps[0], x)
     with pytest.raises(ValueError, match="edit the sample"):
         sched.step(torch.zeros(SHAPE), sched.timesteps[1], x + 1)
-    with pytest.raises(NonFiniteError):  # raised in the solver's thread, re-raised here
+    with pytest.raises(NonFiniteError):  # the x0 estimate is checked as every output is
         sched.step(torch.full(SHAPE, float("nan")), sched.timesteps[1], x)
     sched.set_timesteps(2)
     x = torch.randn(SHAPE)
@@ -326,7 +326,7 @@ def test_errors(pipes):
 
 
 def test_grad_and_inference_modes_carry_into_the_solver(make_unet):
-    """The solver runs in a worker thread with the caller's grad / inference mode: under
+    """The solver runs in the caller's thread, under its grad / inference mode: under
     inference_mode it works as under no_grad, and with grad enabled gradients reach the
     network through every solver step (e.g. for guidance or fine-tuning through sampling)."""
     unet = make_unet(5)
