@@ -96,3 +96,18 @@ def test_two_threads_sharing_a_scheduler_never_hang_or_return_wrong_samples():
     assert threading.active_count() == before
     assert outcomes["wrong"] == 0 and sum(outcomes.values()) == 40, outcomes
     assert outcomes["error"] > 0, outcomes  # the interleavings did collide
+
+
+def test_copies_and_pickles_hold_the_plan_but_no_run():
+    import copy
+    import pickle
+
+    sched = FewstepScheduler(solver="dpmpp_2m")
+    sched.set_timesteps(STEPS)
+    x = torch.randn(SHAPE)
+    sched.step(net(x, sched.timesteps[0]), sched.timesteps[0], x)
+    for clone in (copy.deepcopy(sched), pickle.loads(pickle.dumps(sched))):
+        assert clone.step_index is None and clone._run is None
+        torch.testing.assert_close(clone.timesteps, sched.timesteps)
+        torch.testing.assert_close(loop(clone, 3), loop(FewstepScheduler(solver="dpmpp_2m"), 3),
+                                   rtol=0, atol=0)

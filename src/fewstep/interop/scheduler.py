@@ -227,6 +227,19 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         """Identity: the network takes the process sample as is."""
         return sample
 
+    _RUN_STATE = ("_run", "_request", "_last", "_step_index", "_returned", "_exclusive")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles hold the plan but no run in progress (a generator cannot be
+        copied); their next ``step()`` starts a run."""
+        return {k: v for k, v in self.__dict__.items() if k not in self._RUN_STATE}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._exclusive = _Exclusive()
+        self._returned = weakref.WeakValueDictionary()
+        self._reset()
+
     def _reset(self) -> None:
         """Drop the current run, closing its generator."""
         run = getattr(self, "_run", None)
