@@ -193,7 +193,7 @@ def test_builtin_dataset_conditional_data_and_no_out_dir():
                                         num_classes=3))
     result = train(get_method("edm")(), student, {"x": x, "cond": labels}, cfg)
     out = fewstep.sample(result.ema, 80 * torch.randn(5, 2), "ddim", nfe=4,
-                         cond=torch.tensor([0, 1, 2, 3, 0]))
+                         cond={"cond": torch.tensor([0, 1, 2, 3, 0])})
     assert out.shape == (5, 2)
     with pytest.raises(TypeError, match="data must be"):
         train(get_method("edm")(), _template(), [1, 2], cfg)

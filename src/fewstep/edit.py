@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,23 +167,26 @@ class ProjectedDenoiser:
 
 
 def _solve(denoiser: Denoiser, x: Tensor, solver: str, nfe: int, sigma_min: float,
-           sigma_max: float, generator: Generator, knobs: dict[str, Any]) -> Tensor:
-    """Run a registered solver on a planned schedule; noise only for stochastic ones."""
-    spec = solvers.get(solver)
+           sigma_max: float, generator: Generator, cond: Mapping[str, Any] | None,
+           knobs: dict[str, Any]) -> Tensor:
+    """Run a registered solver on a planned schedule (deterministic solvers ignore
+    ``generator``)."""
     p = solvers.plan(solver, nfe, sigma_min=sigma_min, sigma_max=sigma_max)
-    extra = {"generator": generator} if spec.stochastic else {}
-    return spec(denoiser, x, p.sigmas.to(x.dtype), **p.knobs, **extra, **knobs)
+    return solvers.get(solver)(denoiser, x, p.sigmas.to(x.dtype), cond=cond,
+                               generator=generator, **p.knobs, **knobs)
 
 
 def restore(denoiser: Denoiser, op: LinearOperator, y: Tensor, *, solver: str = "consistency",
             nfe: int = 4, sigma_min: float = 0.002, sigma_max: float = 80.0,
-            generator: Generator = None, **knobs: Any) -> Tensor:
+            generator: Generator = None, cond: Mapping[str, Any] | None = None,
+            **knobs: Any) -> Tensor:
     """Sample ``x`` with ``H x = y`` from ``H^+ y + sigma_max z`` (Song et al. 2023, Alg. 4),
-    spending ``nfe`` evaluations of ``solver`` on the Karras schedule ``sigma_max -> sigma_min``."""
+    spending ``nfe`` evaluations of ``solver`` on the Karras schedule ``sigma_max -> sigma_min``;
+    ``cond`` goes to the denoiser, ``knobs`` to the solver."""
     x0 = op.pinv(y)
     x = x0 + sigma_max * randn_like(x0, generator)
     out = _solve(ProjectedDenoiser(denoiser, op, y), x, solver, nfe, sigma_min, sigma_max,
-                 generator, knobs)
+                 generator, cond, knobs)
     return op.project(out, y)
 
 
@@ -206,11 +209,12 @@ def super_resolve(denoiser: Denoiser, low: Tensor, factor: int, **kw: Any) -> Te
 
 def stroke_guided(denoiser: Denoiser, strokes: Tensor, *, sigma_start: float = 1.0,
                   solver: str = "consistency", nfe: int = 1, sigma_min: float = 0.002,
-                  generator: Generator = None, **knobs: Any) -> Tensor:
+                  generator: Generator = None, cond: Mapping[str, Any] | None = None,
+                  **knobs: Any) -> Tensor:
     """SDEdit (Meng et al. 2022, Alg. 1 ODE form; Song et al. 2023, Sec. 6.3): noise a stroke
     painting to ``sigma_start`` and solve to 0, so the result keeps its layout and colours."""
     x = strokes + sigma_start * randn_like(strokes, generator)
-    return _solve(denoiser, x, solver, nfe, sigma_min, sigma_start, generator, knobs)
+    return _solve(denoiser, x, solver, nfe, sigma_min, sigma_start, generator, cond, knobs)
 
 
 # --- PNG in / PNG out -------------------------------------------------------------------------

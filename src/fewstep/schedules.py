@@ -30,7 +30,9 @@ DTYPE = torch.float64
 
 def validate_sigmas(sigmas: Tensor | Sequence[float], *, name: str = "sigmas") -> Tensor:
     """Check that sigmas is 1-D, finite, >= 0, strictly decreasing, with >= 2 entries."""
-    s = torch.as_tensor(sigmas)
+    # a Python sequence becomes float64, not torch's float32 default: distinct float64 values
+    # must not collapse into "duplicates"
+    s = sigmas if isinstance(sigmas, Tensor) else torch.as_tensor(sigmas, dtype=DTYPE)
     if not s.is_floating_point():
         s = s.to(DTYPE)
     if s.ndim != 1 or s.numel() < 2:

@@ -50,7 +50,7 @@ def test_unequal_call_counts_do_not_deadlock(mixture):
     x = _x(4)
     plans = [torch.tensor([4.0, 1.0, 0.0]), torch.tensor([4.0, 2.0, 1.0, 0.5, 0.0])]
     ddim = fewstep.solvers.get("ddim")
-    outs = run_lockstep(mixture, [lambda D, p=p: ddim(D, x, p.double()) for p in plans])
+    outs = run_lockstep(mixture, [ddim.steps(x, p.double()) for p in plans])
     for out, p in zip(outs, plans, strict=True):
         torch.testing.assert_close(out, ddim(mixture, x, p.double()))
 
@@ -58,13 +58,13 @@ def test_unequal_call_counts_do_not_deadlock(mixture):
 def test_errors_from_a_group_or_the_model_reach_the_caller(mixture):
     x = _x(3)
 
-    def bad(D):
-        D(x, torch.ones(3, dtype=torch.float64))
+    def bad():
+        yield x, 1.0
         raise ZeroDivisionError("group failed")
 
     ddim = fewstep.solvers.get("ddim")
     with pytest.raises(ZeroDivisionError, match="group failed"):
-        run_lockstep(mixture, [bad, lambda D: ddim(D, x, PATHS[0])])
+        run_lockstep(mixture, [bad(), ddim.steps(x, PATHS[0])])
 
     def nan_model(x, sigma):
         return torch.full_like(x, float("nan"))
@@ -119,8 +119,8 @@ def test_no_deadlock_under_repeated_failures_and_finishes():
     def D(x, sigma):
         return x * 0.5
 
-    def bad(Dm):
-        Dm(x, torch.ones(3, dtype=torch.float64))
+    def bad():
+        yield x, 1.0
         raise ZeroDivisionError("group failed")
 
     outcomes = []
@@ -128,9 +128,9 @@ def test_no_deadlock_under_repeated_failures_and_finishes():
 
     def hammer():
         for i in range(300):
-            solves = [lambda Dm: ddim(Dm, x, PATHS[0]), lambda Dm: ddim(Dm, x, short)]
+            solves = [ddim.steps(x, PATHS[0]), ddim.steps(x, short)]
             if i % 2:
-                solves.append(bad)
+                solves.append(bad())
             try:
                 run_lockstep(D, solves)
                 outcomes.append("ok")

@@ -162,7 +162,7 @@ def test_class_conditional_cfg(make_unet):
     assert not torch.allclose(d_c, d_u)
     counter = CountingDenoiser(guided)
     with torch.no_grad():
-        x0 = solvers.sample(counter, x * 80, "dpmpp_2m", nfe=6, class_labels=labels,
+        x0 = solvers.sample(counter, x * 80, "dpmpp_2m", nfe=6, cond={"class_labels": labels},
                             schedule_kwargs={"sigma_min": D.sigma_min, "sigma_max": 80.0})
     assert torch.isfinite(x0).all() and counter.nfe == 6
 

@@ -43,7 +43,7 @@ def _slope(name, gaussian, Ns):
     for N in Ns:
         sig = schedules.log_snr(N + 1, 0.1, 200.0, final_zero=False)
         knobs = {"orders": [spec.order] * N} if spec.kind == "singlestep" else {}
-        if "lower_order_final" in spec.fn.__code__.co_varnames:
+        if "lower_order_final" in spec.fn.knobs:
             knobs["lower_order_final"] = False
         errs.append(float((spec(gaussian, x, sig, **knobs) - exact).abs().max()))
     return math.log(errs[-2] / errs[-1]) / math.log(Ns[-1] / Ns[-2]), errs

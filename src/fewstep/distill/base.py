@@ -16,7 +16,7 @@ always taken with a registered solver through :meth:`LossContext.teacher_solve`.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -98,12 +98,13 @@ class LossContext:
 
     @torch.no_grad()
     def teacher_solve(self, solver: str, x: Tensor, sigmas: Tensor | list[float], *,
-                      teacher: Denoiser | None = None, **knobs: Any) -> Tensor:
+                      teacher: Denoiser | None = None, cond: Mapping[str, Any] | None = None,
+                      **knobs: Any) -> Tensor:
         """Run the registered ``solver`` on the teacher from ``x`` (at ``sigmas[0]``) along
-        ``sigmas`` (shared by all rows), counting every evaluation. Knobs and conditioning
-        (e.g. ``cond=labels``) are passed through to the solver."""
+        ``sigmas`` (shared by all rows), counting every evaluation. ``cond`` is the teacher's
+        conditioning (e.g. ``{"cond": labels}``); knobs go to the solver."""
         counter = CountingDenoiser(teacher if teacher is not None else self.require_teacher())
-        out = solvers.get(solver)(counter, x, torch.as_tensor(sigmas), **knobs)
+        out = solvers.get(solver)(counter, x, sigmas, cond=cond, **knobs)
         self.teacher_nfe += counter.rows / self.batch_size
         return out
 
@@ -119,20 +120,19 @@ class LossContext:
         D = teacher if teacher is not None else self.require_teacher()
         unique, inverse = torch.unique(paths, dim=0, return_inverse=True)
         groups = [(inverse == j).nonzero().flatten() for j in range(len(unique))]
-
-        def solve(j: int) -> Callable[[Denoiser], Tensor]:
-            rows = groups[j]
-            cond = {k: v[rows] for k, v in (row_cond or {}).items()}
-            return lambda member: self.teacher_solve(solver, x[rows], unique[j], teacher=member,
-                                                     **cond, **knobs)
-
-        solves = [solve(j) for j in range(len(groups))]
+        conds = [{k: v[rows] for k, v in (row_cond or {}).items()} for rows in groups]
         lockstep = _lockstep_pays(D) if self.lockstep is None else self.lockstep
-        if solvers.get(solver).stochastic or not lockstep:
-            parts = [s(D) for s in solves]
+        spec = solvers.get(solver)
+        if spec.stochastic or not lockstep:
+            parts = [self.teacher_solve(solver, x[rows], path, teacher=D, cond=cond, **knobs)
+                     for rows, path, cond in zip(groups, unique, conds, strict=True)]
         else:
+            counter = CountingDenoiser(D)
             with torch.no_grad():
-                parts = run_lockstep(D, solves)
+                parts = run_lockstep(counter, [spec.steps(x[rows], path, **knobs)
+                                               for rows, path in zip(groups, unique,
+                                                                     strict=True)], conds)
+            self.teacher_nfe += counter.rows / self.batch_size
         out = torch.empty_like(x)
         for rows, part in zip(groups, parts, strict=True):
             out[rows] = part
@@ -157,8 +157,8 @@ LOCKSTEP_MIN_PARAMS = 200_000
 
 
 def _lockstep_pays(D: Denoiser) -> bool:
-    """Whether batching sigma groups beats running them one by one: a group's thread
-    hand-off costs tens of microseconds (milliseconds on an oversubscribed CPU), so it pays
+    """Whether batching sigma groups beats running them one by one: each round concatenates
+    and splits the groups' rows (and their conditioning), so it pays
     for accelerator teachers (kernel launches) and CPU networks of at least
     ``LOCKSTEP_MIN_PARAMS`` parameters, not for exact or tiny teachers."""
     params = list(D.parameters()) if isinstance(D, nn.Module) else []

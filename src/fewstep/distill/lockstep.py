@@ -1,39 +1,44 @@
 """Run one solver on several groups of rows with different sigma paths, batching their
 denoiser calls.
 
-Each group's solve is a :class:`~fewstep.solvers.coroutine.SolverCoroutine`: the unchanged
-solver runs in a worker thread and pauses at every denoiser call. Once every unfinished group
-has paused, the calling thread runs the real denoiser once on the concatenated rows (so
-autocast, grad mode and device state are the caller's) and hands every group its slice. A
-deterministic fixed-grid solver calls the denoiser equally often whatever its sigmas are, so
-``k`` groups of ``n`` calls cost ``n`` batched evaluations instead of ``k * n`` small ones.
+Each group's solve is the solver's generator (``spec.steps(x_g, path_g)``, see
+:mod:`fewstep.solvers.driver`). One round takes the pending request ``(x, sigma)`` of every
+unfinished group, runs the real denoiser once on the concatenated rows (each row with its
+group's sigma) and sends every group its slice. Everything runs in the caller's thread (its
+grad mode, autocast and device state). A deterministic fixed-grid solver requests equally
+many evaluations whatever its sigmas are, so ``k`` groups of ``n`` calls cost ``n`` batched
+evaluations instead of ``k * n`` small ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack, closing
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
-from ..solvers.coroutine import Request, SolverCoroutine
+from ..solvers.driver import Request, Steps, check_cond, check_final, check_output
 
 __all__ = ["run_lockstep"]
 
 
-def _evaluate(D: Denoiser, batch: list[tuple[int, Request]]) -> dict[int, Tensor]:
-    """One denoiser call on the concatenated requests, split back per group."""
-    sizes = [xi.shape[0] for _, (xi, _, _) in batch]
-    x = torch.cat([xi for _, (xi, _, _) in batch])
-    sigma = torch.cat([si.expand(n) if si.ndim == 0 else si
-                       for n, (_, (_, si, _)) in zip(sizes, batch, strict=True)])
-    out = D(x, sigma, **_join_cond([c for _, (_, _, c) in batch], sizes))
+def _evaluate(D: Denoiser, batch: list[tuple[int, Request]],
+              conds: Sequence[Mapping[str, Any]]) -> dict[int, Tensor]:
+    """One guarded denoiser call on the concatenated requests, split back per group."""
+    sizes = [xi.shape[0] for _, (xi, _) in batch]
+    x = torch.cat([xi for _, (xi, _) in batch])
+    sigma = torch.cat([xi.new_full((n,), si) for n, (_, (xi, si)) in zip(sizes, batch,
+                                                                          strict=True)])
+    cond = _join_cond([conds[j] for j, _ in batch], sizes)
+    out = check_output(D(x, sigma, **cond), x,
+                       f"sigmas {sorted({si for _, (_, si) in batch}, reverse=True)}")
     return {j: part for (j, _), part in zip(batch, out.split(sizes), strict=True)}
 
 
-def _join_cond(conds: Sequence[dict[str, Any]], sizes: Sequence[int]) -> dict[str, Any]:
+def _join_cond(conds: Sequence[Mapping[str, Any]], sizes: Sequence[int]) -> dict[str, Any]:
     """Per-row tensors are concatenated; anything else must be the same in every group."""
     joined = {}
     for key, first in conds[0].items():
@@ -49,21 +54,39 @@ def _join_cond(conds: Sequence[dict[str, Any]], sizes: Sequence[int]) -> dict[st
     return joined
 
 
-def run_lockstep(D: Denoiser, solves: Sequence[Callable[[Denoiser], Tensor]]) -> list[Tensor]:
-    """Run ``solve(denoiser)`` for every entry of ``solves``, answering each round of their
-    denoiser calls with one call of ``D``; their results are returned in order. Solves that
-    call equally often (one fixed-grid solver, one path length) share every round; one that
-    finishes early simply drops out. The first error, from a solve or from ``D``, is raised
-    here and the other solves are cancelled."""
-    if len(solves) == 1:
-        return [solves[0](D)]
-    runs = [SolverCoroutine(solve) for solve in solves]
+def _advance(run: Steps, reply: Tensor | None) -> tuple[Request | None, Tensor | None]:
+    """Start (``reply`` None) or resume one generator: its next request, or its result."""
     try:
-        requests = {j: run.start() for j, run in enumerate(runs)}
-        while pending := sorted((j, r) for j, r in requests.items() if r is not None):
-            for j, x0_hat in _evaluate(D, pending).items():
-                requests[j] = runs[j].send(x0_hat)
-        return [run.result for run in runs]  # type: ignore[misc]
-    finally:
+        return (next(run) if reply is None else run.send(reply)), None
+    except StopIteration as done:
+        return None, check_final(done.value)
+
+
+def run_lockstep(D: Denoiser, runs: Sequence[Steps],
+                 conds: Sequence[Mapping[str, Any] | None] | None = None) -> list[Tensor]:
+    """Step every solver generator in ``runs`` (group ``j`` conditioned on ``conds[j]``),
+    answering each round of their requests with one call of ``D``; their results are
+    returned in order. Runs that request equally often (one fixed-grid solver, one path
+    length) share every round; one that finishes early simply drops out. The first error,
+    from a run or from ``D``, is raised here and every generator is closed."""
+    conds = [check_cond(c) for c in (conds or [None] * len(runs))]
+    if len(conds) != len(runs):
+        raise ValueError(f"got {len(conds)} conditionings for {len(runs)} runs")
+    results: list[Tensor | None] = [None] * len(runs)
+    with ExitStack() as stack:
         for run in runs:
-            run.close()
+            stack.enter_context(closing(run))
+        pending: dict[int, Request] = {}
+        for j, run in enumerate(runs):
+            request, results[j] = _advance(run, None)
+            if request is not None:
+                pending[j] = request
+        while pending:
+            replies = _evaluate(D, sorted(pending.items()), conds)
+            for j, x0_hat in replies.items():
+                request, results[j] = _advance(runs[j], x0_hat)
+                if request is None:
+                    del pending[j]
+                else:
+                    pending[j] = request
+    return results  # type: ignore[return-value]

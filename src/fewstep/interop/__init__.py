@@ -12,14 +12,13 @@ from .diffusers import (
     process_kind,
     time_scale,
 )
-from .scheduler import FewstepScheduler, FewstepSchedulerOutput, SolverCoroutine, probe
+from .scheduler import FewstepScheduler, FewstepSchedulerOutput, probe
 
 __all__ = [
     "PREDICTION_TYPES",
     "DiffusersDenoiser",
     "FewstepScheduler",
     "FewstepSchedulerOutput",
-    "SolverCoroutine",
     "flow_shift",
     "load_denoiser",
     "prediction_from_config",

@@ -4,17 +4,19 @@
 
 diffusers' scheduler API inverts control: the pipeline owns the loop, calls the network once
 per entry of ``scheduler.timesteps`` (published before the first call) and hands each output
-to ``step()``. fewstep's solvers are stateless functions that own their loop and call the
-denoiser themselves. :class:`FewstepScheduler` joins the two without touching the solvers:
+to ``step()``. fewstep's solvers are generators that yield each evaluation they need
+(:mod:`fewstep.solvers.driver`). :class:`FewstepScheduler` steps that generator directly:
 
 1. ``set_timesteps(n)`` plans the solver for ``n`` network evaluations (NFE, as
    :func:`fewstep.solvers.plan`) and *probes* it once on a 1-element dummy with a zero
-   denoiser, recording the sigma of every denoiser call. Those sigmas (mapped to the
+   denoiser, recording the sigma of every evaluation. Those sigmas (mapped to the
    network's timesteps) become ``.timesteps``, so ``len(timesteps) == n`` for every solver.
-2. The first ``step()`` starts the unchanged solver function in a worker thread, as a
-   coroutine: its denoiser call hands ``(x, sigma)`` to the pipeline's loop and waits; each
-   ``step()`` turns the network output into ``x0_hat``, resumes the solver, and returns the
-   solver's next evaluation point (in the pipeline's process space) as ``prev_sample``.
+2. The first ``step()`` creates the solver's generator and takes its first request
+   ``(x, sigma)``; each ``step()`` turns the network output into ``x0_hat``, sends it to the
+   generator and returns the next request's sample (in the pipeline's process space) as
+   ``prev_sample``. Everything runs in the caller's thread (its grad mode, autocast and
+   stream); abandoning a run (``set_timesteps`` again, or dropping the scheduler) closes the
+   generator.
 
 Which solvers fit:
 
@@ -42,11 +44,19 @@ sample between steps are detected and rejected); it may start at any step bounda
 (img2img, ``set_begin_index``). Sampler-side options of the source config (clip_sample,
 thresholding, timestep_spacing, karras sigmas, ...) are not applied: the fewstep
 ``schedule`` decides where to step.
+
+A scheduler holds the state of one run, so one scheduler serves one pipeline loop at a time:
+a ``step()`` or ``set_timesteps()`` entered while another thread is inside one raises
+``RuntimeError`` at once, and a loop whose run was replaced by another loop's
+``set_timesteps()`` gets a ``RuntimeError`` at its next ``step()`` (never a silently wrong
+sample, never a wait). Give each concurrent pipeline its own scheduler
+(``FewstepScheduler.from_config(sched.config)``).
 """
 
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -59,7 +69,7 @@ from torch import Tensor
 
 from .. import solvers
 from ..schedules import SCHEDULES
-from ..solvers.coroutine import SolverCoroutine
+from ..solvers.driver import Request, Steps, check_final, check_output, drive
 from .diffusers import (
     drop_learned_variance,
     flow_shift,
@@ -70,36 +80,48 @@ from .diffusers import (
     x0_from_output,
 )
 
-__all__ = ["FewstepScheduler", "FewstepSchedulerOutput", "SolverCoroutine", "probe"]
+__all__ = ["FewstepScheduler", "FewstepSchedulerOutput", "probe"]
 
 _SCHEDULES: dict[str, Callable[..., Tensor]] = {**SCHEDULES, "flow_shift": flow_shift}
-def _accepts(fn: Callable[..., Any], name: str) -> bool:
-    return name in inspect.signature(fn).parameters
-
-
-def _rng(spec: solvers.SolverSpec, generator: Any) -> dict[str, Any]:
-    """Pass a generator only to solvers that draw noise (others would take it as cond)."""
-    return {"generator": generator} if _accepts(spec.fn, "generator") else {}
 
 
 def probe(spec: solvers.SolverSpec, sigmas: Tensor, knobs: Mapping[str, Any]
           ) -> tuple[list[float], list[int]]:
-    """The sigma of every denoiser call ``spec`` makes on ``sigmas``, and the call index at
-    which each step starts, from one run on a 1-element dummy with a zero denoiser."""
-    if not _accepts(spec.fn, "callback"):
-        raise TypeError(f"solver {spec.name!r} takes no callback=, so its steps cannot be "
-                        "located; every registry solver should accept one")
+    """The sigma of every evaluation ``spec`` requests on ``sigmas``, and the request index
+    at which each step starts, from one run on a 1-element dummy answered with zeros."""
     calls: list[float] = []
     ends: list[int] = []
 
-    def zero(x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
-        calls.append(float(sigma.reshape(-1)[0]))
+    def zero(x: Tensor, sigma: Tensor) -> Tensor:
+        calls.append(float(sigma.reshape(-1)[0]))  # float64 dummy: the exact request sigma
         return torch.zeros_like(x)
 
-    x = torch.zeros(1, 1, dtype=torch.float64)
-    rng = _rng(spec, torch.Generator().manual_seed(0))
-    spec(zero, x, sigmas, callback=lambda info: ends.append(len(calls)), **knobs, **rng)
+    drive(spec.steps(torch.zeros(1, 1, dtype=torch.float64), sigmas,
+                     generator=torch.Generator().manual_seed(0),
+                     callback=lambda info: ends.append(len(calls)), **knobs), zero)
     return calls, [0, *ends[:-1]]
+
+
+class _Exclusive:
+    """Non-blocking exclusive entry to a scheduler's run state: ``list.pop`` and
+    ``list.append`` are atomic (CPython FAQ, "What kinds of global value mutation are
+    thread-safe?"), so a second thread entering while one is inside gets a clear error at
+    once instead of racing on the state or waiting for it."""
+
+    def __init__(self) -> None:
+        self._token = [True]
+
+    def __enter__(self) -> None:
+        try:
+            self._token.pop()
+        except IndexError:
+            raise RuntimeError("FewstepScheduler is in use by another thread (a step() or "
+                               "set_timesteps() is running): one scheduler holds one run; "
+                               "give each concurrent pipeline its own, e.g. "
+                               "FewstepScheduler.from_config(scheduler.config)") from None
+
+    def __exit__(self, *exc: object) -> None:
+        self._token.append(True)
 
 
 @dataclass
@@ -169,6 +191,10 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps: int | None = None
         self._plan: _Plan | None = None
         self._begin_index: int | None = None
+        self._exclusive = _Exclusive()
+        # every prev_sample returned before a run's end, so that a loop whose run another
+        # loop's set_timesteps() replaced cannot silently restart mid-way by timestep value
+        self._returned: weakref.WeakValueDictionary[int, Tensor] = weakref.WeakValueDictionary()
         self._reset()
 
     @classmethod
@@ -201,12 +227,26 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         """Identity: the network takes the process sample as is."""
         return sample
 
+    _RUN_STATE = ("_run", "_request", "_last", "_step_index", "_returned", "_exclusive")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles hold the plan but no run in progress (a generator cannot be
+        copied); their next ``step()`` starts a run."""
+        return {k: v for k, v in self.__dict__.items() if k not in self._RUN_STATE}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._exclusive = _Exclusive()
+        self._returned = weakref.WeakValueDictionary()
+        self._reset()
+
     def _reset(self) -> None:
+        """Drop the current run, closing its generator."""
         run = getattr(self, "_run", None)
         if run is not None:
             run.close()
-        self._run: SolverCoroutine | None = None
-        self._request: tuple[Tensor, Tensor, dict[str, Any]] | None = None
+        self._run: Steps | None = None
+        self._request: Request | None = None
         self._last: Tensor | None = None
         self._step_index: int | None = None
 
@@ -226,6 +266,11 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                       device: str | torch.device | None = None) -> None:
         """Plan the solver for ``num_inference_steps`` network evaluations and publish the
         timestep of each evaluation (resets the begin index, as diffusers' schedulers do)."""
+        with self._exclusive:
+            self._set_timesteps(num_inference_steps, device)
+
+    def _set_timesteps(self, num_inference_steps: int,
+                       device: str | torch.device | None) -> None:
         self._reset()
         self._begin_index = None
         p = solvers.plan(self.spec.name, num_inference_steps)
@@ -251,6 +296,12 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
 
     def _start(self, sample: Tensor, timestep: Any, generator: Any) -> None:
         plan, i = self._plan, self._start_index(timestep)
+        if self._begin_index is None and i > 0 and self._returned.get(id(sample)) is sample:
+            raise RuntimeError(f"step() got a prev_sample this scheduler returned in the middle "
+                               f"of an earlier run, at timesteps[{i}], but that run was replaced "
+                               "by set_timesteps(): is another pipeline sharing this scheduler? "
+                               "Give each concurrent pipeline its own FewstepScheduler (to "
+                               "resume deliberately, call set_begin_index first)")
         if i not in plan.starts:
             raise ValueError(f"cannot start at timesteps[{i}]: it is an intermediate "
                              f"evaluation of a {self.spec.name} step; start at one of "
@@ -261,27 +312,33 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         knobs = dict(plan.knobs)
         if "orders" in knobs:
             knobs["orders"] = tuple(knobs["orders"])[j:]
-        knobs.update(_rng(self.spec, generator))
-        spec, sigmas = self.spec, plan.sigmas[j:]  # the worker must not hold on to self
-        self._run = SolverCoroutine(lambda D: spec(D, x, sigmas, **knobs))
-        self._request = self._run.start()
-        if self._request is None or self._request[0] is not x:
+        self._run = self.spec.steps(x, plan.sigmas[j:], generator=generator, **knobs)
+        try:
+            self._request = next(self._run)
+        except BaseException:
             self._reset()
-            raise ValueError(f"solver {spec.name!r} changes the sample before its first network "
-                             f"call on this schedule (e.g. churn noise at sigma={plan.evals[i]:g});"
-                             " a diffusers loop calls the network on its own start sample first")
+            raise
+        if self._request[0] is not x:
+            self._reset()
+            raise ValueError(f"solver {self.spec.name!r} changes the sample before its first "
+                             f"network call on this schedule (e.g. churn noise at "
+                             f"sigma={plan.evals[i]:g}); a diffusers loop calls the network on "
+                             "its own start sample first")
         self._step_index = i
 
     def _check(self, timestep: Any, sample: Tensor) -> None:
         i = self._step_index
-        if i >= len(self.timesteps) or self._request is None:
+        if i >= len(self.timesteps):
             raise RuntimeError(f"all {len(self.timesteps)} timesteps have been stepped; call "
+                               "set_timesteps() again")
+        if self._request is None:
+            raise RuntimeError("the run stopped at an error in an earlier step(); call "
                                "set_timesteps() again")
         expected = float(self.timesteps[i])
         if abs(float(timestep) - expected) > 1e-3 * max(1.0, abs(expected)):
             raise ValueError(f"step() got timestep {float(timestep):g} but timesteps[{i}] is "
                              f"{expected:g}; FewstepScheduler must be stepped in order")
-        sigma, planned = float(self._request[1].reshape(-1)[0]), self._plan.evals[i]
+        sigma, planned = self._request[1], self._plan.evals[i]
         if abs(sigma - planned) > 1e-4 * planned:
             raise RuntimeError(f"solver {self.spec.name!r} evaluated at sigma={sigma:g} but "
                                f"timesteps[{i}] was published for sigma={planned:g}")
@@ -290,13 +347,19 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                 sample.float(), last.float(), rtol=1e-3, atol=1e-3):
             raise ValueError("the sample passed to step() is not the prev_sample returned by "
                              "the previous step(); FewstepScheduler keeps the solver's own state "
-                             "and cannot follow loops that edit the sample between steps")
+                             "and cannot follow loops that edit the sample between steps (or "
+                             "two pipelines sharing one scheduler)")
 
     def step(self, model_output: Tensor, timestep: Any, sample: Tensor,
              generator: Any = None, return_dict: bool = True, eta: float = 0.0,
              use_clipped_model_output: bool | None = None) -> FewstepSchedulerOutput | tuple:
         """Feed one network output to the solver and return its next evaluation point (or the
         final sample after the last evaluation) as ``prev_sample``."""
+        with self._exclusive:
+            return self._step(model_output, timestep, sample, generator, return_dict, eta)
+
+    def _step(self, model_output: Tensor, timestep: Any, sample: Tensor, generator: Any,
+              return_dict: bool, eta: float) -> FewstepSchedulerOutput | tuple:
         if self._plan is None:
             raise RuntimeError("call set_timesteps() before step()")
         if eta:
@@ -306,19 +369,26 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         if self._step_index is None:
             self._start(sample, timestep, generator)
         self._check(timestep, sample)
-        x = self._request[0]
-        out = drop_learned_variance(model_output, sample)
-        x0 = x0_from_output(self.process, self.prediction, out.to(x.dtype), x,
-                            self._plan.evals[self._step_index])
-        self._request = self._run.send(x0)
-        if self._request is None:
-            x_next, sigma_next = self._run.result, float(self._plan.sigmas[-1])
-            self._run = None
-        else:
+        x, sigma = self._request
+        try:
+            out = drop_learned_variance(model_output, sample)
+            x0 = x0_from_output(self.process, self.prediction, out.to(x.dtype), x,
+                                self._plan.evals[self._step_index])
+            check_output(x0, x, f"timesteps[{self._step_index}] (sigma={sigma:g})")
+            self._request = self._run.send(x0)
             x_next, sigma_next = self._request[0], self._plan.evals[self._step_index + 1]
+        except StopIteration as done:  # the solver returned its final sample
+            x_next, sigma_next = check_final(done.value), float(self._plan.sigmas[-1])
+            self._run, self._request = None, None
+        except BaseException:  # the run cannot continue after an error in its step
+            self._run.close()
+            self._run, self._request = None, None
+            raise
         prev = (x_next * self._alpha(sigma_next)).to(sample.dtype)
         self._step_index += 1
         self._last = prev
+        if self._run is not None:
+            self._returned[id(prev)] = prev
         if not return_dict:
             return (prev,)
         return FewstepSchedulerOutput(prev_sample=prev, pred_original_sample=x0.to(sample.dtype))

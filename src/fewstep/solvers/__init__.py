@@ -1,7 +1,9 @@
 """Stateless training-free solvers behind one registry.
 
-Every solver has the signature ``fn(denoiser, x, sigmas, *, callback=None, **knobs)`` and
-returns the final sample; ``x`` is the start noise already scaled to ``sigmas[0]``.
+Each solver is one generator (``denoised = yield x, sigma``; see :mod:`.driver`) with the
+function face ``fn(denoiser, x, sigmas, *, cond=None, generator=None, callback=None,
+**knobs)`` returning the final sample; ``x`` is the start noise already scaled to
+``sigmas[0]``, ``cond`` a mapping handed to the denoiser, ``knobs`` the solver's options.
 """
 
 from . import adaptive, dpm, euler, multistep, unipc  # noqa: F401  (fill the registry)
@@ -9,6 +11,7 @@ from .adaptive import reference_solution, sample_dpm_solver_adaptive, sample_rk4
 from .common import generators, randn_like, sample_generators, singlestep_orders
 from .consistency import sample_consistency  # noqa: F401  (registers "consistency")
 from .dpm import sample_dpm_solver, sample_dpmpp_2m_sde, sample_dpmpp_2s, sample_dpmpp_multistep
+from .driver import Request, SolverFunction, Steps, drive
 from .euler import sample_ddim, sample_heun
 from .multistep import sample_deis, sample_ipndm
 from .registry import KINDS, Plan, SolverSpec, alias, available, get, plan, register, sample
@@ -17,9 +20,13 @@ from .unipc import sample_unipc
 __all__ = [
     "KINDS",
     "Plan",
+    "Request",
+    "SolverFunction",
     "SolverSpec",
+    "Steps",
     "alias",
     "available",
+    "drive",
     "generators",
     "get",
     "plan",

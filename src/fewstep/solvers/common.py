@@ -1,5 +1,5 @@
-"""Helpers shared by every solver: input checks, the guarded denoiser call, per-sample
-noise, and the order plan of singlestep solvers."""
+"""Helpers shared by every solver: input checks, per-sample noise, the order plan of
+singlestep solvers and the step report to the callback."""
 
 from __future__ import annotations
 
@@ -9,36 +9,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..denoiser import Denoiser, NonFiniteError
+from ..denoiser import NonFiniteError
 from ..schedules import validate_sigmas
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 Callback = Callable[[dict[str, Any]], None] | None
 
-__all__ = ["Generator", "Model", "generators", "prepare", "randn_like", "sample_generators",
+__all__ = ["Generator", "generators", "prepare", "randn_like", "sample_generators",
            "singlestep_orders"]
 
 
-class Model:
-    """The denoiser as a solver sees it: takes a float sigma, checks shape and finiteness."""
-
-    def __init__(self, denoiser: Denoiser, x: Tensor, cond: dict[str, Any]):
-        self.denoiser, self.cond = denoiser, cond
-        self.shape, self.batch = tuple(x.shape), x.shape[0]
-
-    def __call__(self, x: Tensor, sigma: float) -> Tensor:
-        out = self.denoiser(x, x.new_full((self.batch,), sigma), **self.cond)
-        if tuple(out.shape) != self.shape:
-            raise ValueError(f"denoiser returned shape {tuple(out.shape)} for input shape "
-                             f"{self.shape}")
-        if not torch.isfinite(out).all():
-            raise NonFiniteError(f"denoiser returned NaN/inf at sigma={sigma:g}")
-        return out
-
-
-def prepare(denoiser: Denoiser, x: Tensor, sigmas: Tensor | Sequence[float],
-            cond: dict[str, Any] | None = None) -> tuple[Model, list[float]]:
-    """Validate a solver's inputs; return the guarded model and sigmas as Python floats."""
+def prepare(x: Tensor, sigmas: Tensor | Sequence[float]) -> list[float]:
+    """Validate a solver's start sample and sigmas; return the sigmas as Python floats
+    (float64, whatever the tensor's dtype)."""
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor; got {type(x).__name__}"
                         + (f" of dtype {x.dtype}" if isinstance(x, Tensor) else ""))
@@ -46,8 +29,7 @@ def prepare(denoiser: Denoiser, x: Tensor, sigmas: Tensor | Sequence[float],
         raise ValueError(f"x must have shape (batch, ...); got {tuple(x.shape)}")
     if not torch.isfinite(x).all():
         raise NonFiniteError("x (the start noise) contains NaN/inf")
-    s = validate_sigmas(sigmas)
-    return Model(denoiser, x, cond or {}), [float(v) for v in s]
+    return [float(v) for v in validate_sigmas(sigmas).tolist()]
 
 
 def generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:

@@ -21,11 +21,11 @@ import math
 
 from torch import Tensor
 
-from ..denoiser import Denoiser
 from .common import Callback, Generator, emit, prepare, randn_like
+from .driver import SolverFunction, Steps
 from .registry import register
 
-__all__ = ["renoise_scale", "sample_consistency"]
+__all__ = ["consistency_steps", "renoise_scale", "sample_consistency"]
 
 
 def renoise_scale(sigma: float, sigma_min: float) -> float:
@@ -34,21 +34,22 @@ def renoise_scale(sigma: float, sigma_min: float) -> float:
     return math.sqrt(sigma**2 - sigma_min**2) if sigma > sigma_min else 0.0
 
 
-def sample_consistency(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *,
-                       sigma_min: float = 0.002, generator: Generator = None,
-                       callback: Callback = None, **cond) -> Tensor:
+def consistency_steps(x: Tensor, sigmas: Tensor, *, sigma_min: float = 0.002,
+                      generator: Generator = None, callback: Callback = None) -> Steps:
     """Multistep consistency sampling (Song et al. 2023, Alg. 1): ``x0 = f(x, sigma_i)``, then
     ``x = x0 + sqrt(sigma_{i+1}^2 - sigma_min^2) z``; one evaluation per step."""
     if sigma_min < 0:
         raise ValueError(f"sigma_min must be >= 0; got {sigma_min}")
-    f, s = prepare(denoiser, x, sigmas, cond)
+    s = prepare(x, sigmas)
     for i in range(len(s) - 1):
-        x0 = f(x, s[i])  # jump to the trajectory's end (line 1 / line 6)
+        x0 = yield x, s[i]  # f(x, sigma_i): jump to the trajectory's end (line 1 / line 6)
         scale = renoise_scale(s[i + 1], sigma_min)
         x = x0 + scale * randn_like(x0, generator) if scale > 0 else x0  # re-noise (line 5)
         emit(callback, i, x, s[i], s[i + 1], x0)
     return x
 
+
+sample_consistency = SolverFunction(consistency_steps, "sample_consistency")
 
 register("consistency", sample_consistency, order=1, stochastic=True,
          reference="Song et al. 2023, Alg. 1 (multistep consistency sampling)",

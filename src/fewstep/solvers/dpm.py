@@ -8,13 +8,14 @@ forms are the same ODE under ``x = x_vp / alpha``, so these steps equal the VP o
 from __future__ import annotations
 
 import math
+from collections.abc import Generator as Generator_
 from collections.abc import Sequence
 
 from torch import Tensor
 
-from ..denoiser import Denoiser
 from . import euler as _euler  # noqa: F401  (registers ddim before the alias)
-from .common import Callback, Generator, Model, check_orders, emit, prepare, randn_like
+from .common import Callback, Generator, check_orders, emit, prepare, randn_like
+from .driver import Request, SolverFunction, Steps
 from .registry import alias, register
 
 
@@ -27,57 +28,56 @@ def _eps(x: Tensor, denoised: Tensor, sigma: float) -> Tensor:
     return (x - denoised) / sigma
 
 
-def _dpm_solver_step(D: Model, x: Tensor, s: float, t: float, order: int,
-                     eps_s: Tensor) -> tuple[Tensor, list[Tensor]]:
+def dpm_solver_step(x: Tensor, s: float, t: float, order: int,
+                    eps_s: Tensor) -> Generator_[Request, Tensor, tuple[Tensor, list[Tensor]]]:
     """One DPM-Solver-k step with noise prediction (Lu et al. 2022, Alg. 1 and 2; r1 = 1/3,
-    r2 = 2/3 for k = 3, r1 = 1/2 for k = 2). Returns x_t and the intermediate eps values."""
+    r2 = 2/3 for k = 3, r1 = 1/2 for k = 2), a sub-generator of its k - 1 intermediate
+    evaluations. Returns x_t and the intermediate eps values."""
     h = _h(s, t)
     if order == 1:
         return x - (s - t) * eps_s, []
     r1 = 0.5 if order == 2 else 1 / 3
     s1 = s * math.exp(-r1 * h)
     u1 = x - (s - s1) * eps_s
-    eps_1 = _eps(u1, D(u1, s1), s1)
+    eps_1 = _eps(u1, (yield u1, s1), s1)
     if order == 2:
         return x - (s - t) * eps_s - (s - t) / (2 * r1) * (eps_1 - eps_s), [eps_1]
     r2 = 2 / 3
     s2 = s * math.exp(-r2 * h)
     D1 = eps_1 - eps_s
     u2 = x - (s - s2) * eps_s - s2 * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1) * D1
-    eps_2 = _eps(u2, D(u2, s2), s2)
+    eps_2 = _eps(u2, (yield u2, s2), s2)
     phi_2 = (s - t) / h - t  # sigma_t * ((e^h - 1)/h - 1)
     return x - (s - t) * eps_s - (phi_2 / r2) * (eps_2 - eps_s), [eps_1, eps_2]
 
 
-def sample_dpm_solver(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, order: int = 3,
-                      orders: Sequence[int] | None = None, callback: Callback = None,
-                      **cond) -> Tensor:
+def dpm_solver_steps(x: Tensor, sigmas: Tensor, *, order: int = 3,
+                     orders: Sequence[int] | None = None, callback: Callback = None) -> Steps:
     """Singlestep DPM-Solver-1/2/3 with noise prediction (Lu et al. 2022, Alg. 1-2); the
     per-step ``orders`` follow DPM-Solver-fast (Sec. 3.4) when planned."""
-    D, s = prepare(denoiser, x, sigmas, cond)
+    s = prepare(x, sigmas)
     orders = check_orders(orders, s, order)
     for i, k in enumerate(orders):
-        denoised = D(x, s[i])
-        x, _ = _dpm_solver_step(D, x, s[i], s[i + 1], k, _eps(x, denoised, s[i]))
+        denoised = yield x, s[i]
+        x, _ = yield from dpm_solver_step(x, s[i], s[i + 1], k, _eps(x, denoised, s[i]))
         emit(callback, i, x, s[i], s[i + 1], denoised)
     return x
 
 
-def sample_dpmpp_2s(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *,
-                    orders: Sequence[int] | None = None, r: float = 0.5,
-                    callback: Callback = None, **cond) -> Tensor:
+def dpmpp_2s_steps(x: Tensor, sigmas: Tensor, *, orders: Sequence[int] | None = None,
+                   r: float = 0.5, callback: Callback = None) -> Steps:
     """DPM-Solver++(2S), singlestep data prediction (Lu et al. 2022b, Alg. 1)."""
-    D, s = prepare(denoiser, x, sigmas, cond)
+    s = prepare(x, sigmas)
     orders = check_orders(orders, s, 2)
     for i, k in enumerate(orders):
         sigma, sigma_next = s[i], s[i + 1]
-        denoised = D(x, sigma)
+        denoised = yield x, sigma
         if k == 1:
             x_next = (sigma_next / sigma) * x + (1 - sigma_next / sigma) * denoised
         else:
             s1 = sigma * (sigma_next / sigma) ** r  # lambda_s1 = lambda_s + r h
             u = (s1 / sigma) * x + (1 - s1 / sigma) * denoised
-            d_mix = (1 - 1 / (2 * r)) * denoised + (1 / (2 * r)) * D(u, s1)
+            d_mix = (1 - 1 / (2 * r)) * denoised + (1 / (2 * r)) * (yield u, s1)
             x_next = (sigma_next / sigma) * x + (1 - sigma_next / sigma) * d_mix
         x = x_next
         emit(callback, i, x, sigma, sigma_next, denoised)
@@ -96,18 +96,17 @@ def _multistep_order(i: int, n: int, order: int, lower_order_final: bool,
     return k
 
 
-def sample_dpmpp_multistep(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, order: int = 2,
-                           lower_order_final: bool = True, callback: Callback = None,
-                           **cond) -> Tensor:
+def dpmpp_multistep_steps(x: Tensor, sigmas: Tensor, *, order: int = 2,
+                          lower_order_final: bool = True, callback: Callback = None) -> Steps:
     """Multistep DPM-Solver++(2M/3M), data prediction (Lu et al. 2022b, Alg. 2 and App. B)."""
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3; got {order}")
-    D, s = prepare(denoiser, x, sigmas, cond)
+    s = prepare(x, sigmas)
     n = len(s) - 1
     hist: list[Tensor] = []  # previous denoised values, newest last
     for i in range(n):
         sigma, sigma_next = s[i], s[i + 1]
-        denoised = D(x, sigma)
+        denoised = yield x, sigma
         hist = [*hist[-2:], denoised]
         k = _multistep_order(i, n, order, lower_order_final, sigma_next)
         x = (sigma_next / sigma) * x + (1 - sigma_next / sigma) * _dpmpp_mix(hist, s, i, k)
@@ -135,16 +134,15 @@ def _dpmpp_mix(hist: list[Tensor], s: list[float], i: int, k: int) -> Tensor:
     return m0 + c1 * D1 - c2 * D2
 
 
-def sample_dpmpp_2m_sde(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, eta: float = 1.0,
-                        s_noise: float = 1.0, generator: Generator = None,
-                        callback: Callback = None, **cond) -> Tensor:
+def dpmpp_2m_sde_steps(x: Tensor, sigmas: Tensor, *, eta: float = 1.0, s_noise: float = 1.0,
+                       generator: Generator = None, callback: Callback = None) -> Steps:
     """DPM-Solver++(2M) SDE, midpoint form (Lu et al. 2022b, App. B; diffusers
     ``sde-dpmsolver++``); eta = 0 recovers the ODE solver."""
-    D, s = prepare(denoiser, x, sigmas, cond)
+    s = prepare(x, sigmas)
     prev: Tensor | None = None
     for i in range(len(s) - 1):
         sigma, sigma_next = s[i], s[i + 1]
-        denoised = D(x, sigma)
+        denoised = yield x, sigma
         if sigma_next == 0:
             x = denoised
         else:
@@ -162,6 +160,11 @@ def sample_dpmpp_2m_sde(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, eta: f
     return x
 
 
+sample_dpm_solver = SolverFunction(dpm_solver_steps, "sample_dpm_solver")
+sample_dpmpp_2s = SolverFunction(dpmpp_2s_steps, "sample_dpmpp_2s")
+sample_dpmpp_multistep = SolverFunction(dpmpp_multistep_steps, "sample_dpmpp_multistep")
+sample_dpmpp_2m_sde = SolverFunction(dpmpp_2m_sde_steps, "sample_dpmpp_2m_sde")
+
 alias("dpm_solver_1", "ddim")  # Lu et al. 2022, Eq. 3.7: DPM-Solver-1 is DDIM
 register("dpm_solver_2", sample_dpm_solver, order=2, kind="singlestep", knobs={"order": 2},
          reference="Lu et al. 2022, Alg. 1 (DPM-Solver-2)")
@@ -176,5 +179,6 @@ register("dpmpp_3m", sample_dpmpp_multistep, order=3, knobs={"order": 3},
 register("dpmpp_2m_sde", sample_dpmpp_2m_sde, order=2, stochastic=True,
          reference="Lu et al. 2022b, App. B (SDE-DPM-Solver++(2M))")
 
-__all__ = ["sample_dpm_solver", "sample_dpmpp_2m_sde", "sample_dpmpp_2s",
-           "sample_dpmpp_multistep"]
+__all__ = ["dpm_solver_step", "dpm_solver_steps", "dpmpp_2m_sde_steps", "dpmpp_2s_steps",
+           "dpmpp_multistep_steps", "sample_dpm_solver", "sample_dpmpp_2m_sde",
+           "sample_dpmpp_2s", "sample_dpmpp_multistep"]

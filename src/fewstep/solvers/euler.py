@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from ..denoiser import Denoiser
 from .common import Callback, Generator, check_orders, emit, prepare, randn_like
+from .driver import SolverFunction, Steps
 from .registry import alias, register
 
 
@@ -25,15 +25,15 @@ def ancestral_split(sigma: float, sigma_next: float, eta: float) -> tuple[float,
     return math.sqrt(sigma_next**2 - up**2), up
 
 
-def sample_ddim(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, eta: float = 0.0,
-                generator: Generator = None, callback: Callback = None, **cond) -> Tensor:
+def ddim_steps(x: Tensor, sigmas: Tensor, *, eta: float = 0.0, generator: Generator = None,
+               callback: Callback = None) -> Steps:
     """DDIM with noise level eta (Song et al. 2021a, Eq. 12): eta = 0 is the Euler step of the
     PF-ODE, eta = 1 is DDPM ancestral sampling (Ho et al. 2020, Alg. 2)."""
     if eta < 0:
         raise ValueError(f"eta must be >= 0; got {eta}")
-    D, s = prepare(denoiser, x, sigmas, cond)
+    s = prepare(x, sigmas)
     for i in range(len(s) - 1):
-        denoised = D(x, s[i])
+        denoised = yield x, s[i]
         down, up = ancestral_split(s[i], s[i + 1], eta)
         x = denoised + (down / s[i]) * (x - denoised)
         if up > 0:
@@ -42,13 +42,13 @@ def sample_ddim(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, eta: float = 0
     return x
 
 
-def sample_heun(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *,
-                orders: Sequence[int] | None = None, S_churn: float = 0.0, S_tmin: float = 0.0,
-                S_tmax: float = math.inf, S_noise: float = 1.0, generator: Generator = None,
-                callback: Callback = None, **cond) -> Tensor:
+def heun_steps(x: Tensor, sigmas: Tensor, *, orders: Sequence[int] | None = None,
+               S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = math.inf,
+               S_noise: float = 1.0, generator: Generator = None,
+               callback: Callback = None) -> Steps:
     """EDM's 2nd-order Heun sampler with optional churn (Karras et al. 2022, Alg. 2); steps of
     order 1 (``orders``) and the step to sigma = 0 are Euler steps."""
-    D, s = prepare(denoiser, x, sigmas, cond)
+    s = prepare(x, sigmas)
     orders = check_orders(orders, s, 2)
     n = len(s) - 1
     for i in range(n):
@@ -59,16 +59,19 @@ def sample_heun(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *,
             sigma_hat = sigma * (1 + gamma)
             x = x + math.sqrt(sigma_hat**2 - sigma**2) * S_noise * randn_like(x, generator)
             sigma = sigma_hat
-        denoised = D(x, sigma)
+        denoised = yield x, sigma
         d = (x - denoised) / sigma
         x_next = x + (s[i + 1] - sigma) * d  # Euler step (line 8)
         if orders[i] == 2:  # second-order correction (lines 9-11)
-            d_next = (x_next - D(x_next, s[i + 1])) / s[i + 1]
+            d_next = (x_next - (yield x_next, s[i + 1])) / s[i + 1]
             x_next = x + (s[i + 1] - sigma) * 0.5 * (d + d_next)
         x = x_next
         emit(callback, i, x, sigma, s[i + 1], denoised)
     return x
 
+
+sample_ddim = SolverFunction(ddim_steps, "sample_ddim")
+sample_heun = SolverFunction(heun_steps, "sample_heun")
 
 register("ddim", sample_ddim, order=1, knobs={"eta": 0.0},
          reference="Song et al. 2021a, Eq. 12 (eta=0: Euler on the PF-ODE)")
@@ -84,4 +87,4 @@ register("heun_churn", sample_heun, order=2, kind="singlestep", stochastic=True,
          knobs={"S_churn": 40.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003},
          reference="Karras et al. 2022, Alg. 2 (stochastic, ImageNet settings)")
 
-__all__ = ["ancestral_split", "sample_ddim", "sample_heun"]
+__all__ = ["ancestral_split", "ddim_steps", "heun_steps", "sample_ddim", "sample_heun"]

@@ -10,25 +10,25 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..denoiser import Denoiser
 from ..process import VPContinuous
 from .common import Callback, emit, prepare
+from .driver import SolverFunction, Steps
 from .registry import register
 
 # Adams-Bashforth weights for orders 1-4, newest evaluation first (PNDM/iPNDM).
 _AB = ([1.0], [1.5, -0.5], [23 / 12, -16 / 12, 5 / 12], [55 / 24, -59 / 24, 37 / 24, -9 / 24])
 
 
-def sample_ipndm(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, order: int = 4,
-                 callback: Callback = None, **cond) -> Tensor:
+def ipndm_steps(x: Tensor, sigmas: Tensor, *, order: int = 4,
+                callback: Callback = None) -> Steps:
     """iPNDM: Adams-Bashforth with fixed weights and lower-order warm-up from stored
     evaluations (Zhang & Chen 2023, DEIS App. B; Liu et al. 2022, PLMS)."""
     if order not in (1, 2, 3, 4):
         raise ValueError(f"iPNDM order must be 1..4; got {order}")
-    D, s = prepare(denoiser, x, sigmas, cond)
+    s = prepare(x, sigmas)
     eps: list[Tensor] = []  # newest first
     for i in range(len(s) - 1):
-        denoised = D(x, s[i])
+        denoised = yield x, s[i]
         eps = [(x - denoised) / s[i], *eps[: order - 1]]
         w = _AB[len(eps) - 1]
         x = x + (s[i + 1] - s[i]) * sum(wj * e for wj, e in zip(w, eps, strict=True))
@@ -70,9 +70,8 @@ def _deis_weights(sigmas_hist: list[float], sigma: float, sigma_next: float,
     return weights
 
 
-def sample_deis(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, order: int = 3,
-                basis: str = "t", lower_order_final: bool = True, callback: Callback = None,
-                **cond) -> Tensor:
+def deis_steps(x: Tensor, sigmas: Tensor, *, order: int = 3, basis: str = "t",
+               lower_order_final: bool = True, callback: Callback = None) -> Steps:
     """DEIS multistep exponential integrator (Zhang & Chen 2023, Alg. 1 "tAB"); ``basis``
     is the variable eps is extrapolated in ("t", "log_sigma", or "sigma" = rhoAB)."""
     if order not in (1, 2, 3, 4):
@@ -80,11 +79,11 @@ def sample_deis(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, order: int = 3
     if basis not in BASES:
         raise ValueError(f"unknown DEIS basis {basis!r}; expected one of {sorted(BASES)}")
     tau = BASES[basis]
-    D, s = prepare(denoiser, x, sigmas, cond)
+    s = prepare(x, sigmas)
     n = len(s) - 1
     eps: list[Tensor] = []
     for i in range(n):
-        denoised = D(x, s[i])
+        denoised = yield x, s[i]
         eps = [(x - denoised) / s[i], *eps[: order - 1]]
         k = len(eps)
         if lower_order_final and n < 15:
@@ -97,6 +96,9 @@ def sample_deis(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, order: int = 3
     return x
 
 
+sample_ipndm = SolverFunction(ipndm_steps, "sample_ipndm")
+sample_deis = SolverFunction(deis_steps, "sample_deis")
+
 register("ipndm", sample_ipndm, order=4, knobs={"order": 4},
          reference="Zhang & Chen 2023, iPNDM (App. B)")
 register("ipndm_v", sample_deis, order=4, knobs={"order": 4, "basis": "sigma"},
@@ -106,4 +108,4 @@ register("deis", sample_deis, order=3, knobs={"order": 3, "basis": "t"},
 register("deis_logrho", sample_deis, order=3, knobs={"order": 3, "basis": "log_sigma"},
          reference="Zhang & Chen 2023, DEIS-3 with eps extrapolated in log(rho) (diffusers')")
 
-__all__ = ["BASES", "sample_deis", "sample_ipndm"]
+__all__ = ["BASES", "deis_steps", "ipndm_steps", "sample_deis", "sample_ipndm"]

@@ -12,16 +12,16 @@ Kinds:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
 from ..schedules import get_schedule
-from .common import singlestep_orders
+from .common import Callback, Generator, singlestep_orders
+from .driver import SolverFunction, Steps, drive
 
 __all__ = ["KINDS", "Plan", "SolverSpec", "alias", "available", "get", "plan", "register",
            "sample"]
@@ -31,10 +31,13 @@ KINDS = ("multistep", "singlestep", "adaptive")
 
 @dataclass(frozen=True)
 class SolverSpec:
-    """What the bench and ``plan`` need to know about a solver."""
+    """What the bench and ``plan`` need to know about a solver, and the solver itself: call
+    it with the function face ``spec(denoiser, x, sigmas, *, cond=None, generator=None,
+    callback=None, **knobs)`` or step its generator ``spec.steps(x, sigmas, **knobs)``; the
+    entry's ``defaults`` are the knobs it passes unless overridden."""
 
     name: str
-    fn: Callable[..., Tensor]
+    fn: SolverFunction
     order: int
     kind: str
     stochastic: bool
@@ -49,24 +52,42 @@ class SolverSpec:
         """Evaluations of one full-order step (1 for multistep methods)."""
         return self.order if self.kind == "singlestep" else 1
 
-    def __call__(self, denoiser: Denoiser, x: Tensor, sigmas: Tensor, **knobs: Any) -> Tensor:
-        return self.fn(denoiser, x, sigmas, **{**self.defaults, **knobs})
+    def steps(self, x: Tensor, sigmas: Tensor | list[float], *, generator: Generator = None,
+              callback: Callback = None, **knobs: Any) -> Steps:
+        """The solver's generator (``denoised = yield x, sigma``; returns the final sample)
+        for an external driver. Unknown knobs raise ``TypeError`` listing the valid ones."""
+        self.fn.check_knobs(knobs, f"solver {self.name!r}")
+        return self.fn.steps(x, sigmas, generator=generator, callback=callback,
+                             **{**self.defaults, **knobs})
+
+    def __call__(self, denoiser: Denoiser, x: Tensor, sigmas: Tensor | list[float], *,
+                 cond: Mapping[str, Any] | None = None, generator: Generator = None,
+                 callback: Callback = None, **knobs: Any) -> Tensor:
+        """Run the solver on ``denoiser`` (called as ``denoiser(x, sigma, **cond)``) from
+        ``x`` at ``sigmas[0]``; returns the final sample."""
+        return drive(self.steps(x, sigmas, generator=generator, callback=callback, **knobs),
+                     denoiser, cond)
 
 
 _REGISTRY: dict[str, SolverSpec] = {}
 
 
-def register(name: str, fn: Callable[..., Tensor], *, order: int, kind: str = "multistep",
-             stochastic: bool = False, min_nfe: int | None = None, reference: str = "",
-             knobs: dict[str, Any] | None = None, requires: str | None = None) -> SolverSpec:
-    """Add a solver of nominal ``order``; ``knobs`` are the defaults this entry passes to
-    ``fn`` (e.g. ``{"eta": 1.0}``), overridable per call."""
+def register(name: str, fn: SolverFunction | Callable[..., Steps], *, order: int,
+             kind: str = "multistep", stochastic: bool = False, min_nfe: int | None = None,
+             reference: str = "", knobs: dict[str, Any] | None = None,
+             requires: str | None = None) -> SolverSpec:
+    """Add a solver of nominal ``order``: ``fn`` is its generator function (or the
+    :class:`SolverFunction` made from it); ``knobs`` are the defaults this entry passes
+    (e.g. ``{"eta": 1.0}``), overridable per call."""
+    if not isinstance(fn, SolverFunction):
+        fn = SolverFunction(fn, name)
     if kind not in KINDS:
         raise ValueError(f"unknown solver kind {kind!r}; expected one of {KINDS}")
     if name in _REGISTRY:
         raise ValueError(f"solver {name!r} is already registered")
     if min_nfe is None:
         min_nfe = order + 1 if kind == "singlestep" else 1
+    fn.check_knobs(knobs or {}, f"solver {name!r}")
     spec = SolverSpec(name, fn, order, kind, stochastic, min_nfe, dict(knobs or {}), reference,
                       requires=requires)
     _REGISTRY[name] = spec
@@ -138,14 +159,16 @@ def plan(name: str, nfe: int, schedule: str = "karras", *, denoise_to_zero: bool
 
 
 def sample(denoiser: Denoiser, x: Tensor, solver: str, nfe: int | None = None, *,
-           sigmas: Tensor | None = None, schedule: str = "karras",
-           schedule_kwargs: dict[str, Any] | None = None, **knobs: Any) -> Tensor:
+           sigmas: Tensor | list[float] | None = None, schedule: str = "karras",
+           schedule_kwargs: dict[str, Any] | None = None,
+           cond: Mapping[str, Any] | None = None, **knobs: Any) -> Tensor:
     """Run ``solver`` from start sample ``x`` (already scaled to ``sigmas[0]``) with either an
-    NFE budget (planned on ``schedule``) or explicit ``sigmas``."""
+    NFE budget (planned on ``schedule``) or explicit ``sigmas``; ``cond`` goes to the
+    denoiser, ``knobs`` (and ``generator=``, ``callback=``) to the solver."""
     spec = get(solver)
     if (nfe is None) == (sigmas is None):
         raise ValueError("give exactly one of nfe= or sigmas=")
     if nfe is not None:
         p = plan(solver, nfe, schedule, **(schedule_kwargs or {}))
         sigmas, knobs = p.sigmas, {**p.knobs, **knobs}
-    return spec(denoiser, x, torch.as_tensor(sigmas), **knobs)
+    return spec(denoiser, x, sigmas, cond=cond, **knobs)

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 from torch import Tensor
 
-from ..denoiser import Denoiser
 from .common import Callback, emit, prepare
+from .driver import SolverFunction, Steps
 from .registry import register
 
 VARIANTS = ("bh1", "bh2")
@@ -64,22 +64,21 @@ def _unipc_update(x_s: Tensor, hist: list[tuple[float, Tensor]], sigma_t: float,
     return x_t
 
 
-def sample_unipc(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, order: int = 3,
-                 variant: str = "bh2", corrector: bool = True, lower_order_final: bool = True,
-                 disable_corrector: Sequence[int] = (), callback: Callback = None,
-                 **cond) -> Tensor:
+def unipc_steps(x: Tensor, sigmas: Tensor, *, order: int = 3, variant: str = "bh2",
+                corrector: bool = True, lower_order_final: bool = True,
+                disable_corrector: Sequence[int] = (), callback: Callback = None) -> Steps:
     """UniPC-p multistep sampler (Zhao et al. 2023, Alg. 2/3): UniP-p predictor and, with
     ``corrector``, the UniC corrector (never at the final step, which has no evaluation)."""
     if order not in (1, 2, 3):
         raise ValueError(f"UniPC order must be 1, 2 or 3; got {order}")
     if variant not in VARIANTS:
         raise ValueError(f"unknown UniPC variant {variant!r}; expected one of {VARIANTS}")
-    D, s = prepare(denoiser, x, sigmas, cond)
+    s = prepare(x, sigmas)
     n = len(s) - 1
     hist: list[tuple[float, Tensor]] = []
     x_prev, k_prev = None, 1
     for i in range(n):
-        denoised = D(x, s[i])
+        denoised = yield x, s[i]
         if corrector and x_prev is not None and (i - 1) not in disable_corrector:
             x = _unipc_update(x_prev, hist, s[i], k_prev, variant, model_t=denoised)
         hist = [*hist[-(order - 1):], (s[i], denoised)] if order > 1 else [(s[i], denoised)]
@@ -91,6 +90,8 @@ def sample_unipc(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, order: int = 
     return x
 
 
+sample_unipc = SolverFunction(unipc_steps, "sample_unipc")
+
 register("unipc_bh1", sample_unipc, order=4, knobs={"order": 3, "variant": "bh1"},
          reference="Zhao et al. 2023, UniPC-3 with B(h) = h")
 register("unipc_bh2", sample_unipc, order=4, knobs={"order": 3, "variant": "bh2"},
@@ -101,4 +102,4 @@ register("unip_bh2", sample_unipc, order=3,
          knobs={"order": 3, "variant": "bh2", "corrector": False},
          reference="Zhao et al. 2023, UniP-3 predictor only")
 
-__all__ = ["sample_unipc"]
+__all__ = ["sample_unipc", "unipc_steps"]
