@@ -118,10 +118,12 @@ class _Prepared:
     model: Callable[[Any], Any] = lambda D: D
 
 
-def _prepare(case: Case, teacher: Teacher, x: Tensor, ref: Tensor) -> _Prepared:
+def _prepare(case: Case, teacher: Teacher, x: Tensor, ref: Tensor | None = None) -> _Prepared:
     """The set-up of a case's method for start noise ``x``, timed apart from sampling;
     ``baseline:NAME`` methods use the (already computed) reference solution ``ref``."""
     if case.impl == "baseline":
+        if ref is None:
+            raise ValueError(f"{case.method} needs the reference solution (ref=)")
         return _Prepared(lambda D, x: (baselines.run_baseline(case.method, x, ref,
                                                               teacher.sigma_max), 0))
     if case.impl == "student":
@@ -140,7 +142,7 @@ def _prepare(case: Case, teacher: Teacher, x: Tensor, ref: Tensor) -> _Prepared:
 
 
 def _run_method(case: Case, D: Any, x: Tensor, teacher: Teacher,
-                ref: Tensor) -> tuple[Tensor, int]:
+                ref: Tensor | None = None) -> tuple[Tensor, int]:
     """Sample with the case's method, set-up included; returns the samples and the number of
     solver steps. For ``student:PATH`` methods ``D`` is the student, not the teacher."""
     prepared = _prepare(case, teacher, x, ref)
@@ -158,8 +160,8 @@ class _Timing:
     rows: int  # network rows evaluated by one run
 
 
-def _timed_runs(case: Case, teacher: Teacher, D: Any, x: Tensor, ref: Tensor,
-                device: str) -> tuple[Tensor, _Timing]:
+def _timed_runs(case: Case, teacher: Teacher, D: Any, x: Tensor, device: str,
+                ref: Tensor | None = None) -> tuple[Tensor, _Timing]:
     """Run the case :data:`TIMING_REPEATS` times, each run set-up then sampling, timed apart
     and synchronised; returns the first run's samples and the timing. Every run starts from
     the same ``x`` with freshly seeded noise, so the runs are identical."""
@@ -342,7 +344,7 @@ def _run_case(case: Case, ctx: _Context) -> dict[str, Any]:
             ctx.warm.add((case.teacher, case.method))
         mem, energy = MemoryMeter(ctx.device), EnergyMeter(ctx.device)
         with mem.measure(), energy.measure() as joules:
-            out, timing = _timed_runs(case, teacher, D, x, ref, ctx.device)
+            out, timing = _timed_runs(case, teacher, D, x, ctx.device, ref)
         extractor = inception = None
         if teacher.kind == "image" and teacher.reference_samples is not None:
             space, extractor = ctx.feature_space(teacher)
