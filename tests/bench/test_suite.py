@@ -45,6 +45,8 @@ def _write(tmp_path, body):
      'reference_rtol=-1\n', r"reference_rtol must be a number in \(0, 1\); got -1"),
     ('name="x"\nteachers=["gmm2"]\nmethods=["ddim"]\nnfe=[2]\nseeds=[0]\nschedule="nope"\n',
      r"unknown schedule 'nope'"),
+    ('name="x"\nteachers=["gmm2"]\nmethods=["ddim"]\nnfe=[2]\nseeds=[0]\ntiming_repeats=0\n',
+     r"timing_repeats must be an integer >= 1; got 0"),
 ])
 def test_bad_suites_name_the_problem(tmp_path, body, match):
     with pytest.raises(ValueError, match=match):

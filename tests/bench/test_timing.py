@@ -88,9 +88,8 @@ def test_overhead_is_per_solver_step_on_both_sides(method, nfe):
     assert steps == {method: plan.steps, f"diffusers:{method}": plan.steps}
 
 
-def test_timing_is_the_median_of_warm_repeats(monkeypatch):
+def test_timing_is_the_median_of_warm_repeats():
     """One slow run of three (a scheduler hiccup) does not move the recorded figures."""
-    monkeypatch.setattr(runner, "TIMING_REPEATS", 3)
     teacher, calls = get_teacher("gmm2"), []
 
     def D(x, sigma):

@@ -39,7 +39,6 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.f
           "bfloat16": torch.bfloat16}
 N_REFERENCE = 1000  # held-out / exact samples for sliced Wasserstein, Frechet and KID
 N_MMD = 500  # of those, the ones MMD compares against (its cost is quadratic)
-TIMING_REPEATS = 3  # warm timed runs per case; the row records their medians
 HELD_OUT_CACHE = 16  # (teacher, seed) held-out sides kept prepared per run
 
 
@@ -151,7 +150,7 @@ def _run_method(case: Case, D: Any, x: Tensor, teacher: Teacher,
 
 @dataclass(frozen=True)
 class _Timing:
-    """One case's timing: medians over :data:`TIMING_REPEATS` warm runs, in seconds."""
+    """One case's timing: medians over the case's ``timing_repeats`` warm runs, in seconds."""
 
     setup: float  # plan / scheduler construction, outside the per-step figure
     wall: float  # sampling, set-up excluded
@@ -162,11 +161,11 @@ class _Timing:
 
 def _timed_runs(case: Case, teacher: Teacher, D: Any, x: Tensor, device: str,
                 ref: Tensor | None = None) -> tuple[Tensor, _Timing]:
-    """Run the case :data:`TIMING_REPEATS` times, each run set-up then sampling, timed apart
+    """Run the case ``case.timing_repeats`` times, each run set-up then sampling, timed apart
     and synchronised; returns the first run's samples and the timing. Every run starts from
     the same ``x`` with freshly seeded noise, so the runs are identical."""
     runs, first = [], None
-    for _ in range(TIMING_REPEATS):
+    for _ in range(case.timing_repeats):
         synchronize(device)
         t0 = time.perf_counter()
         prepared = _prepare(case, teacher, x, ref)
@@ -357,9 +356,9 @@ def _run_case(case: Case, ctx: _Context) -> dict[str, Any]:
             time_per_sample_s=timing.wall / case.n_samples, network_s=timing.network,
             overhead_per_step_s=timing.overhead_per_step, setup_time_s=timing.setup,
             peak_mem_mb=mem.peak_mb, mem_method=mem.method,
-            energy_j=None if joules["joules"] is None else joules["joules"] / TIMING_REPEATS,
+            energy_j=None if joules["joules"] is None else joules["joules"] / case.timing_repeats,
             energy_method=f"{energy.method}, per run (set-up included), mean of "
-            f"{TIMING_REPEATS}"
+            f"{case.timing_repeats}"
             if joules["joules"] is not None else "not measured",
             metrics=_score(case, teacher, out.cpu(), ref, held, extractor))
         if held is not None and inception is not None:

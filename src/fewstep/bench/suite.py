@@ -35,6 +35,7 @@ class Case:
     reference_rtol: float
     denoise_to_zero: bool = True
     inception_weights: str | None = None
+    timing_repeats: int = 3
 
     @property
     def impl(self) -> str:
@@ -64,6 +65,7 @@ class Suite:
     reference_rtol: float = 1e-6
     denoise_to_zero: bool = True  # fewstep plans: last evaluation steps sigma_min -> 0
     inception_weights: str | None = None  # local FID Inception weights for image teachers
+    timing_repeats: int = 3  # warm timed runs per case; rows record their medians
     skipped: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
@@ -110,6 +112,10 @@ class Suite:
                 self.n_samples < 2:
             raise ValueError(f"{where}: n_samples must be an integer >= 2; got "
                              f"{self.n_samples!r}")
+        if isinstance(self.timing_repeats, bool) or not isinstance(self.timing_repeats, int) \
+                or self.timing_repeats < 1:
+            raise ValueError(f"{where}: timing_repeats must be an integer >= 1; got "
+                             f"{self.timing_repeats!r}")
         if isinstance(self.reference_rtol, bool) or \
                 not isinstance(self.reference_rtol, int | float) or \
                 not 0 < self.reference_rtol < 1:
@@ -130,7 +136,7 @@ class Suite:
                         continue
                     out.extend(Case(self.name, t, m, nfe, s, self.n_samples, self.schedule,
                                     self.dtype, self.reference_rtol, self.denoise_to_zero,
-                                    self.inception_weights)
+                                    self.inception_weights, self.timing_repeats)
                                for s in self.seeds)
         return out
 
