@@ -618,7 +618,8 @@ def report_dataset(name: str, runs: Sequence[Mapping[str, Any]], floor: Mapping[
             continue
         notes.append(f"- {m}: {have[0][m]['note']}; train s per seed "
                      + ", ".join(f"{r[m]['cost']['seconds']:.0f}" for r in have)
-                     + f"; teacher NFE {have[0][m]['cost']['teacher_nfe']:.0f} x batch")
+                     + f"; teacher cost {have[0][m]['cost']['teacher_nfe']:.0f} full-batch "
+                     "evaluations")
         for k in ("1", "2"):
             if k not in have[0][m]["scores"]:
                 continue
