@@ -1,38 +1,54 @@
-"""Training and distillation on every built-in data set, CPU only: the issue-4 evidence table.
+"""Training and distillation on every built-in data set, CPU only: the distillation evidence.
 
     .venv/bin/python benchmarks/distill_suite.py --out runs/distill [--data moons,digits,...]
-        [--methods cd,ct,ect,pd,kd,direct_cm] [--scale 1.0] [--threads 1] [--quick]
+        [--methods cd,ct,ect,pd,kd,direct_cm] [--train-seeds 0,1,2] [--sample-seeds 3]
+        [--scale 1.0] [--threads 1] [--quick]
     .venv/bin/python benchmarks/distill_suite.py --out runs/distill --report   # tables only
 
-For each data set:
+For each data set and each training seed (``--train-seeds``; it seeds the networks'
+initialisation, the training noise and batch order, and for the 2-D toys the training draw):
 
 1. Train an EDM teacher (``EDMPrecond``): an MLP for the 2-D toys, a small UNet for images.
-2. Score the teacher with the best of several solvers at NFE 1, 2, 4, 10, 50.
+2. Score the teacher at NFE 1, 2, 4, 10, 50, with the solver chosen per NFE on validation.
 3. Distil CD, iCT (``ct``, from data alone), ECT, PD, KD and Direct CM students from it and
-   score each at 1 and 2 steps: consistency students with the ``consistency`` sampler, PD
-   students with DDIM on their own grid ``method.sigmas(k)``, KD (one-step) at NFE 1.
+   score each at 1 and 2 steps: consistency students with the ``consistency`` sampler (the
+   2-step re-noise sigma ``tau`` chosen on validation), PD students with DDIM on their own grid
+   ``method.sigmas(k)``, KD (one-step) at NFE 1.
 
-Choices made on a validation set, never on the test split: the teacher's best solver at each
-NFE and the re-noise sigma ``tau`` of 2-step consistency sampling (from ``TAUS``) are picked
-by the primary metric against ``n_eval`` samples of the *train* split; every reported figure
-is against the held-out test split, from the same starting noises (seed 1).
+Protocol (issue 9). Every choice is made on a *validation* split drawn from the train split,
+from its own starting noise: the teacher's solver at each NFE, ``tau``, and the report's "best
+2-step student" per data set (lowest mean validation score over training seeds,
+:func:`select_on_validation`). For the toys the validation set is a fresh draw from the
+training distribution; for the image sets it is a fixed fifth of the train split, held out of
+training. Checkpoints are not chosen: every student is its final EMA (PD's 2-step student is
+the EMA at the end of its 2-step round). The test split is read only for the final figures,
+each at ``--sample-seeds`` starting noises (the same noises for every method).
 
-Metrics (lower is better):
+Statistics. Each figure is averaged over the sampling seeds within a training seed, then a 95%
+t-interval is taken over training seeds on the log scale (geometric mean; intervals of
+nonnegative metrics stay positive). A ratio (student / teacher at 50 NFE) is paired by training
+seed: the t-interval of the mean log-ratio, exponentiated. Precision and recall (and coverage)
+are plain t-intervals clipped to [0, 1].
 
-- toys: SW, sliced Wasserstein SW_2 (256 projections) to the test split (primary);
-- digits: FD, Fréchet distance in the feature space of ``digits_cnn`` (fewstep's own
-  extractor, cached and hash-checked) to the test split (primary), and SW in pixels;
-- shapes: FD in pixel space (256-d; primary) and SW; patches: SW (primary; its test split has
-  224 images in 768-d, too few for a stable pixel FD, which is shown for reference);
-- RMSE: RMSE to the teacher's reference PF-ODE endpoint (RK45) from the same noise, on the
-  first ``n_ref`` noises: how closely a student follows its teacher's ODE.
+Metrics: the primary distance (lower is better) -- SW, sliced Wasserstein SW_2 (256
+projections) for the toys and patches, FD for digits (features of ``digits_cnn``) and shapes
+(pixels) -- the other distance where defined, precision/recall/density/coverage (Naeem et al.
+2020, k=5, on the first ``PRDC_N`` samples and reference points) on raw coordinates for toys
+and in FD's feature space for images, so stray samples count, and RMSE to the teacher's
+reference PF-ODE endpoint (RK45) on the first ``n_ref`` noises of sampling seed 0: how closely
+a student follows its teacher's ODE.
 
-The "data floor" row scores ``n_eval`` train samples against the test split: the best any
-model can be expected to do at these sample sizes. ``teacher NFE`` is in units of one
-evaluation of a full training batch (``TrainCost``); ``teacher evals`` is that times the batch
-size. Every run directory resumes (checkpoints are atomic; finished scores are cached in
-``<out>/<data>/scores.json``), so an interrupted sweep continues where it stopped. All seeds
-are fixed; training steps scale with ``--scale``.
+The data floor scores ``FLOOR_SUBSETS`` random train subsets (of the sample count) against the
+test split: what a perfect model would score at this sample size, with its spread. A target
+("2-step student within 1.5x of the teacher at 50 NFE") is counted only where the teacher's
+interval lies above the floor's 2.5-97.5% range; it is met only if the ratio's upper bound is
+<= 1.5. A student below its teacher (ratio < 1) is flagged: a weak teacher or a metric at its
+floor, not a win.
+
+Every run directory resumes (checkpoints are atomic; finished scores are cached in
+``<out>/<data>/seed<s>/scores.json``, the floor in ``<out>/<data>/floor.json``), so an
+interrupted sweep continues where it stopped; separate processes may run separate
+``--train-seeds`` or ``--data``. Training steps scale with ``--scale``.
 """
 
 from __future__ import annotations
@@ -42,19 +58,21 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from fewstep import data, reference_solution, solvers
 from fewstep._io import atomic_write
 from fewstep.distill import get_method
-from fewstep.metrics import frechet_distance_from_features, sliced_wasserstein
+from fewstep.metrics import frechet_distance_from_features, prdc, sliced_wasserstein
 from fewstep.metrics.extractors import cache_dir, digits_cnn
+from fewstep.metrics.stats import mean_ci
 from fewstep.nets import ConsistencyPrecond, EDMPrecond, MLPDenoiserNet, UNet
 from fewstep.train import TrainConfig, load_checkpoint, train
 
@@ -67,6 +85,15 @@ CONSISTENCY = ("cd", "ct", "ect", "direct_cm")
 ALL_METHODS = ("cd", "ct", "ect", "pd", "kd", "direct_cm")
 TOYS = ("moons", "checkerboard", "8gaussians", "swissroll", "rings", "pinwheel")
 IMAGES = ("digits", "shapes", "patches")
+TARGET = 1.5  # 2-step student / teacher at 50 NFE
+FLOOR_SUBSETS = 20
+VAL_SEED = 7  # toys: the validation draw from the training distribution
+VAL_NOISE_SEED = 99  # starting noise of every validation choice
+TEST_NOISE_SEED = 1000  # sampling seed j starts from noise seeded TEST_NOISE_SEED + j
+FLOOR_SEED = 5000  # floor subset i is seeded FLOOR_SEED + i
+PRDC_K = 5
+PRDC_N = 1000  # PRDC on the first 1000 samples vs the first 1000 reference points (its cost)
+FRACTIONS = ("precision", "recall", "coverage")  # in [0, 1], higher is better
 
 
 @dataclass(frozen=True)
@@ -110,35 +137,50 @@ IMAGE16 = Setup(_unet, 0.5, 64, 1200,
                 {"cd": 600, "ct": 1000, "ect": 600, "pd": 400, "kd": 500, "direct_cm": 300},
                 LR, 500, 128, 1e-4, 1024, 12, {"num_scales": 10, "nfe": 8})
 SETUPS = {**dict.fromkeys(TOYS, TOY), "digits": DIGITS, "shapes": IMAGE16, "patches": IMAGE16}
+
+
 PRIMARY = {**dict.fromkeys(TOYS, "sw"), "digits": "fd", "shapes": "fd", "patches": "sw"}
 
 
 # --------------------------------------------------------------------------------- scoring
 
+Sampler = Callable[[Tensor, int], Tensor]  # (start noise, noise seed) -> samples
 
-@dataclass
+
 class Scorer:
-    """FD / SW of samples against a reference set, and RMSE to reference ODE endpoints."""
+    """Distances (SW, and FD where there are features), PRDC and RMSE of samples against one
+    reference set: the validation split (choices) or the test split (final figures)."""
 
-    reference: Tensor
-    features: Callable[[Tensor], Tensor] | None  # None: no FD (2-D toys)
-    ref_endpoints: Tensor | None = None
-    reference_features: Tensor | None = field(init=False, default=None)
+    def __init__(self, reference: Tensor, features: Callable[[Tensor], Tensor] | None,
+                 primary: str):
+        self.reference, self.features, self.primary = reference, features, primary
+        self.reference_features = self.embed(reference)
+        self.ref_endpoints: Tensor | None = None
 
-    def __post_init__(self) -> None:
-        if self.features is not None:
-            self.reference_features = self.features(self.reference)
+    def embed(self, x: Tensor) -> Tensor:
+        """The space PRDC (and FD) work in: features for images, raw coordinates for toys."""
+        return x.double().flatten(1) if self.features is None else self.features(x)
 
-    def __call__(self, samples: Tensor) -> dict[str, float]:
+    def distance(self, samples: Tensor, name: str | None = None) -> float:
+        """One distance (default: the primary metric), NaN for non-finite samples."""
+        name = name or self.primary
         if not torch.isfinite(samples).all():
-            return {"fd": math.nan, "sw": math.nan, "rmse": math.nan}
-        out = {"sw": sliced_wasserstein(samples.double().flatten(1),
-                                        self.reference.double().flatten(1), n_projections=256,
-                                        generator=torch.Generator().manual_seed(0))}
-        if self.features is not None:
-            out["fd"] = frechet_distance_from_features(self.features(samples),
-                                                       self.reference_features)
-        if self.ref_endpoints is not None:
+            return math.nan
+        if name == "sw":
+            return sliced_wasserstein(samples.double().flatten(1),
+                                      self.reference.double().flatten(1), n_projections=256,
+                                      generator=torch.Generator().manual_seed(0))
+        return frechet_distance_from_features(self.embed(samples), self.reference_features)
+
+    def __call__(self, samples: Tensor, rmse: bool = False) -> dict[str, float]:
+        """Every metric; RMSE to ``ref_endpoints`` only if ``rmse`` (samples from their noise)."""
+        names = ("sw",) if self.features is None else ("fd", "sw")
+        out = {m: self.distance(samples, m) for m in names}
+        finite = bool(torch.isfinite(samples).all())
+        out.update(prdc(self.reference_features[:PRDC_N], self.embed(samples[:PRDC_N]), k=PRDC_K)
+                   if finite
+                   else dict.fromkeys(("precision", "recall", "density", "coverage"), math.nan))
+        if rmse and self.ref_endpoints is not None:
             n = len(self.ref_endpoints)
             out["rmse"] = float((samples[:n].double() - self.ref_endpoints).pow(2).mean().sqrt())
         return out
@@ -154,7 +196,7 @@ def feature_fn(name: str) -> Callable[[Tensor], Tensor] | None:
 
 
 @torch.no_grad()
-def run(D: Callable, z: Tensor, solver: str, sigmas: Tensor | list[float], seed: int = 4,
+def run(D: Callable, z: Tensor, solver: str, sigmas: Tensor | list[float], seed: int,
         **knobs: Any) -> Tensor:
     spec = solvers.get(solver)
     if spec.stochastic:
@@ -162,9 +204,23 @@ def run(D: Callable, z: Tensor, solver: str, sigmas: Tensor | list[float], seed:
     return spec(D, z, torch.as_tensor(sigmas, dtype=torch.float64), **knobs)
 
 
-def planned(D: Callable, z: Tensor, solver: str, nfe: int) -> Tensor:
+def planned(D: Callable, solver: str, nfe: int) -> Sampler:
     p = solvers.plan(solver, nfe, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX)
-    return run(D, z, solver, p.sigmas, **p.knobs)
+    return lambda z, seed: run(D, z, solver, p.sigmas, seed, **p.knobs)
+
+
+def on_grid(D: Callable, solver: str, sigmas: Sequence[float] | Tensor) -> Sampler:
+    return lambda z, seed: run(D, z, solver, sigmas, seed)
+
+
+def choose(val: Callable[[Tensor], float], z_val: Tensor,
+           candidates: Mapping[Any, Sampler]) -> tuple[Any, dict[Any, float]]:
+    """The candidate whose samples from the validation noise ``z_val`` score lowest on the
+    validation metric ``val``, and every candidate's validation score. The test split is not
+    an argument: no choice can read it. Non-finite scores rank last."""
+    scores = {k: val(f(z_val, VAL_NOISE_SEED)) for k, f in candidates.items()}
+    best = min(scores, key=lambda k: (not math.isfinite(scores[k]), scores[k]))
+    return best, scores
 
 
 # --------------------------------------------------------------------------------- one data set
@@ -172,51 +228,55 @@ def planned(D: Callable, z: Tensor, solver: str, nfe: int) -> Tensor:
 
 @dataclass
 class Context:
+    """One data set at one training seed: its splits, noises, scorers and run directory."""
+
     name: str
     setup: Setup
     shape: tuple[int, ...]
     train_data: Tensor
-    z: Tensor
-    test: Scorer
     val: Scorer
-    out: Path
+    test: Scorer
+    z_val: Tensor
+    z_test: list[Tensor]  # one starting noise per sampling seed
+    out: Path  # <out>/<data>/seed<s>
     scale: float
-    primary: str
+    seed: int
 
     def steps(self, n: int) -> int:
         return max(1, round(n * self.scale))
 
     def config(self, method: str, steps: int, **kw: Any) -> TrainConfig:
         return TrainConfig(steps=steps, batch_size=self.setup.batch, lr=self.setup.lr[method],
-                           ema_decay=0.995, progress=False, out_dir=str(self.out / method), **kw)
+                           ema_decay=0.995, progress=False, out_dir=str(self.out / method),
+                           seed=self.seed, **kw)
 
     def edm(self) -> EDMPrecond:
-        torch.manual_seed(0)
+        torch.manual_seed(self.seed)
         return EDMPrecond(self.setup.make_net(self.shape), self.setup.sigma_data)
 
     def cm(self) -> ConsistencyPrecond:
-        torch.manual_seed(0)
+        torch.manual_seed(self.seed)
         return ConsistencyPrecond(self.setup.make_net(self.shape), SIGMA_MIN,
                                   self.setup.sigma_data)
 
-
-def best_by_val(ctx: Context, candidates: dict[str, Callable[[], Tensor]]) -> tuple[str, dict]:
-    """The candidate with the lowest primary metric against the validation set, and its test
-    scores (every candidate's validation score in ``"val"``)."""
-    samples = {k: f() for k, f in candidates.items()}
-    val = {k: ctx.val(s)[ctx.primary] for k, s in samples.items()}
-    best = min(val, key=lambda k: (math.isnan(val[k]), val[k]))
-    return best, {**ctx.test(samples[best]), "val": val}
+    def evaluate(self, f: Sampler, val: float | None = None) -> dict[str, Any]:
+        """A chosen sampler's final figures: its validation score (``val`` if already known)
+        and its test scores at every sampling seed (RMSE at seed 0, whose noise the reference
+        endpoints start from)."""
+        if val is None:
+            val = self.val.distance(f(self.z_val, VAL_NOISE_SEED))
+        return {"val": val, "test": [self.test(f(z, TEST_NOISE_SEED + j), rmse=j == 0)
+                                     for j, z in enumerate(self.z_test)]}
 
 
 def score_teacher(ctx: Context, teacher: nn.Module) -> dict[str, Any]:
     rows = {}
     for nfe in TEACHER_NFES:
         names = SOLVERS_50 if nfe == 50 else SOLVERS
-        cands = {s: (lambda s=s, nfe=nfe: planned(teacher, ctx.z, s, nfe)) for s in names
-                 if solvers.get(s).min_nfe <= nfe}
-        best, scores = best_by_val(ctx, cands)
-        rows[str(nfe)] = {"solver": best, **scores}
+        cands = {s: planned(teacher, s, nfe) for s in names if solvers.get(s).min_nfe <= nfe}
+        best, val = choose(ctx.val.distance, ctx.z_val, cands)
+        rows[str(nfe)] = {"solver": best, "val_by_solver": val,
+                          **ctx.evaluate(cands[best], val[best])}
     return rows
 
 
@@ -224,20 +284,22 @@ def distil(ctx: Context, name: str, teacher: nn.Module) -> dict[str, Any]:
     """Train one student and score it at 1 and 2 steps."""
     s = ctx.setup
     steps = ctx.steps(s.steps[name])
-    one = torch.tensor([SIGMA_MAX, 0.0])
+    one = [SIGMA_MAX, 0.0]
     if name in CONSISTENCY:
         method, note = consistency_method(ctx, name, steps)
         res = train(method, method.init_student(teacher, ctx.cm()), ctx.train_data,
                     ctx.config(name, steps), teacher=None if name == "ct" else teacher)
-        tau, two = best_by_val(ctx, {t: (lambda t=t: run(res.ema, ctx.z, "consistency",
-                                                          [SIGMA_MAX, t, 0.0])) for t in TAUS})
-        scores = {"1": ctx.test(run(res.ema, ctx.z, "consistency", one)), "2": two}
-        note += f"; 2 steps re-noise to tau={tau} (chosen on validation)"
+        two = {t: on_grid(res.ema, "consistency", [SIGMA_MAX, t, 0.0]) for t in TAUS}
+        tau, val = choose(ctx.val.distance, ctx.z_val, two)
+        scores = {"1": ctx.evaluate(on_grid(res.ema, "consistency", one)),
+                  "2": {"tau": tau, "val_by_tau": {str(t): v for t, v in val.items()},
+                        **ctx.evaluate(two[tau], val[tau])}}
+        note += "; 2 steps re-noise to tau chosen on validation"
     elif name == "kd":
         method = get_method("kd")(num_pairs=s.kd_pairs, solver="ipndm", nfe=s.kd_nfe)
         res = train(method, method.init_student(teacher, ctx.edm()), ctx.train_data,
                     ctx.config(name, steps), teacher=teacher)
-        scores = {"1": ctx.test(run(res.ema, ctx.z, "ddim", one))}
+        scores = {"1": ctx.evaluate(on_grid(res.ema, "ddim", one))}
         note = f"{s.kd_pairs} (noise, iPNDM {s.kd_nfe}-NFE endpoint) pairs, warm start"
     elif name == "pd":
         rounds = 4
@@ -252,8 +314,8 @@ def distil(ctx: Context, name: str, teacher: nn.Module) -> dict[str, Any]:
                     teacher=teacher)
         two_step = load_checkpoint(Path(cfg.out_dir) / "checkpoints" / f"step_{3 * spr:08d}",
                                    model=ctx.edm())
-        scores = {"1": ctx.test(run(res.ema, ctx.z, "ddim", method.sigmas(1))),
-                  "2": ctx.test(run(two_step, ctx.z, "ddim", method.sigmas(2)))}
+        scores = {"1": ctx.evaluate(on_grid(res.ema, "ddim", method.sigmas(1))),
+                  "2": ctx.evaluate(on_grid(two_step, "ddim", method.sigmas(2)))}
         note = f"DDIM 16->8->4->2->1, {spr} steps/round, warm start; own grid"
     else:
         raise ValueError(f"unknown method {name!r}")
@@ -293,35 +355,77 @@ class Results:
         return self.data[key]
 
 
-def run_dataset(name: str, methods: list[str], args: argparse.Namespace) -> Results:
-    setup = SETUPS[name]
-    out = Path(args.out) / name
-    results = Results(out / "scores.json")
-    if args.quick:
-        setup = dataclasses.replace(setup, n_eval=min(setup.n_eval, 200), n_ref=32,
-                                    ref_tol=1e-3, kd_pairs=128)
+@dataclass(frozen=True)
+class Splits:
+    """Train (what models see), validation (choices) and test (final figures) samples, and the
+    pool the data floor's subsets are drawn from."""
+
+    train: Tensor
+    val: Tensor
+    test: Tensor
+    floor_subset: Callable[[int], Tensor]  # i -> the i-th random train subset
+
+
+def splits(name: str, setup: Setup, seed: int) -> Splits:
+    """Toys: fresh draws per role (training draw seeded by the training seed). Images: a fixed
+    fifth of the train split held out as validation, the whole test split for test."""
     ds = data.get(name)
-    n_train = setup.n_train
-    train_data = ds.load("train", n=n_train, seed=0) if n_train else ds.load("train")
-    test = ds.load("test", n=setup.n_eval, seed=1) if n_train else ds.load("test")
-    val_pool = ds.load("train", n=setup.n_eval, seed=7) if n_train else train_data
-    perm = torch.randperm(len(val_pool), generator=torch.Generator().manual_seed(2))
-    val = val_pool[perm[: setup.n_eval]]
+    n = setup.n_eval
+    if setup.n_train:
+        return Splits(ds.load("train", n=setup.n_train, seed=seed),
+                      ds.load("train", n=n, seed=VAL_SEED), ds.load("test", n=n, seed=1),
+                      lambda i: ds.load("train", n=n, seed=FLOOR_SEED + i))
+    full = ds.load("train")
+    perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(2))
+    n_val = len(full) // 5
+
+    def subset(i: int) -> Tensor:
+        g = torch.Generator().manual_seed(FLOOR_SEED + i)
+        return full[torch.randperm(len(full), generator=g)[: min(n, len(full))]]
+
+    return Splits(full[perm[n_val:]], full[perm[:n_val]], ds.load("test"), subset)
+
+
+def quick(setup: Setup) -> Setup:
+    """Smoke-test scale: few samples and reference noises."""
+    return dataclasses.replace(setup, n_eval=min(setup.n_eval, 200), n_ref=32, ref_tol=1e-3,
+                               kd_pairs=128)
+
+
+def run_floor(name: str, setup: Setup, out: Path) -> None:
+    """``<out>/<data>/floor.json``: the test metrics of ``FLOOR_SUBSETS`` random train subsets."""
+    path = out / name / "floor.json"
+    if path.exists():
+        return
+    sp = splits(name, setup, 0)
+    scorer = Scorer(sp.test, feature_fn(name), PRIMARY[name])
+    rows = [scorer(sp.floor_subset(i)) for i in range(FLOOR_SUBSETS)]
+    text = json.dumps({"n": len(sp.floor_subset(0)), "subsets": rows}, indent=1)
+    atomic_write(path, lambda p: p.write_text(text))
+
+
+def run_dataset(name: str, seed: int, methods: list[str], args: argparse.Namespace) -> None:
+    """Train and score everything of one data set at one training seed (resumable)."""
+    setup = quick(SETUPS[name]) if args.quick else SETUPS[name]
+    out = Path(args.out) / name / f"seed{seed}"
+    results = Results(out / "scores.json")
+    sp = splits(name, setup, seed)
     feats = feature_fn(name)
-    ctx = Context(name, setup, tuple(ds.shape), train_data,
-                  SIGMA_MAX * torch.randn(setup.n_eval, *ds.shape,
-                                          generator=torch.Generator().manual_seed(1)),
-                  Scorer(test, feats), Scorer(val, feats), out, args.scale, PRIMARY[name])
-    results.get_or_run("floor", lambda: ctx.test(val))
+    noise = [SIGMA_MAX * torch.randn(setup.n_eval, *sp.train.shape[1:],
+                                     generator=torch.Generator().manual_seed(s))
+             for s in (VAL_NOISE_SEED, *(TEST_NOISE_SEED + j for j in range(args.sample_seeds)))]
+    ctx = Context(name, setup, tuple(sp.train.shape[1:]), sp.train,
+                  Scorer(sp.val, feats, PRIMARY[name]), Scorer(sp.test, feats, PRIMARY[name]),
+                  noise[0], noise[1:], out, args.scale, seed)
     results.get_or_run("setup", lambda: {
         "n_eval": setup.n_eval, "n_ref": setup.n_ref, "ref_tol": setup.ref_tol,
-        "batch": setup.batch, "n_train": len(train_data), "n_test": len(test),
-        "primary": ctx.primary, "scale": args.scale, "threads": args.threads})
+        "batch": setup.batch, "n_train": len(sp.train), "n_val": len(sp.val),
+        "n_test": len(sp.test), "primary": PRIMARY[name], "scale": args.scale,
+        "threads": args.threads, "seed": seed, "sample_seeds": args.sample_seeds})
 
-    torch.manual_seed(0)
     cfg = dataclasses.replace(ctx.config("teacher", ctx.steps(setup.teacher_steps)),
                               warmup_steps=100, ema_decay=0.998)
-    res = train(get_method("edm")(sigma_data=setup.sigma_data), ctx.edm(), train_data, cfg)
+    res = train(get_method("edm")(sigma_data=setup.sigma_data), ctx.edm(), sp.train, cfg)
     teacher = res.ema
     results.get_or_run("teacher_cost", lambda: {
         **dataclasses.asdict(res.cost),
@@ -329,7 +433,7 @@ def run_dataset(name: str, methods: list[str], args: argparse.Namespace) -> Resu
     ref_path = out / "ref_endpoints.pt"
     if not ref_path.exists():
         with torch.no_grad():
-            ref = reference_solution(teacher, ctx.z[: setup.n_ref], SIGMA_MAX,
+            ref = reference_solution(teacher, ctx.z_test[0][: setup.n_ref], SIGMA_MAX,
                                      rtol=setup.ref_tol, atol=setup.ref_tol).double()
         atomic_write(ref_path, lambda p: torch.save(ref, p))
     ctx.test.ref_endpoints = torch.load(ref_path)
@@ -337,10 +441,88 @@ def run_dataset(name: str, methods: list[str], args: argparse.Namespace) -> Resu
     for m in methods:
         t0 = time.perf_counter()
         r = results.get_or_run(m, lambda m=m: distil(ctx, m, teacher))
-        print(f"[{name}] {m}: {r['cost']['steps']} steps, {r['cost']['seconds']:.0f} s train; "
-              f"1 step {ctx.primary} {r['scores']['1'][ctx.primary]:.4g} "
-              f"({time.perf_counter() - t0:.0f} s this run)", flush=True)
-    return results
+        print(f"[{name} seed {seed}] {m}: {r['cost']['steps']} steps, "
+              f"{r['cost']['seconds']:.0f} s train; 1 step val {PRIMARY[name]} "
+              f"{r['scores']['1']['val']:.4g} ({time.perf_counter() - t0:.0f} s this run)",
+              flush=True)
+
+
+# --------------------------------------------------------------------------------- statistics
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A figure over training seeds: its centre and 95% bounds (NaN bounds with one seed)."""
+
+    mean: float
+    lo: float
+    hi: float
+    n: int
+
+    def __str__(self) -> str:
+        if self.n < 2:
+            return f"{fmt(self.mean)} (1 seed)"
+        return f"{fmt(self.mean)} [{fmt(self.lo, '.3g')}, {fmt(self.hi, '.3g')}]"
+
+
+def positive_interval(values: Sequence[float]) -> Interval | None:
+    """Geometric mean and the exponentiated 95% t-interval of ``log(values)`` (one value per
+    training seed), so the bounds of a nonnegative metric or a ratio stay positive. None if
+    any value is non-finite or not positive (a diverged seed)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0 or not (np.isfinite(v) & (v > 0)).all():
+        return None
+    s = mean_ci(np.log(v))
+    return Interval(math.exp(s.mean), math.exp(s.lo), math.exp(s.hi), s.n)
+
+
+def fraction_interval(values: Sequence[float]) -> Interval | None:
+    """Mean and 95% t-interval, clipped to [0, 1], of a fraction (precision, recall, ...)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0 or not np.isfinite(v).all():
+        return None
+    s = mean_ci(v)
+    return Interval(s.mean, max(0.0, s.lo), min(1.0, s.hi), s.n)
+
+
+def per_seed(records: Sequence[Mapping[str, Any]], metric: str) -> list[float]:
+    """One value per training seed: ``metric`` averaged over that seed's sampling seeds
+    (``record["test"]``, one score dict per sampling seed; those without it are skipped)."""
+    return [float(np.mean([t[metric] for t in r["test"] if metric in t] or [math.nan]))
+            for r in records]
+
+
+def ratio_interval(students: Sequence[Mapping[str, Any]], teachers: Sequence[Mapping[str, Any]],
+                   metric: str) -> Interval | None:
+    """Student / teacher ratio of ``metric``, paired by training seed (log-ratio t-interval)."""
+    return positive_interval([a / b for a, b in zip(per_seed(students, metric),
+                                                     per_seed(teachers, metric), strict=True)])
+
+
+def select_on_validation(candidates: Mapping[str, Sequence[Mapping[str, Any]]]) -> str | None:
+    """The candidate (method) whose records -- one per training seed -- have the lowest mean
+    validation score ``record["val"]``. Reads nothing else of a record (never ``"test"``).
+    Candidates with a non-finite validation score rank last; None if there are none."""
+    def key(name: str) -> tuple[bool, float]:
+        v = [float(r["val"]) for r in candidates[name]]
+        ok = bool(v) and all(math.isfinite(x) for x in v)
+        return not ok, float(np.mean(v)) if ok else math.inf
+
+    return min(candidates, key=key, default=None)
+
+
+def target_status(ratio: Interval | None, teacher: Interval | None, floor_hi: float) -> str:
+    """Whether "2-step student within ``TARGET``x of the teacher at 50 NFE" is met: counted only
+    where the teacher's interval lies above the data floor's range ``floor_hi``, met only if
+    the ratio's upper bound is <= TARGET. A ratio below 1 is flagged, never a win."""
+    if ratio is None or teacher is None:
+        return "missed (diverged)"
+    flag = "; BELOW TEACHER: weak teacher or metric at floor, not a win" if ratio.mean < 1 else ""
+    if ratio.n < 2 or teacher.n < 2:
+        return "not counted (one seed)" + flag
+    if not teacher.lo > floor_hi:
+        return "not counted (teacher at floor)" + flag
+    return ("met" if ratio.hi <= TARGET else "missed") + flag
 
 
 # --------------------------------------------------------------------------------- output
@@ -362,72 +544,149 @@ def table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(head), sep, *map(line, rows)])
 
 
-def report_dataset(name: str, r: dict[str, Any]) -> tuple[str, list[str] | None]:
-    """The data set's markdown section and its summary row (None if incomplete)."""
-    if "teacher" not in r:
-        return f"## {name}: teacher not scored yet\n", None
-    st, p = r["setup"], r["setup"]["primary"]
-    metrics = [m for m in ("fd", "sw", "rmse") if m in r["teacher"]["50"]]
-    tc = r["teacher_cost"]
+@dataclass(frozen=True)
+class Floor:
+    """The data floor of the primary metric over random train subsets."""
+
+    mean: float
+    std: float
+    lo: float  # 2.5th percentile
+    hi: float  # 97.5th percentile
+    count: int
+    n: int  # samples per subset
+    fractions: dict[str, float]  # mean precision, recall, coverage
+
+    @classmethod
+    def of(cls, floor: Mapping[str, Any], metric: str) -> Floor:
+        v = np.array([s[metric] for s in floor["subsets"]], dtype=np.float64)
+        lo, hi = np.percentile(v, [2.5, 97.5])
+        return cls(float(v.mean()), float(v.std(ddof=1)), float(lo), float(hi), len(v),
+                   floor["n"], {f: float(np.mean([s[f] for s in floor["subsets"]]))
+                                for f in FRACTIONS})
+
+    def __str__(self) -> str:
+        return (f"{fmt(self.mean)} +- {fmt(self.std, '.2g')} (95% range {fmt(self.lo, '.3g')}"
+                f"-{fmt(self.hi, '.3g')})")
+
+
+def cells(records: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> list[str]:
+    """One table cell per metric: distances and RMSE on the log scale, fractions clipped."""
+    out = []
+    for m in metrics:
+        iv = (fraction_interval if m in FRACTIONS else positive_interval)(per_seed(records, m))
+        out.append(str(iv) if iv else "diverged")
+    return out
+
+
+def report_dataset(name: str, runs: Sequence[Mapping[str, Any]], floor: Mapping[str, Any] | None
+                   ) -> tuple[str, list[str] | None, list[list[str]]]:
+    """The data set's markdown section, its summary row (None if incomplete) and one row per
+    2-step student for the every-method table."""
+    runs = [r for r in runs if "teacher" in r]
+    if not runs or floor is None:
+        return f"## {name}: not scored yet\n", None, []
+    st, p = runs[0]["setup"], runs[0]["setup"]["primary"]
+    other = [m for m in ("fd", "sw") if m != p and m in runs[0]["teacher"]["50"]["test"][0]]
+    metrics = [p, *other, "precision", "recall", "rmse"]
+    fl = Floor.of(floor, p)
+    seeds = [r["setup"]["seed"] for r in runs]
+    tc = runs[0]["teacher_cost"]
     lines = [f"## {name}",
-             f"EDM teacher ({tc['params'] / 1e6:.2f} M parameters): {tc['steps']} steps x batch "
-             f"{st['batch']}, {tc['seconds']:.0f} s. {st['n_eval']} samples vs the "
-             f"{st['n_test']} test samples; RMSE on {st['n_ref']} noises vs RK45 (tol "
-             f"{st['ref_tol']:g}). Primary metric: {p.upper()}.", ""]
-    rows = [["data floor (train vs test)", "-", *[fmt(r["floor"].get(m)) for m in metrics]]]
-    for nfe, t in sorted(r["teacher"].items(), key=lambda kv: int(kv[0])):
-        rows.append([f"teacher NFE {nfe}", t["solver"], *[fmt(t.get(m)) for m in metrics]])
-    lines += [table(["model", "solver (val.)", *[m.upper() for m in metrics]], rows), ""]
-    head = ["student", "steps", "train s", "teacher NFE", "teacher evals",
-            *[f"{m.upper()} {k}" for m in metrics for k in ("1", "2")]]
-    rows, notes = [], []
+             f"Training seeds {seeds} x {st['sample_seeds']} sampling seeds. EDM teacher "
+             f"({tc['params'] / 1e6:.2f} M parameters): {tc['steps']} steps x batch "
+             f"{st['batch']}, {np.mean([r['teacher_cost']['seconds'] for r in runs]):.0f} s "
+             f"mean. {st['n_eval']} samples vs the {st['n_test']} test samples; validation "
+             f"{st['n_val']} samples; RMSE on {st['n_ref']} noises (sampling seed 0) vs RK45 "
+             f"(tol {st['ref_tol']:g}). Primary metric: {p.upper()}. Cells: geometric mean "
+             f"[95% interval] over training seeds (P, R: mean [95%], clipped).",
+             "",
+             f"Data floor ({fl.count} random train subsets of {fl.n} vs test): {p.upper()} "
+             f"{fl}; precision {fl.fractions['precision']:.3f}, recall "
+             f"{fl.fractions['recall']:.3f}.", ""]
+    heads = [m.upper() if m not in FRACTIONS else m[0].upper() for m in metrics]
+    t50 = [r["teacher"]["50"] for r in runs]
+    rows = []
+    for nfe in TEACHER_NFES:
+        recs = [r["teacher"][str(nfe)] for r in runs]
+        rows.append([f"teacher NFE {nfe}", ",".join(r["solver"] for r in recs),
+                     *cells(recs, metrics)])
+    lines += [table(["model", "solver (val., per seed)", *heads], rows), ""]
+    rows, notes, two = [], [], {}
     for m in ALL_METHODS:
-        if m not in r:
+        have = [r for r in runs if m in r]
+        if not have:
             continue
-        sc, c = r[m]["scores"], r[m]["cost"]
-        rows.append([m, str(c["steps"]), f"{c['seconds']:.0f}", f"{c['teacher_nfe']:.0f}",
-                     f"{c['teacher_nfe'] * st['batch']:.3g}",
-                     *[fmt(sc.get(k, {}).get(mm)) for mm in metrics for k in ("1", "2")]])
-        notes.append(f"- {m}: {r[m]['note']}")
-    lines += [table(head, rows), "", *notes, ""]
-    t50 = r["teacher"]["50"][p]
-    cms = [m for m in CONSISTENCY if m in r]
-    if not cms:
-        return "\n".join(lines), None
-    best = min(cms, key=lambda m: r[m]["scores"]["2"][p])
-    v2 = r[best]["scores"]["2"][p]
-    ratio = v2 / t50
-    lines.append(f"Target (2-step consistency student within 1.5x of the teacher's 50-NFE "
-                 f"{p.upper()}): {'MET' if ratio <= 1.5 else 'NOT MET'}: {best} {v2:.4g} vs "
-                 f"{t50:.4g}, ratio {ratio:.2f}.")
-    dq = "-"
-    if "cd" in r and "direct_cm" in r:
-        cd, dc = r["cd"]["scores"]["1"], r["direct_cm"]["scores"]["1"]
-        closer = "direct_cm" if dc["rmse"] < cd["rmse"] else "cd"
-        better = "direct_cm" if dc[p] < cd[p] else "cd"
-        dq = (f"RMSE {dc['rmse']:.3g} vs {cd['rmse']:.3g}, {p.upper()} {dc[p]:.3g} vs "
-              f"{cd[p]:.3g}: {'same' if closer == better else 'opposite'}")
-        lines.append(f"Direct CM vs CD at 1 step: ODE RMSE {dc['rmse']:.4g} vs {cd['rmse']:.4g} "
-                     f"({closer} closer to the teacher's ODE); {p.upper()} {dc[p]:.4g} vs "
-                     f"{cd[p]:.4g} ({better} better).")
-    summary = [name, p.upper(), fmt(r["floor"][p]), fmt(t50), best, fmt(v2), f"{ratio:.2f}",
-               "yes" if ratio <= 1.5 else "no", dq]
-    return "\n".join(lines) + "\n", summary
+        notes.append(f"- {m}: {have[0][m]['note']}; train s per seed "
+                     + ", ".join(f"{r[m]['cost']['seconds']:.0f}" for r in have)
+                     + f"; teacher cost {have[0][m]['cost']['teacher_nfe']:.0f} full-batch "
+                     "evaluations")
+        for k in ("1", "2"):
+            if k not in have[0][m]["scores"]:
+                continue
+            recs = [r[m]["scores"][k] for r in have]
+            ratio = ratio_interval(recs, [r["teacher"]["50"] for r in have], p)
+            taus = ",".join(str(r["tau"]) for r in recs if "tau" in r) or "-"
+            rows.append([m, k, taus, *cells(recs, metrics), str(ratio) if ratio else "diverged"])
+            if k == "2":
+                two[m] = (recs, ratio)
+    lines += [table(["student", "steps", "tau (val.)", *heads, f"{p.upper()} / teacher@50"],
+                    rows), "", *notes, ""]
+    teacher = positive_interval(per_seed(t50, p))
+    excess = positive_interval([v / fl.mean for v in per_seed(t50, p)])
+    above = teacher is not None and teacher.n > 1 and teacher.lo > fl.hi
+    method_rows = [[name, m, *cells(recs, [p, "precision", "recall"]),
+                    str(ratio) if ratio else "diverged", target_status(ratio, teacher, fl.hi)]
+                   for m, (recs, ratio) in two.items()]
+    lines.append(f"Teacher at 50 NFE {teacher}; over the floor x{excess} "
+                 f"({'clearly above the floor' if above else 'NOT clearly above the floor'}).")
+    lines += [f"- 2-step {r[1]}: ratio {r[5]}: {r[6]}" for r in method_rows]
+    if "cd" in two and "direct_cm" in two:
+        cd = [r["cd"]["scores"]["1"] for r in runs if "cd" in r and "direct_cm" in r]
+        dc = [r["direct_cm"]["scores"]["1"] for r in runs if "cd" in r and "direct_cm" in r]
+        lines.append(f"- Direct CM vs CD at 1 step (means over seeds): ODE RMSE "
+                     f"{fmt(np.mean(per_seed(dc, 'rmse')))} vs "
+                     f"{fmt(np.mean(per_seed(cd, 'rmse')))}; {p.upper()} "
+                     f"{fmt(np.mean(per_seed(dc, p)))} vs {fmt(np.mean(per_seed(cd, p)))}.")
+    best = select_on_validation({m: recs for m, (recs, _) in two.items()})
+    summary = None
+    if best is not None:
+        status = target_status(two[best][1], teacher, fl.hi)
+        lines.append(f"Best 2-step student on validation: {best}; test ratio {two[best][1]}: "
+                     f"{status}.")
+        summary = [name, p.upper(), str(len(runs)), str(fl), str(teacher), str(excess),
+                   "yes" if above else "no", best, str(two[best][1]), status]
+    return "\n".join(lines) + "\n", summary, method_rows
 
 
 def report(out: Path, names: list[str]) -> str:
-    sections, summary = [], []
+    sections, summary, methods = [], [], []
     for name in names:
-        path = out / name / "scores.json"
-        if not path.exists():
-            continue
-        text, row = report_dataset(name, json.loads(path.read_text()))
+        root = out / name
+        runs = [json.loads(p.read_text()) for p in sorted(root.glob("seed*/scores.json"))]
+        floor = json.loads((root / "floor.json").read_text()) if (root / "floor.json").exists() \
+            else None
+        text, row, mrows = report_dataset(name, runs, floor)
         sections.append(text)
+        methods += mrows
         if row:
             summary.append(row)
-    head = ["data", "metric", "floor", "teacher@50", "best 2-step CM", "its value", "ratio",
-            "<= 1.5x", "Direct CM vs CD (1 step): RMSE, metric, same direction?"]
-    return "\n".join(sections) + "\n## Summary\n\n" + table(head, summary) + "\n"
+    head = ["data", "metric", "seeds", "data floor", "teacher@50", "teacher / floor",
+            "above floor", "best 2-step (val.)", "its ratio", "target"]
+    mhead = ["data", "2-step student", "primary", "precision", "recall", "ratio to teacher@50",
+             "target"]
+    return ("\n".join(sections) + "\n## Summary: the student chosen on validation\n\n"
+            + table(head, summary) + "\n\n## Every 2-step student\n\n" + table(mhead, methods)
+            + "\n")
+
+
+def seed_list(text: str) -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2]; raises ValueError naming a bad entry."""
+    seeds = []
+    for s in text.split(","):
+        if not s.strip().isdigit():
+            raise ValueError(f"bad training seed {s!r} in --train-seeds {text!r}")
+        seeds.append(int(s))
+    return seeds
 
 
 def main() -> None:
@@ -435,6 +694,8 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="run root (re-running resumes)")
     ap.add_argument("--data", default=",".join(TOYS + IMAGES), help="comma-separated data sets")
     ap.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated subset")
+    ap.add_argument("--train-seeds", default="0,1,2", help="comma-separated training seeds")
+    ap.add_argument("--sample-seeds", type=int, default=3, help="sampling seeds per figure")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply all training steps")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 is fastest for these small batches on a busy box)")
@@ -448,16 +709,24 @@ def main() -> None:
         ap.error(f"unknown data sets {sorted(bad)}; choose from {sorted(SETUPS)}")
     if bad := set(methods) - set(ALL_METHODS):
         ap.error(f"unknown methods {sorted(bad)}; choose from {ALL_METHODS}")
+    try:
+        seeds = seed_list(args.train_seeds)
+    except ValueError as e:
+        ap.error(str(e))
+    if args.sample_seeds < 1:
+        ap.error(f"--sample-seeds must be >= 1; got {args.sample_seeds}")
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     if not args.report:
         for name in names:
-            run_dataset(name, methods, args)
+            run_floor(name, quick(SETUPS[name]) if args.quick else SETUPS[name], Path(args.out))
+            for seed in seeds:
+                run_dataset(name, seed, methods, args)
     text = report(Path(args.out), names)
     print(text)
     atomic_write(Path(args.out) / "report.md", lambda p: p.write_text(text))
     print(f"total wall-clock {time.perf_counter() - t0:.0f} s ({args.threads} thread(s), "
-          f"scale {args.scale}, seeds fixed)")
+          f"scale {args.scale})")
 
 
 if __name__ == "__main__":
