@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from fewstep.cli import main
@@ -118,6 +120,11 @@ USER_ERRORS = [
     (["bench", "--out", "{root}/all.sqlite", "--suite", "{root}/tiny.toml"], "all.sqlite"),
     (["bench", "--device", _missing_cuda(), "--suite", "{root}/tiny.toml"], _missing_cuda()),
     (["merge", "{root}/m.sqlite", "{root}/all.sqlite", "{root}/nope.sqlite"], "nope.sqlite"),
+    (["bench", "--suite", "{root}/tiny.toml", "--data", "{root}", "--out", "{root}/x"],
+     "--data"),
+    (["bench", "--suite", "{root}/tiny.toml", "--list", "--shard", "5/2"], "5/2"),
+    (["train", "--data", "moons", "--steps", "1", "--out", "{root}/teacher", "--hidden", "16",
+      "--batch-size", "16", "--quiet"], "at step 2, past steps=1"),
     (["train", "--data", "moonz", "--out", "{root}/t"], "'moonz'"),
     (["train", "--data", "moons", "--steps", "0", "--out", "{root}/t"], "--steps"),
     (["train", "--data", "moons", "--lr", "-1", "--out", "{root}/t"], "--lr"),
@@ -213,3 +220,38 @@ def test_results_paths_accept_a_directory_or_a_database_file(tmp_path):
     assert results_paths(str(tmp_path / "all.sqlite")) == (tmp_path / "all.sqlite", tmp_path)
     assert results_paths(str(tmp_path / "out")) == (tmp_path / "out" / "results.sqlite",
                                                     tmp_path / "out")
+
+
+def test_bench_metric_is_checked_before_any_case_runs(files, capsys):
+    assert main(["bench", "--suite", str(files / "tiny.toml"), "--out", str(files / "fresh"),
+                 "--metric", "bogus", "--quiet"]) == 2
+    assert not (files / "fresh").exists()
+
+
+def test_a_folder_named_like_a_builtin_suite_is_not_a_suite(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smoke").mkdir()  # e.g. left by `fewstep bench --out smoke`
+    assert main(["bench", "--suite", "smoke", "--list"]) == 0
+    assert "gmm2" in capsys.readouterr().out  # the built-in smoke suite's cases
+
+
+def test_bench_list_honours_the_shard(files, capsys):
+    def listed(*extra):
+        assert main(["bench", "--suite", str(files / "tiny.toml"), "--list", *extra]) == 0
+        return {line.split()[0] for line in capsys.readouterr().out.splitlines()
+                if not line.startswith("skipped")}
+
+    whole, first, second = listed(), listed("--shard", "0/2"), listed("--shard", "1/2")
+    assert first and second and not first & second and first | second == whole
+
+
+def test_an_unreadable_image_is_named(tmp_path):
+    from fewstep.data.files import from_image_folder, infer_channels, read_pixels
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    for read in (read_pixels, infer_channels):
+        with pytest.raises(ValueError, match=re.escape(f"cannot read image '{bad}'")):
+            read(bad)
+    with pytest.raises(ValueError, match=r"bad\.png"):
+        from_image_folder("folder:bad", tmp_path, size=8)

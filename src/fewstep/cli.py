@@ -140,7 +140,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench.runner import parse_shard, run_suite
     from .bench.store import Store
     from .bench.suite import load_suite
+    from .metrics import registry as metric_registry
 
+    metric_registry.get(args.metric)  # an unknown metric fails before any case runs
+    shard = parse_shard(args.shard)
+    if args.data and not any(t.startswith("diffusers:") for t in args.teacher or []):
+        raise ValueError(f"--data {args.data!r} needs --teacher diffusers:PATH (the built-in "
+                         "teachers score against their own data)")
     suite = load_suite(args.suite)
     if args.inception_weights:
         suite = dataclasses.replace(suite, inception_weights=args.inception_weights)
@@ -149,6 +155,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         suite.validate()
     if args.list:
         for c in suite.cases():
+            if int(c.key, 16) % shard[1] != shard[0]:
+                continue
             print(f"{c.key}  {c.teacher:14s} {c.method:22s} nfe={c.nfe:<3d} seed={c.seed}")
         for why in suite.skipped:
             print(f"skipped: {why}")
@@ -157,7 +165,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out!r} is a file; bench writes a results directory "
                          f"(its database is DIR/{RESULTS_DB})")
     t0 = time.perf_counter()
-    summary = run_suite(suite, args.out, shard=parse_shard(args.shard), device=args.device,
+    summary = run_suite(suite, args.out, shard=shard, device=args.device,
                         progress=not args.quiet)
     print(f"suite {suite.name!r}: {summary.total} cases in this shard, {summary.already_done} "
           f"already done, {summary.ran} run ({summary.failed} failed), {summary.elsewhere} "
@@ -195,7 +203,9 @@ def _register_teachers(specs: list[str], data_dir: str | None) -> list[str]:
             teachers.register(spec, functools.partial(
                 teachers.diffusers_teacher, spec.removeprefix("diffusers:"), data=name),
                 overwrite=True)
-        teachers.get(spec)  # fail early, naming a bad teacher
+        teacher = teachers.get(spec)  # fail early, naming a bad teacher
+        if data_dir is not None and teacher.reference_samples is not None:
+            teacher.reference_samples(2, 0)  # read the folder once: a bad image fails here
         names.append(spec)
     return names
 

@@ -247,18 +247,9 @@ def load_png(path: str | Path, channels: int | None = None,
 
 def _imread(path: str | Path) -> np.ndarray:
     """The pixels of an image file; errors name the file."""
-    from skimage import io
+    from .data.files import read_pixels
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"image {str(path)!r} does not exist")
-    try:
-        img = io.imread(str(path))
-    except Exception as e:  # imageio/PIL raise many types for a file that is not an image
-        raise ValueError(f"cannot read image {str(path)!r}: {type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
-    if img.ndim not in (2, 3):
-        raise ValueError(f"cannot read image {str(path)!r}: pixel array of shape {img.shape}")
-    return img
+    return read_pixels(path)
 
 
 def to_uint8(x: Tensor) -> np.ndarray:

@@ -663,6 +663,11 @@ def train(method: Method, student: nn.Module, data: Data, config: TrainConfig, *
         latest = latest_checkpoint(out)
         if latest is not None:
             run.restore(latest, accelerator.device)
+            if run.step > config.steps:
+                raise ValueError(f"{out} already holds a run at step {run.step}, past "
+                                 f"steps={config.steps}: nothing to train. Resume with steps >= "
+                                 f"{run.step}, or start a new run (overwrite=True; CLI: "
+                                 "--overwrite)")
         if main:
             _truncate_log(out / "log.jsonl", run.step)
     model, optimizer = accelerator.prepare(run.student, run.optimizer)

@@ -164,7 +164,7 @@ def _unreachable(method: str, nfe: int) -> str | None:
 def load_suite(name_or_path: str | Path) -> Suite:
     """Load a built-in suite by name (e.g. "quick") or a TOML file by path."""
     path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
+    if path.suffix == ".toml" or path.is_file():  # a folder named "quick" is not a suite
         if not path.exists():
             raise FileNotFoundError(f"suite file {str(path)!r} does not exist")
         text = path.read_text()

@@ -56,11 +56,28 @@ def image_files(folder: str | Path) -> list[Path]:
     return files
 
 
+def read_pixels(path: str | Path) -> np.ndarray:
+    """The pixel array (H, W) or (H, W, C) of an image file. Raises FileNotFoundError for a
+    missing file and ValueError, naming the file, for one that is not a readable image."""
+    from skimage import io
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"image {str(path)!r} does not exist")
+    try:
+        img = io.imread(str(path))
+    except Exception as e:  # imageio/PIL raise many types for a file that is not an image
+        raise ValueError(f"cannot read image {str(path)!r}: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if img.ndim not in (2, 3):
+        raise ValueError(f"cannot read image {str(path)!r}: pixel array of shape {img.shape}")
+    return img
+
+
 def read_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
     """One image as (channels, H, W) float32 in [-1, 1], resized to `size`."""
-    from skimage import color, io, transform, util
+    from skimage import color, transform, util
 
-    img = util.img_as_float32(io.imread(path))
+    img = util.img_as_float32(read_pixels(path))
     if img.ndim == 3 and img.shape[2] == 4:
         img = img[..., :3]
     if img.ndim == 3 and channels == 1:
@@ -75,9 +92,7 @@ def read_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
 
 def infer_channels(path: Path) -> int:
     """1 for a greyscale image file, 3 for colour."""
-    from skimage import io
-
-    img = io.imread(path)
+    img = read_pixels(path)
     return 1 if img.ndim == 2 or img.shape[2] == 1 else 3
 
 
