@@ -13,7 +13,6 @@ import re
 import statistics
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from .._io import atomic_write
 from ..solvers import reference_solution
 from . import baselines, peers, students
 from .meters import EnergyMeter, MemoryMeter, TimedDenoiser, environment, synchronize
-from .store import Store
+from .store import Store, distinct_errors
 from .suite import Case, Suite
 from .teachers import Teacher
 from .teachers import get as get_teacher
@@ -59,11 +58,8 @@ class RunSummary:
     def failure_lines(self) -> list[str]:
         """Each distinct error once, most frequent first, with its count and one case, e.g.
         ``34 x ValueError: cannot read image bad.png (e.g. digits/ddim/nfe=4/seed=0)``."""
-        first: dict[str, str] = {}
-        for label, error in self.failures:
-            first.setdefault(error, label)
-        counts = Counter(error for _, error in self.failures)
-        return [f"{n} x {error} (e.g. {first[error]})" for error, n in counts.most_common()]
+        return [f"{n} x {error} (e.g. {label})"
+                for error, n, label in distinct_errors(self.failures)]
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -23,9 +23,9 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["COLUMNS", "LEASE_S", "Store", "StoreError", "case_key", "merge"]
+__all__ = ["COLUMNS", "LEASE_S", "Store", "StoreError", "case_key", "distinct_errors", "merge"]
 
 # name -> SQL type; metrics, config and env are JSON objects.
 COLUMNS: dict[str, str] = {
@@ -248,3 +248,17 @@ def merge(target: str | Path, sources: Iterable[str | Path]) -> int:
         raise StoreError(f"merge target {target} is also a source")
     dst = Store(target)
     return sum(dst.offer(row) for src in stores for row in src.rows(status=None))
+
+
+T = TypeVar("T")
+
+
+def distinct_errors(failures: Iterable[tuple[T, str]]) -> list[tuple[str, int, T]]:
+    """Each distinct error message of ``(item, message)`` pairs once, as ``(message, count,
+    first item with it)``, most frequent first; ties keep the order of first appearance."""
+    first: dict[str, T] = {}
+    counts: dict[str, int] = {}
+    for item, error in failures:
+        first.setdefault(error, item)
+        counts[error] = counts.get(error, 0) + 1
+    return sorted(((e, n, first[e]) for e, n in counts.items()), key=lambda t: -t[1])

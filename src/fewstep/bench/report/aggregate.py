@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fewstep.bench.store import Store
+from fewstep.bench.store import Store, distinct_errors
 from fewstep.metrics import Summary, mean_ci, range_ci
 from fewstep.metrics import registry as metric_registry
 
@@ -174,8 +174,6 @@ def load(store_or_rows: Store | str | os.PathLike[str] | Iterable[Row],
 def failure_summary(rows: Iterable[Row]) -> list[tuple[str, int, Row]]:
     """Each distinct error message of the failed rows with its count and one example row,
     most frequent first."""
-    by: dict[str, list[Row]] = {}
-    for r in rows:
-        if r.get("status", "ok") != "ok":
-            by.setdefault(str(r.get("error") or "unknown error (no message stored)"), []).append(r)
-    return sorted(((msg, len(rs), rs[0]) for msg, rs in by.items()), key=lambda t: (-t[1], t[0]))
+    failed = [(r, str(r.get("error") or "unknown error (no message stored)")) for r in rows
+              if r.get("status", "ok") != "ok"]
+    return distinct_errors(sorted(failed, key=lambda f: f[1]))  # ties: by message
