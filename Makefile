@@ -25,6 +25,7 @@ bench: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
 docs: $(STAMP)
