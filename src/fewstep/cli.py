@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .bench.students import (
     CONSISTENCY_METHODS,
@@ -294,6 +295,7 @@ def _template(data_name: str, method: str, hidden: int, seed: int):
 
     ds = data.get(data_name)
     torch.manual_seed(seed)
+    net: Any
     if ds.kind == "vector":
         net = nets.MLPDenoiserNet(ds.shape[0], hidden=hidden)
     else:
@@ -343,7 +345,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
-def _method_and_steps(cls: type, pairs: Sequence[str], steps: int | None):
+def _method_and_steps(cls: Any, pairs: Sequence[str], steps: int | None):
     """The method built from ``--param KEY=VALUE`` pairs, and the optimiser steps to run: a
     method whose schedule spans ``total_steps`` (iCT) gets ``--steps``; one whose rounds fix
     it (PD) must agree with ``--steps`` if given."""

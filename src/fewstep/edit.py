@@ -334,7 +334,7 @@ def load_model(name: str) -> tuple[Denoiser, int | None, tuple[int, int] | None]
         t = teachers.get(name)
         if len(t.sample_shape) != 3:
             return t.denoiser, None, None
-        return t.denoiser, t.sample_shape[0], tuple(t.sample_shape[1:])
+        return t.denoiser, t.sample_shape[0], (t.sample_shape[1], t.sample_shape[2])
     if Path(name).is_dir():
         from .train import checkpoint_info, load_checkpoint
 

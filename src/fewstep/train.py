@@ -379,6 +379,7 @@ def _open_run_dir(out: Path, config: TrainConfig) -> None:
     """Settle which run ``out`` holds (``run.json``: a new id for a fresh run, written before
     a replaced run is discarded), discard a replaced run, and remove debris."""
     log = out / "log.jsonl"
+    run: str | None
     if not config.resume:
         run = uuid.uuid4().hex
     else:
@@ -466,8 +467,8 @@ def _lr(config: TrainConfig, step: int) -> float:
 @torch.no_grad()
 def _update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """``theta_ema <- decay theta_ema + (1 - decay) theta`` (buffers are copied)."""
-    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-        e.lerp_(p.detach(), 1 - decay)
+    for e_p, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e_p.lerp_(p.detach(), 1 - decay)
     for e, b in zip(ema.buffers(), model.buffers(), strict=True):
         e.copy_(b)
 
@@ -513,6 +514,7 @@ class _Run:
                         if torch.cuda.is_available() else []}, d / "train_state.pt")
             (d / "checkpoint.json").write_text(json.dumps(record, indent=2))
 
+        assert self.config.out_dir is not None  # save() is only called with an out_dir
         root = Path(self.config.out_dir) / "checkpoints"
         return _write_checkpoint(root, self.step, files, self.config.keep_checkpoints,
                                  self.run_id)

@@ -40,8 +40,8 @@ def save_samples(samples: Tensor, out_dir: str | Path, *, kind: str = "vector",
     if kind == "image" and samples.ndim == 4:
         grid = image_grid(samples)
         scale = max(1, 512 // grid.shape[1])  # small images: enlarge pixels to be seen
-        grid = grid.repeat_interleave(scale, 0).repeat_interleave(scale, 1).numpy()
-        img = grid[..., 0] if grid.shape[-1] == 1 else grid
+        pixels = grid.repeat_interleave(scale, 0).repeat_interleave(scale, 1).numpy()
+        img = pixels[..., 0] if pixels.shape[-1] == 1 else pixels
         paths.append(atomic_write(out / "samples.png", lambda p: plt.imsave(
             p, img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, format="png")))
     elif samples.ndim == 2 and samples.shape[1] >= 2:

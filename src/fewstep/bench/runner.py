@@ -160,7 +160,8 @@ def _timed_runs(case: Case, teacher: Teacher, D: Any, x: Tensor, device: str,
     """Run the case ``case.timing_repeats`` times, each run set-up then sampling, timed apart
     and synchronised; returns the first run's samples and the timing. Every run starts from
     the same ``x`` with freshly seeded noise, so the runs are identical."""
-    runs, first = [], None
+    runs: list[tuple[float, float, float]] = []
+    first: Tensor | None = None
     for _ in range(case.timing_repeats):
         synchronize(device)
         t0 = time.perf_counter()
@@ -174,6 +175,7 @@ def _timed_runs(case: Case, teacher: Teacher, D: Any, x: Tensor, device: str,
         first = out if first is None else first  # later runs' samples are dropped at once
     setup, wall, network = (statistics.median(r[k] for r in runs) for k in range(3))
     overhead = statistics.median(max(w - n, 0.0) / max(steps, 1) for _, w, n in runs)
+    assert first is not None  # timing_repeats >= 1 (checked by the suite)
     return first, _Timing(setup, wall, network, overhead, timed.rows)
 
 
@@ -381,7 +383,8 @@ def run_suite(suite: Suite, out_dir: str | Path, *, shard: tuple[int, int] = (0,
     cases = [c for c in suite.cases() if int(c.key, 16) % shard[1] == shard[0]]
     done = store.done()
     todo = [c for c in cases if c.key not in done]
-    ctx, failures, elsewhere, t0 = _Context(out_dir, device), [], 0, time.perf_counter()
+    ctx, elsewhere, t0 = _Context(out_dir, device), 0, time.perf_counter()
+    failures: list[Any] = []
     bar = _Progress(len(todo), f"bench {suite.name}", enabled=progress)
     try:
         for case in todo:

@@ -217,14 +217,14 @@ class Store:
 
     def rows(self, suite: str | None = None, status: str | None = "ok") -> list[dict[str, Any]]:
         """All rows (optionally of one suite / status) with JSON columns decoded."""
-        query, args = "SELECT * FROM cases WHERE 1=1", []
+        query, args = "SELECT * FROM cases WHERE 1=1", list[str]()
         if suite is not None:
             query, args = query + " AND suite = ?", [*args, suite]
         if status is not None:
             query, args = query + " AND status = ?", [*args, status]
         with self._db() as con:
             con.row_factory = sqlite3.Row
-            out = [{k: None for k in COLUMNS} | dict(r)
+            out: list[dict[str, Any]] = [{k: None for k in COLUMNS} | dict(r)
                    for r in con.execute(query + " ORDER BY rowid", args)]
         out.sort(key=lambda r: r["created"] or 0.0)  # finish order (an old schema: NULL)
         for r in out:

@@ -125,7 +125,7 @@ class Suite:
 
     def cases(self) -> list[Case]:
         """Every reachable case, in a stable order; unreachable budgets go to ``skipped``."""
-        out = []
+        out: list[Case] = []
         for t in self.teachers:
             for m in self.methods:
                 for nfe in [0] if baselines.is_baseline(m) else self.nfe:  # no evaluations
@@ -147,12 +147,12 @@ def _unreachable(method: str, nfe: int) -> str | None:
     if method.startswith("student:"):
         return students.unreachable(method, nfe)
     if method.startswith("diffusers:"):
-        spec = peers.PEERS[method.removeprefix("diffusers:")]
+        peer = peers.PEERS[method.removeprefix("diffusers:")]
         try:
-            spec.steps(nfe)
+            peer.steps(nfe)
         except peers.UnreachableNFEError as e:
             return f"{method} at NFE {nfe}: {e}"
-        return None if nfe >= spec.min_nfe else f"{method} at NFE {nfe}: below its minimum"
+        return None if nfe >= peer.min_nfe else f"{method} at NFE {nfe}: below its minimum"
     spec = solvers.get(method)
     if spec.kind == "adaptive":
         return f"{method}: adaptive (NFE follows tolerances), not run on an NFE grid"

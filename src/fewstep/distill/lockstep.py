@@ -69,9 +69,9 @@ def run_lockstep(D: Denoiser, runs: Sequence[Steps],
     returned in order. Runs that request equally often (one fixed-grid solver, one path
     length) share every round; one that finishes early simply drops out. The first error,
     from a run or from ``D``, is raised here and every generator is closed."""
-    conds = [check_cond(c) for c in (conds or [None] * len(runs))]
-    if len(conds) != len(runs):
-        raise ValueError(f"got {len(conds)} conditionings for {len(runs)} runs")
+    checked = [check_cond(c) for c in (conds or [None] * len(runs))]
+    if len(checked) != len(runs):
+        raise ValueError(f"got {len(checked)} conditionings for {len(runs)} runs")
     results: list[Tensor | None] = [None] * len(runs)
     with ExitStack() as stack:
         for run in runs:
@@ -82,7 +82,7 @@ def run_lockstep(D: Denoiser, runs: Sequence[Steps],
             if request is not None:
                 pending[j] = request
         while pending:
-            replies = _evaluate(D, sorted(pending.items()), conds)
+            replies = _evaluate(D, sorted(pending.items()), checked)
             for j, x0_hat in replies.items():
                 request, results[j] = _advance(runs[j], x0_hat)
                 if request is None:

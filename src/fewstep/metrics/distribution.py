@@ -112,7 +112,7 @@ def mmd(x: Tensor, y: Tensor, bandwidths: Sequence[float] | None = None) -> floa
 
     def kernel(a: Tensor, c: Tensor) -> Tensor:
         sq = torch.cdist(a, c).square()
-        return sum(torch.exp(-sq / (2 * s * s)) for s in bw)
+        return torch.stack([torch.exp(-sq / (2 * s * s)) for s in bw]).sum(0)
 
     kxx = (block_sum(x, x, kernel, _MMD_BLOCK) - n * b) / (n * (n - 1))
     kyy = (block_sum(y, y, kernel, _MMD_BLOCK) - m * b) / (m * (m - 1))

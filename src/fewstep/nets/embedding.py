@@ -27,7 +27,8 @@ class SinusoidalEmbedding(nn.Module):
 
     def forward(self, c: Tensor) -> Tensor:
         """``(batch,)`` noise levels -> ``(batch, dim)`` features."""
-        freqs, dtype = self.freqs, self.freqs.dtype
+        freqs: Tensor = self.freqs  # type: ignore[assignment]  # a registered buffer
+        dtype = freqs.dtype
         if dtype in (torch.float16, torch.bfloat16):  # cast to half: use exact frequencies
             freqs = torch.logspace(0, math.log10(self.max_freq), len(freqs), device=freqs.device)
         angle = 2 * math.pi * c.float()[:, None] * freqs.to(c.device)

@@ -49,11 +49,11 @@ def buildable(cls: type[nn.Module]) -> type[nn.Module]:
         bound.apply_defaults()
         try:
             arguments = {k: _encode(v) for k, v in list(bound.arguments.items())[1:]}
-            self._spec = {"class": cls.__name__, "kwargs": arguments}
+            self.__dict__["_spec"] = {"class": cls.__name__, "kwargs": arguments}
         except TypeError:
-            self._spec = None
+            self.__dict__["_spec"] = None
 
-    cls.__init__ = recording_init
+    cls.__init__ = recording_init  # type: ignore[method-assign]
     _BUILDABLE[cls.__name__] = cls
     return cls
 
