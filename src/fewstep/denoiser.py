@@ -152,6 +152,6 @@ class CountingDenoiser(nn.Module):
     def forward(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
         self.nfe += 1
         self.rows += x.shape[0]
-        s = torch.as_tensor(sigma)
+        s = sigma if isinstance(sigma, Tensor) else as_batch_sigma(sigma, x)
         self.sigmas.append(float(s.reshape(-1)[0]))
-        return self.denoiser(x, sigma, **cond)
+        return self.denoiser(x, s, **cond)

@@ -60,6 +60,7 @@ def dpm_solver_adaptive_steps(x: Tensor, sigmas: Tensor, *, order: int = 3, rtol
         err = _error_norm(x_hi, x_lo, x, atol, rtol)
         if err <= 1.0:
             x, lam, eps_s, steps = x_hi, lam + h, None, steps + 1
+            assert denoised is not None  # set with eps_s at the step's first evaluation
             emit(callback, steps - 1, x, sigma, sigma_next, denoised)
         else:
             rejected += 1

@@ -168,7 +168,8 @@ def sample(denoiser: Denoiser, x: Tensor, solver: str, nfe: int | None = None, *
     spec = get(solver)
     if (nfe is None) == (sigmas is None):
         raise ValueError("give exactly one of nfe= or sigmas=")
-    if nfe is not None:
+    if sigmas is None:
+        assert nfe is not None
         p = plan(solver, nfe, schedule, **(schedule_kwargs or {}))
         sigmas, knobs = p.sigmas, {**p.knobs, **knobs}
     return spec(denoiser, x, sigmas, cond=cond, **knobs)
