@@ -31,6 +31,7 @@ and the final sample is returned in the sample's dtype (:func:`network_dtype`).
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
@@ -39,8 +40,8 @@ from torch import Tensor
 
 from ..denoiser import Denoiser, NonFiniteError
 
-__all__ = ["Request", "SolverFunction", "Steps", "check_final", "check_output", "drive",
-           "evaluate", "network_dtype", "state_dtype"]
+__all__ = ["Request", "SolverFunction", "Steps", "all_finite", "check_final", "check_output",
+           "drive", "evaluate", "network_dtype", "state_dtype"]
 
 Request = tuple[Tensor, float]               # (x, sigma) of one denoiser evaluation
 Steps = Generator[Request, Tensor, Tensor]   # yields requests, receives x0_hat, returns x
@@ -70,12 +71,19 @@ def network_dtype(steps: Steps, dtype: torch.dtype) -> Steps:
         steps.close()
 
 
+def all_finite(v: Tensor) -> bool:
+    """Whether every element of ``v`` is finite, by one fused reduction: any NaN or inf makes
+    the sum NaN or inf; only when the sum is not finite (or overflows) is the element-wise
+    test run to tell the two apart."""
+    return math.isfinite(v.sum()) or bool(torch.isfinite(v).all())
+
+
 def check_output(out: Tensor, x: Tensor, where: str) -> Tensor:
     """A denoiser output must have the input's shape and be finite (``NonFiniteError``)."""
-    if tuple(out.shape) != tuple(x.shape):
+    if out.shape != x.shape:
         raise ValueError(f"denoiser returned shape {tuple(out.shape)} for input shape "
                          f"{tuple(x.shape)}")
-    if not torch.isfinite(out).all():
+    if not all_finite(out):
         raise NonFiniteError(f"denoiser returned NaN/inf at {where}")
     return out
 
@@ -83,7 +91,7 @@ def check_output(out: Tensor, x: Tensor, where: str) -> Tensor:
 def check_final(x: Tensor) -> Tensor:
     """The solver's final sample is checked as every denoiser output is: step arithmetic
     alone can overflow (e.g. sigmas below the sample dtype's range)."""
-    if not torch.isfinite(x).all():
+    if not all_finite(x):
         raise NonFiniteError("the solver's final sample contains NaN/inf although every "
                              "denoiser output was finite (sigmas too small for the sample's "
                              f"dtype {x.dtype}?)")
@@ -91,8 +99,9 @@ def check_final(x: Tensor) -> Tensor:
 
 
 def evaluate(denoiser: Denoiser, x: Tensor, sigma: float, cond: Mapping[str, Any]) -> Tensor:
-    """The guarded denoiser call of one request: sigma as a per-row tensor of x's dtype."""
-    return check_output(denoiser(x, x.new_full((x.shape[0],), sigma), **cond), x,
+    """The guarded denoiser call of one request: sigma as a per-row tensor of x's dtype (one
+    value expanded over the batch, so adapters see at once that every row shares it)."""
+    return check_output(denoiser(x, x.new_tensor(sigma).expand(x.shape[0]), **cond), x,
                         f"sigma={sigma:g}")
 
 
