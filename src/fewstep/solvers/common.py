@@ -18,8 +18,8 @@ from .driver import all_finite
 Generator = torch.Generator | Sequence[torch.Generator] | None
 Callback = Callable[[dict[str, Any]], None] | None
 
-__all__ = ["Generator", "eps_of", "generators", "lerp", "lincomb", "prepare", "randn_like",
-           "sample_generators", "singlestep_orders"]
+__all__ = ["LOWER_ORDER_FINAL_BELOW", "Generator", "eps_of", "generators", "lerp", "lincomb",
+           "multistep_order", "prepare", "randn_like", "sample_generators", "singlestep_orders"]
 
 
 def prepare(x: Tensor, sigmas: Tensor | Sequence[float]) -> list[float]:
@@ -105,6 +105,21 @@ def singlestep_orders(nfe: int, order: int, denoise_to_zero: bool = True) -> lis
     first-order step to 0."""
     m, r = divmod(nfe - 1 if denoise_to_zero else nfe, order)
     return [order] * m + ([r] if r else []) + ([1] if denoise_to_zero else [])
+
+
+LOWER_ORDER_FINAL_BELOW = 15  # steps; diffusers' rule for DPM-Solver++ and DEIS
+
+
+def multistep_order(i: int, n: int, order: int, lower_order_final: bool) -> int:
+    """Order of step ``i`` of ``n`` of a multistep method of nominal ``order``: warm-up from
+    order 1 (step i has i + 1 evaluations), and with ``lower_order_final`` a run of fewer than
+    15 steps lowers its last steps so that step i uses at most n - i evaluations (diffusers'
+    ``lower_order_final``: short runs are unstable at high order near sigma = 0). One meaning
+    for every solver with the knob."""
+    k = min(order, i + 1)
+    if lower_order_final and n < LOWER_ORDER_FINAL_BELOW:
+        k = min(k, n - i)
+    return k
 
 
 def check_orders(orders: Sequence[int] | None, sigmas: list[float], order: int) -> list[int]:

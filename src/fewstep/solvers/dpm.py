@@ -23,6 +23,7 @@ from .common import (
     eps_of,
     lerp,
     lincomb,
+    multistep_order,
     prepare,
     randn_like,
 )
@@ -92,18 +93,6 @@ def dpmpp_2s_steps(x: Tensor, sigmas: Tensor, *, orders: Sequence[int] | None = 
     return x
 
 
-def _multistep_order(i: int, n: int, order: int, lower_order_final: bool,
-                     sigma_next: float) -> int:
-    """Warm-up from order 1, and lower orders at the end for short runs (diffusers'
-    lower_order_final for n < 15); the step to sigma = 0 is first order."""
-    k = min(order, i + 1)
-    if sigma_next == 0:
-        return 1
-    if lower_order_final and n < 15:
-        k = min(k, n - i)
-    return k
-
-
 def dpmpp_multistep_steps(x: Tensor, sigmas: Tensor, *, order: int = 2,
                           lower_order_final: bool = True, callback: Callback = None) -> Steps:
     """Multistep DPM-Solver++(2M/3M), data prediction (Lu et al. 2022b, Alg. 2 and App. B)."""
@@ -116,7 +105,8 @@ def dpmpp_multistep_steps(x: Tensor, sigmas: Tensor, *, order: int = 2,
         sigma, sigma_next = s[i], s[i + 1]
         denoised = yield x, sigma
         hist = [*hist[-2:], denoised]
-        k = _multistep_order(i, n, order, lower_order_final, sigma_next)
+        # the step to sigma = 0 is the first-order denoise
+        k = 1 if sigma_next == 0 else multistep_order(i, n, order, lower_order_final)
         # x' = (sigma'/sigma) x + (1 - sigma'/sigma) mix  (e^{-h} = sigma'/sigma)
         x = lerp(_dpmpp_mix(hist, s, i, k), x, sigma_next / sigma)
         emit(callback, i, x, sigma, sigma_next, denoised)
@@ -183,11 +173,11 @@ register("dpm_solver_3", sample_dpm_solver, order=3, kind="singlestep", knobs={"
          reference="Lu et al. 2022, Alg. 2 (DPM-Solver-3)")
 register("dpmpp_2s", sample_dpmpp_2s, order=2, kind="singlestep",
          reference="Lu et al. 2022b, Alg. 1 (DPM-Solver++(2S))")
-register("dpmpp_2m", sample_dpmpp_multistep, order=2, knobs={"order": 2},
+register("dpmpp_2m", sample_dpmpp_multistep, order=2, history=2, knobs={"order": 2},
          reference="Lu et al. 2022b, Alg. 2 (DPM-Solver++(2M))")
-register("dpmpp_3m", sample_dpmpp_multistep, order=3, knobs={"order": 3},
+register("dpmpp_3m", sample_dpmpp_multistep, order=3, history=3, knobs={"order": 3},
          reference="Lu et al. 2022b, App. B (DPM-Solver++(3M))")
-register("dpmpp_2m_sde", sample_dpmpp_2m_sde, order=2, stochastic=True,
+register("dpmpp_2m_sde", sample_dpmpp_2m_sde, order=2, history=2, stochastic=True,
          reference="Lu et al. 2022b, App. B (SDE-DPM-Solver++(2M))")
 
 __all__ = ["dpm_solver_step", "dpm_solver_steps", "dpmpp_2m_sde_steps", "dpmpp_2s_steps",
