@@ -6,15 +6,22 @@ where it has the method), the same eps network and adapter on every side, one ru
 
 The network is an eps predictor on a discrete VP process (1000 linear betas): for data
 N(0, I) the exact ``eps(x_t, t) = std(t) x_t``, with ``std(t)`` interpolated from the beta table
-at the (possibly fractional) timestep. Its time is measured around every call and removed, so
+at the (possibly fractional) timestep. ``--network sigma`` gives the same model as a
+sigma-space denoiser ``D(x, sigma) = x / (1 + sigma^2)`` instead: fewstep and k-diffusion call
+it directly and diffusers calls it through the bench's eps adapter, timed as network (as
+``benchmarks/peer_overhead.py`` and the bench do). Its time is measured around every call
+and removed, so
 ``overhead = (loop time - network time) / network calls`` is what each implementation adds
 around one evaluation:
 
 - diffusers: the usual loop ``sched.step(net(sched.scale_model_input(x, t), t), t, x)`` over
   ``sched.timesteps`` (``set_timesteps`` is set-up, not timed);
 - fewstep: ``solver(ModelDenoiser(net, VPDiscrete("linear"), "eps"), x, sigmas)`` on the
-  planned sigmas of the same NFE: the eps adapter (timestep look-up, scaling, x0 from eps),
-  input checks, the finiteness checks and the solver's arithmetic all count as overhead;
+  planned sigmas of the same NFE: the eps adapter (scaling, x0 from eps), input checks, the
+  finiteness checks and the solver's arithmetic all count as overhead. The adapter is built
+  once per shape and its per-sigma schedule cache fills in the warm-up round, as diffusers'
+  ``set_timesteps`` (set-up) fills its tables: the table is the steady state of a sampler
+  reused across batches (a cold cache costs the float64 look-ups once per noise level);
 - k-diffusion: its sampler on the same ``ModelDenoiser`` (k-diffusion's samplers take a
   sigma-space denoiser, as fewstep's do).
 
@@ -106,6 +113,40 @@ class Net:
         return out
 
 
+class SigmaNet(Net):
+    """The same model as a sigma-space denoiser, ``D(x, sigma) = x / (1 + sigma^2)``."""
+
+    def __call__(self, x: Tensor, sigma: Tensor | float) -> Tensor:  # type: ignore[override]
+        t0 = CLOCK()
+        s = append_dims(torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1),
+                        x.ndim)
+        out = x / (1 + s**2)
+        if out.is_cuda:
+            torch.cuda.synchronize()
+        self.seconds += CLOCK() - t0
+        self.calls += 1
+        return out
+
+
+class EpsOfSigmaNet(Net):
+    """``SigmaNet`` behind the bench's discrete-time eps adapter, all timed as network."""
+
+    def __call__(self, x_t: Tensor, t: Tensor | float) -> Tensor:
+        t0 = CLOCK()
+        t = torch.as_tensor(t, dtype=torch.float64, device=x_t.device).reshape(-1)
+        sigma = append_dims(PROC.sigma(t).to(x_t.dtype), x_t.ndim)
+        x = x_t * (1 + sigma**2).sqrt()
+        out = (x - x / (1 + sigma**2)) / sigma
+        if out.is_cuda:
+            torch.cuda.synchronize()
+        self.seconds += CLOCK() - t0
+        self.calls += 1
+        return out
+
+
+NETWORK = "eps"  # or "sigma" (--network)
+
+
 def k_sampling() -> types.ModuleType | None:
     """k-diffusion's ``sampling`` module alone (its package imports a training stack)."""
     spec = importlib.util.find_spec("k_diffusion")
@@ -137,7 +178,7 @@ def _sync(x: Tensor) -> None:
 def time_diffusers(peer: Peer, noise: Tensor, nfe: int) -> float:
     import diffusers
 
-    net = Net()
+    net = Net() if NETWORK == "eps" else EpsOfSigmaNet()
     sched = getattr(diffusers, peer.diffusers)(beta_schedule="linear", **peer.config)
     sched.set_timesteps(peer.calls(nfe), device=noise.device)
     x = noise * sched.init_noise_sigma
@@ -153,9 +194,20 @@ def _plan(peer: Peer, nfe: int) -> solvers.Plan:
     return solvers.plan(peer.solver, nfe, sigma_min=PROC.sigma_min, sigma_max=PROC.sigma_max)
 
 
-def time_fewstep(peer: Peer, noise: Tensor, nfe: int) -> float:
+def adapter() -> tuple[Net, Any]:
+    """The timed network and the denoiser fewstep and k-diffusion call: the eps network and
+    fewstep's adapter (built once per shape: its per-sigma schedule cache fills in the
+    warm-up round, as diffusers' ``set_timesteps`` fills its tables), or the sigma-space
+    network itself."""
+    if NETWORK == "sigma":
+        net = SigmaNet()
+        return net, net
     net = Net()
-    D = ModelDenoiser(net, PROC, "eps")
+    return net, ModelDenoiser(net, PROC, "eps")
+
+
+def time_fewstep(peer: Peer, noise: Tensor, nfe: int, net: Net, D: Any) -> float:
+    net.seconds, net.calls = 0.0, 0
     p = _plan(peer, nfe)
     x = noise * float(p.sigmas[0])
     _sync(x)
@@ -165,9 +217,9 @@ def time_fewstep(peer: Peer, noise: Tensor, nfe: int) -> float:
     return (CLOCK() - t0 - net.seconds) / net.calls
 
 
-def time_kdiffusion(K: types.ModuleType, peer: Peer, noise: Tensor, nfe: int) -> float:
-    net = Net()
-    D = ModelDenoiser(net, PROC, "eps")
+def time_kdiffusion(K: types.ModuleType, peer: Peer, noise: Tensor, nfe: int, net: Net,
+                    D: Any) -> float:
+    net.seconds, net.calls = 0.0, 0
     p = _plan(peer, nfe)
     sigmas = p.sigmas.to(noise)
     x = noise * float(p.sigmas[0])
@@ -189,14 +241,15 @@ def measure(shape: tuple[int, ...], nfe: int, repeats: int, device: str,
     """(solver, fewstep, diffusers, k-diffusion) overhead per call in seconds."""
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
     runs: dict[tuple[str, str], list[float]] = {}
+    net, D = adapter()
     with torch.no_grad():
         for rep in range(repeats + 1):  # the first round is the warm-up
             for peer in PEERS:
-                sides = {"fewstep": functools.partial(time_fewstep, peer, noise, nfe),
+                sides = {"fewstep": functools.partial(time_fewstep, peer, noise, nfe, net, D),
                          "diffusers": functools.partial(time_diffusers, peer, noise, nfe)}
                 if K is not None and peer.kdiffusion:
                     sides["k-diffusion"] = functools.partial(time_kdiffusion, K, peer, noise,
-                                                             nfe)
+                                                             nfe, net, D)
                 for side, fn in sides.items():
                     seconds = fn()
                     if rep:
@@ -211,7 +264,7 @@ def measure(shape: tuple[int, ...], nfe: int, repeats: int, device: str,
 
 
 def main() -> None:
-    global CLOCK
+    global CLOCK, NETWORK
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="1x4x64x64,16x3x32x32,1024x2,1x4x128x128")
     ap.add_argument("--nfe", type=int, default=10)
@@ -219,12 +272,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--network", choices=("eps", "sigma"), default="eps",
+                    help="eps: an eps network, fewstep through ModelDenoiser (its cost counts "
+                         "as overhead); sigma: a sigma-space denoiser, diffusers through the "
+                         "eps adapter (its cost counts as network)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")  # diffusers' deprecation notices
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    NETWORK = args.network
     K = k_sampling()
-    print(f"NFE {args.nfe}, {args.threads} thread(s), {args.clock} clock, device "
+    print(f"{args.network} network, NFE {args.nfe}, {args.threads} thread(s), {args.clock} "
+          f"clock, device "
           f"{args.device}, {args.repeats} alternating repeats; overhead per network call in "
           f"us, fastest / median repeat; ratio = fewstep / diffusers (goal <= 0.25)")
     print("| shape | solver | fewstep | diffusers | ratio (fastest) | ratio (median) | "

@@ -30,6 +30,7 @@ and the final sample is returned in the sample's dtype (:func:`network_dtype`).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Generator, Mapping
@@ -98,11 +99,17 @@ def check_final(x: Tensor) -> Tensor:
     return x
 
 
+@functools.lru_cache(maxsize=1024)
+def _sigma_rows(sigma: float, n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``sigma`` for each of ``n`` rows: one value expanded (read-only), made once."""
+    return torch.full((), sigma, dtype=dtype, device=device).expand(n)
+
+
 def evaluate(denoiser: Denoiser, x: Tensor, sigma: float, cond: Mapping[str, Any]) -> Tensor:
     """The guarded denoiser call of one request: sigma as a per-row tensor of x's dtype (one
     value expanded over the batch, so adapters see at once that every row shares it)."""
-    return check_output(denoiser(x, x.new_tensor(sigma).expand(x.shape[0]), **cond), x,
-                        f"sigma={sigma:g}")
+    out = denoiser(x, _sigma_rows(sigma, x.shape[0], x.dtype, x.device), **cond)
+    return check_output(out, x, f"sigma={sigma:g}")
 
 
 def check_cond(cond: Mapping[str, Any] | None) -> Mapping[str, Any]:
