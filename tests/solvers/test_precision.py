@@ -5,9 +5,8 @@ import torch
 
 from fewstep import solvers
 
-from ..conftest import _general
-
 BATCH, NFE, SIGMA_MAX = 64, 10, 80.0
+EVERY = solvers.available(aliases=False)  # aliases run the same generator
 
 
 def _run(name, D, x):
@@ -32,7 +31,7 @@ def x():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("name", _general())
+@pytest.mark.parametrize("name", EVERY)
 def test_low_precision_network_against_float32(name, dtype, x, mixture):
     """The sample comes back in the network's dtype, finite, within 8 eps(dtype) (relative
     RMS) of the float32 run (measured: at most ~5 eps; benchmarks/solver_precision.py)."""
@@ -42,7 +41,7 @@ def test_low_precision_network_against_float32(name, dtype, x, mixture):
     assert _rel_rms(out, ref) <= 8 * torch.finfo(dtype).eps
 
 
-@pytest.mark.parametrize("name", _general())
+@pytest.mark.parametrize("name", EVERY)
 def test_solver_arithmetic_is_float32(name, x, mixture):
     """A bfloat16 run is the float32 run of the same solver whose start and network are
     rounded to bfloat16: the network sees bfloat16, the solver's own arithmetic does not
