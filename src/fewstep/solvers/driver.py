@@ -76,7 +76,7 @@ def all_finite(v: Tensor) -> bool:
     """Whether every element of ``v`` is finite, by one fused reduction: any NaN or inf makes
     the sum NaN or inf; only when the sum is not finite (or overflows) is the element-wise
     test run to tell the two apart."""
-    return math.isfinite(v.sum()) or bool(torch.isfinite(v).all())
+    return math.isfinite(v.detach().sum()) or bool(torch.isfinite(v).all())
 
 
 def check_output(out: Tensor, x: Tensor, where: str) -> Tensor:
