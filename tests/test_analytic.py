@@ -115,3 +115,31 @@ def test_gaussian_log_prob_normalises_in_2d():
     xx, yy = torch.meshgrid(grid, grid, indexing="ij")
     p = gm.log_prob(torch.stack([xx.flatten(), yy.flatten()], 1), 0.2).exp()
     assert math.isclose(float(p.sum() * (grid[1] - grid[0]) ** 2), 1.0, rel_tol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("sigma", [0.01, 1.0, 80.0, 300.0, 2000.0])
+def test_half_precision_inputs_do_not_overflow(mixture, dtype, sigma):
+    """fp16 overflows sigma^2 above 256 (the posterior went NaN/inf); the mixture computes
+    in float32 and returns the input dtype, within the input's rounding of the float64
+    answer."""
+    x = sigma * torch.randn(64, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x = x.to(dtype)
+    out = mixture(x, sigma)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(out.double(), mixture(x.double(), sigma),
+                               rtol=4 * eps, atol=4 * eps * mixture.means.abs().max().item())
+    assert mixture.log_prob(x, sigma).dtype == dtype
+    assert torch.isfinite(mixture.score(x, sigma)).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_empirical_denoiser_half_precision(dtype):
+    data = torch.randn(50, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    D = EmpiricalDenoiser(data, chunk_size=16)
+    x = (data[:8] + 300.0 * torch.randn(8, 3, 4, 4, dtype=torch.float64)).to(dtype)
+    out = D(x, 300.0)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), D(x.double(), 300.0),
+                               rtol=4 * torch.finfo(dtype).eps, atol=0.05)

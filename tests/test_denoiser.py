@@ -76,3 +76,38 @@ def test_counting_denoiser_counts_calls_and_rows():
     c(torch.zeros(5, 2), 1.0)
     c(torch.zeros(5, 2), 0.5)
     assert (c.nfe, c.rows, c.sigmas) == (2, 10, [1.0, 0.5])
+
+
+class _CountingProcess(VPDiscrete):
+    """VPDiscrete that counts its float64 schedule look-ups (``t`` of sigma)."""
+
+    def __init__(self):
+        super().__init__("linear")
+        self.lookups = 0
+
+    def t(self, sigma):
+        self.lookups += 1
+        return super().t(sigma)
+
+
+@pytest.mark.parametrize("prediction", sorted(PREDICTIONS))
+def test_shared_sigma_is_looked_up_once_and_equals_the_rowwise_map(prediction):
+    """Every solver asks for one noise level shared by the batch: the schedule is computed
+    once per (sigma, batch, dtype, device) and reused (it cost ~200 us per call), and the
+    cached path equals the per-row path to float64 rounding."""
+    proc = _CountingProcess()
+
+    def model(x_t, t):
+        return torch.sin(x_t) * t[:, None]
+
+    D = ModelDenoiser(model, proc, prediction)
+    x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    shared = torch.tensor(2.5, dtype=torch.float64).expand(5)
+    first = D(x, shared)
+    for _ in range(3):
+        torch.testing.assert_close(D(x, shared), first, rtol=0, atol=0)
+    assert proc.lookups == 1
+    rowwise = D(x, torch.tensor([2.5, 2.5, 2.5, 2.5, 2.6], dtype=torch.float64))[:4]
+    torch.testing.assert_close(first[:4], rowwise, rtol=1e-12, atol=1e-12)
+    D.process = VPDiscrete("cosine")  # a new process drops the cached values
+    assert not torch.equal(D(x, shared), first)

@@ -442,13 +442,14 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 def _cmd_solvers(args: argparse.Namespace) -> int:
     from . import solvers
 
-    print(f"{'name':22s} {'kind':11s} {'order':>5s} {'min NFE':>7s}  stochastic  reference")
+    print(f"{'name':22s} {'kind':11s} {'order':>5s} {'history':>7s} {'min NFE':>7s}  "
+          f"stochastic  reference")
     for name in solvers.available():
         s = solvers.get(name)
         ref = f"= {s.alias_of}" if s.alias_of else s.reference
         if s.requires:
             ref += f" [needs a {s.requires} model]"
-        print(f"{name:22s} {s.kind:11s} {s.order:5d} {s.min_nfe:7d}  "
+        print(f"{name:22s} {s.kind:11s} {s.order:5d} {s.history:7d} {s.min_nfe:7d}  "
               f"{'yes' if s.stochastic else 'no':10s}  {ref}")
     return 0
 

@@ -18,6 +18,7 @@ from .process import NoiseProcess
 
 __all__ = [
     "PREDICTIONS",
+    "X0_COEFFICIENTS",
     "CFGDenoiser",
     "CountingDenoiser",
     "Denoiser",
@@ -25,6 +26,7 @@ __all__ = [
     "NonFiniteError",
     "append_dims",
     "as_batch_sigma",
+    "uniform_sigma",
 ]
 
 
@@ -54,39 +56,73 @@ def as_batch_sigma(sigma: Tensor | float, x: Tensor) -> Tensor:
     return sigma
 
 
-# Each prediction maps (network output, x_t, alpha, std, d_alpha, d_std) to x0_hat.
-def _x0_from_eps(out, x_t, a, s, da, ds):
-    return (x_t - s * out) / a
+# x0_hat = c_x * x + c_out * out: each prediction's coefficients from (alpha, std, d_alpha,
+# d_std) at the evaluation's time, for the sigma-space sample x = x_t / alpha.
+def _coef_eps(a, s, da, ds):
+    # x_t = alpha x0 + std eps: x0 = x - (std / alpha) eps.
+    return 1.0, -s / a
 
 
-def _x0_from_x0(out, x_t, a, s, da, ds):
-    return out
+def _coef_x0(a, s, da, ds):
+    return 0.0, 1.0
 
 
-def _x0_from_v(out, x_t, a, s, da, ds):
-    # v = alpha eps - std x0 (Salimans & Ho 2022, Sec. 4); solve with x_t = alpha x0 + std eps.
-    return (a * x_t - s * out) / (a**2 + s**2)
+def _coef_v(a, s, da, ds):
+    # v = alpha eps - std x0 (Salimans & Ho 2022, Sec. 4): x0 = (alpha x_t - std v) / (a^2 + s^2).
+    n = a**2 + s**2
+    return a**2 / n, -s / n
 
 
-def _x0_from_velocity(out, x_t, a, s, da, ds):
+def _coef_velocity(a, s, da, ds):
     # u = alpha' x0 + std' eps (Lipman et al. 2023; Liu et al. 2023); solve the 2x2 system.
-    return (ds * x_t - s * out) / (ds * a - s * da)
+    n = ds * a - s * da
+    return ds * a / n, -s / n
 
 
-PREDICTIONS: dict[str, Callable[..., Tensor]] = {
-    "eps": _x0_from_eps,
-    "x0": _x0_from_x0,
-    "v": _x0_from_v,
-    "velocity": _x0_from_velocity,
+X0_COEFFICIENTS: dict[str, Callable[..., tuple[Any, Any]]] = {
+    "eps": _coef_eps,
+    "x0": _coef_x0,
+    "v": _coef_v,
+    "velocity": _coef_velocity,
 }
+
+
+def _prediction_map(coef: Callable[..., tuple[Any, Any]]) -> Callable[..., Tensor]:
+    def x0_hat(out: Tensor, x_t: Tensor, a: Any, s: Any, da: Any, ds: Any) -> Tensor:
+        c_x, c_out = coef(a, s, da, ds)
+        return c_x * (x_t / a) + c_out * out
+    return x0_hat
+
+
+# Each prediction maps (network output, x_t, alpha, std, d_alpha, d_std) to x0_hat.
+PREDICTIONS: dict[str, Callable[..., Tensor]] = {
+    k: _prediction_map(c) for k, c in X0_COEFFICIENTS.items()}
+
+
+def uniform_sigma(sigma: Tensor | float) -> float | None:
+    """The common value of a per-row sigma when every row has it (a float, a 1-element
+    tensor, an expanded scalar or equal entries), else None."""
+    if not isinstance(sigma, Tensor):
+        return float(sigma)
+    if sigma.numel() == 1 or (sigma.ndim == 1 and sigma.stride(0) == 0):
+        return float(sigma.reshape(-1)[0])
+    if sigma.ndim != 1:
+        return None
+    values = sigma.tolist()
+    return values[0] if values.count(values[0]) == len(values) else None
 
 
 class ModelDenoiser(nn.Module):
     """Wrap ``model(x_t, t, **cond)`` predicting eps / x0 / v / velocity in ``process`` as
     a sigma-space denoiser (Karras et al. 2022, Table 1: scaling and time conditioning).
 
-    ``time_fn`` maps the process time to what the network takes (identity by default).
+    ``time_fn`` maps the process time to what the network takes (identity by default). The
+    schedule look-ups of a noise level every row shares (what every solver asks) are computed
+    once in float64 and cached per (sigma, batch, dtype, device), so a call costs the network
+    and two fused element-wise operations: ``x_t = alpha x`` and ``x0 = c_x x + c_out out``.
     """
+
+    _CACHE_SIZE = 4096
 
     def __init__(self, model: Callable[..., Tensor], process: NoiseProcess,
                  prediction: str = "eps", time_fn: Callable[[Tensor], Tensor] | None = None):
@@ -96,19 +132,55 @@ class ModelDenoiser(nn.Module):
                              f"{sorted(PREDICTIONS)}")
         self.model, self.process, self.prediction = model, process, prediction
         self.time_fn = time_fn or (lambda t: t)
+        self._cache: dict[tuple[Any, ...], tuple[Tensor, float, float, float]] = {}
 
-    def forward(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
-        sigma = as_batch_sigma(sigma, x)
-        t = self.process.t(sigma.to(torch.float64))
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("process", "prediction", "time_fn") and "_cache" in self.__dict__:
+            self._cache.clear()  # the cached coefficients depend on these
+        super().__setattr__(name, value)
+
+    def _schedule(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(t, alpha, c_x, c_out) at float64 ``sigma``."""
+        t = self.process.t(sigma)
         a, s = self.process.alpha(t), self.process.std(t)
         da = ds = None
         if self.prediction == "velocity":
             da, ds = self.process.d_alpha_dt(t), self.process.d_std_dt(t)
-            da, ds = (append_dims(v.to(x.dtype), x.ndim) for v in (da, ds))
-        a, s = (append_dims(v.to(x.dtype), x.ndim) for v in (a, s))
-        x_t = a * x
-        out = self.model(x_t, self.time_fn(t.to(x.dtype)), **cond)
-        return PREDICTIONS[self.prediction](out, x_t, a, s, da, ds)
+        c_x, c_out = X0_COEFFICIENTS[self.prediction](a, s, da, ds)
+        return t, a, torch.as_tensor(c_x, dtype=torch.float64), c_out
+
+    def _uniform(self, value: float, x: Tensor) -> tuple[Tensor, float, float, float]:
+        """Cached network time (a ``(batch,)`` tensor) and Python-float alpha, c_x, c_out."""
+        key = (value, x.shape[0], x.dtype, x.device)
+        hit = self._cache.get(key)
+        if hit is None:
+            t, a, c_x, c_out = self._schedule(torch.tensor([value], dtype=torch.float64))
+            t_net = self.time_fn(t.to(device=x.device, dtype=x.dtype).expand(x.shape[0]))
+            if len(self._cache) >= self._CACHE_SIZE:
+                self._cache.clear()
+            hit = self._cache[key] = (t_net, float(a), float(c_x), float(c_out))
+        return hit
+
+    def forward(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
+        value = uniform_sigma(sigma)
+        if value is None or (isinstance(sigma, Tensor) and sigma.ndim
+                             and sigma.shape != (x.shape[0],)):
+            return self._rowwise(x, as_batch_sigma(sigma, x), cond)
+        t_net, a, c_x, c_out = self._uniform(value, x)
+        out = self.model(x if a == 1.0 else x * a, t_net, **cond)
+        if c_x == 1.0:
+            return torch.add(x, out, alpha=c_out)
+        if c_x == 0.0:
+            return out if c_out == 1.0 else out * c_out
+        return torch.add(out * c_out, x, alpha=c_x)
+
+    def _rowwise(self, x: Tensor, sigma: Tensor, cond: dict[str, Any]) -> Tensor:
+        """A batch of distinct noise levels: the schedule per row, in float64."""
+        t, a, c_x, c_out = self._schedule(sigma.to(torch.float64))
+        a_, c_x, c_out = (append_dims(torch.as_tensor(v).to(x.dtype), x.ndim)
+                          for v in (a, c_x, c_out))
+        out = self.model(a_ * x, self.time_fn(t.to(x.dtype)), **cond)
+        return c_x * x + c_out * out
 
 
 class CFGDenoiser(nn.Module):
@@ -152,6 +224,6 @@ class CountingDenoiser(nn.Module):
     def forward(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
         self.nfe += 1
         self.rows += x.shape[0]
-        s = torch.as_tensor(sigma)
+        s = sigma if isinstance(sigma, Tensor) else as_batch_sigma(sigma, x)
         self.sigmas.append(float(s.reshape(-1)[0]))
-        return self.denoiser(x, sigma, **cond)
+        return self.denoiser(x, s, **cond)

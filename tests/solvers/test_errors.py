@@ -78,3 +78,16 @@ def test_bad_knobs(name, knobs, match):
 def test_adaptive_range_is_checked():
     with pytest.raises(ValueError, match="sigma_min > 0"):
         solvers.get("rk45")(ok, torch.randn(2, 3), torch.tensor([5.0, 0.0]))
+
+
+def test_finiteness_check_is_exact():
+    """One reduction decides the common case; an overflowing sum of finite values is not an
+    error, any NaN or inf is."""
+    from fewstep.solvers.driver import all_finite
+
+    assert all_finite(torch.full((4,), 6e4, dtype=torch.float16))  # the sum overflows fp16
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        v = torch.zeros(3, 5)
+        v[1, 2] = bad
+        assert not all_finite(v)
+    assert not all_finite(torch.tensor([float("inf"), -float("inf")]))  # sum is NaN

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
-from .common import Callback, emit, prepare
-from .dpm import _eps, dpm_solver_step
+from .common import Callback, emit, eps_of, prepare
+from .dpm import dpm_solver_step
 from .driver import Request, SolverFunction, Steps
 from .registry import register
 
@@ -54,12 +54,13 @@ def dpm_solver_adaptive_steps(x: Tensor, sigmas: Tensor, *, order: int = 3, rtol
         sigma, sigma_next = math.exp(-lam), math.exp(-(lam + h))
         if eps_s is None:
             denoised = yield x, sigma
-            eps_s, nfe = _eps(x, denoised, sigma), nfe + 1
+            eps_s, nfe = eps_of(x, denoised, sigma), nfe + 1
         x_lo, x_hi = yield from _embedded_pair(x, sigma, sigma_next, order, eps_s)
         nfe += order - 1
         err = _error_norm(x_hi, x_lo, x, atol, rtol)
         if err <= 1.0:
             x, lam, eps_s, steps = x_hi, lam + h, None, steps + 1
+            assert denoised is not None  # set with eps_s at the step's first evaluation
             emit(callback, steps - 1, x, sigma, sigma_next, denoised)
         else:
             rejected += 1

@@ -3,6 +3,8 @@ singlestep solvers and the step report to the callback."""
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -11,12 +13,13 @@ from torch import Tensor
 
 from ..denoiser import NonFiniteError
 from ..schedules import validate_sigmas
+from .driver import all_finite
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 Callback = Callable[[dict[str, Any]], None] | None
 
-__all__ = ["Generator", "generators", "prepare", "randn_like", "sample_generators",
-           "singlestep_orders"]
+__all__ = ["LOWER_ORDER_FINAL_BELOW", "Generator", "eps_of", "generators", "lerp", "lincomb",
+           "multistep_order", "prepare", "randn_like", "sample_generators", "singlestep_orders"]
 
 
 def prepare(x: Tensor, sigmas: Tensor | Sequence[float]) -> list[float]:
@@ -27,9 +30,49 @@ def prepare(x: Tensor, sigmas: Tensor | Sequence[float]) -> list[float]:
                         + (f" of dtype {x.dtype}" if isinstance(x, Tensor) else ""))
     if x.ndim < 2:
         raise ValueError(f"x must have shape (batch, ...); got {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
+    if not all_finite(x):
         raise NonFiniteError("x (the start noise) contains NaN/inf")
+    if isinstance(sigmas, Tensor) and sigmas.ndim == 1 and sigmas.is_floating_point():
+        s = sigmas.tolist()  # the common case, checked in Python (validate_sigmas explains)
+        if len(s) >= 2 and s[-1] >= 0 and all(a > b for a, b in itertools.pairwise(s)) \
+                and math.isfinite(s[0]):
+            return s
     return [float(v) for v in validate_sigmas(sigmas).tolist()]
+
+
+_FINITE_MAX = {dt: torch.finfo(dt).max for dt in
+               (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+
+
+def _fits(c: float, t: Tensor) -> bool:
+    """Whether the step coefficient ``c`` is representable in ``t``'s dtype (a fused op
+    refuses one that is not; the unfused form overflows to inf and the final check names
+    it)."""
+    return abs(c) <= _FINITE_MAX.get(t.dtype, math.inf)
+
+
+def lincomb(*terms: tuple[float, Tensor]) -> Tensor:
+    """``sum_i c_i t_i`` in ``len(terms)`` fused operations (a scaled copy of the first term,
+    then in-place scaled adds): the steps' linear updates without a temporary per term."""
+    (c0, t0), *rest = terms
+    out = t0 * c0
+    for c, t in rest:
+        out = out.add_(t, alpha=c) if _fits(c, t) else out + t * c
+    return out
+
+
+def lerp(start: Tensor, end: Tensor, weight: float) -> Tensor:
+    """``start + weight (end - start)`` in one fused operation (``torch.lerp``)."""
+    if _fits(weight, start):
+        return torch.lerp(start, end, weight)
+    return start + (end - start) * weight
+
+
+def eps_of(x: Tensor, denoised: Tensor, sigma: float) -> Tensor:
+    """The noise estimate ``(x - D) / sigma``, the PF-ODE's ``dx/dsigma`` (Karras et al.
+    2022, Eq. 3 with s = 1)."""
+    return lincomb((1 / sigma, x), (-1 / sigma, denoised))
+
 
 
 def generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
@@ -62,6 +105,21 @@ def singlestep_orders(nfe: int, order: int, denoise_to_zero: bool = True) -> lis
     first-order step to 0."""
     m, r = divmod(nfe - 1 if denoise_to_zero else nfe, order)
     return [order] * m + ([r] if r else []) + ([1] if denoise_to_zero else [])
+
+
+LOWER_ORDER_FINAL_BELOW = 15  # steps; diffusers' rule for DPM-Solver++ and DEIS
+
+
+def multistep_order(i: int, n: int, order: int, lower_order_final: bool) -> int:
+    """Order of step ``i`` of ``n`` of a multistep method of nominal ``order``: warm-up from
+    order 1 (step i has i + 1 evaluations), and with ``lower_order_final`` a run of fewer than
+    15 steps lowers its last steps so that step i uses at most n - i evaluations (diffusers'
+    ``lower_order_final``: short runs are unstable at high order near sigma = 0). One meaning
+    for every solver with the knob."""
+    k = min(order, i + 1)
+    if lower_order_final and n < LOWER_ORDER_FINAL_BELOW:
+        k = min(k, n - i)
+    return k
 
 
 def check_orders(orders: Sequence[int] | None, sigmas: list[float], order: int) -> list[int]:

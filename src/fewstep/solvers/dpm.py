@@ -11,10 +11,22 @@ import math
 from collections.abc import Generator as Generator_
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
 from . import euler as _euler  # noqa: F401  (registers ddim before the alias)
-from .common import Callback, Generator, check_orders, emit, prepare, randn_like
+from .common import (
+    Callback,
+    Generator,
+    check_orders,
+    emit,
+    eps_of,
+    lerp,
+    lincomb,
+    multistep_order,
+    prepare,
+    randn_like,
+)
 from .driver import Request, SolverFunction, Steps
 from .registry import alias, register
 
@@ -24,10 +36,6 @@ def _h(sigma: float, sigma_next: float) -> float:
     return math.inf if sigma_next == 0 else math.log(sigma / sigma_next)
 
 
-def _eps(x: Tensor, denoised: Tensor, sigma: float) -> Tensor:
-    return (x - denoised) / sigma
-
-
 def dpm_solver_step(x: Tensor, s: float, t: float, order: int,
                     eps_s: Tensor) -> Generator_[Request, Tensor, tuple[Tensor, list[Tensor]]]:
     """One DPM-Solver-k step with noise prediction (Lu et al. 2022, Alg. 1 and 2; r1 = 1/3,
@@ -35,20 +43,21 @@ def dpm_solver_step(x: Tensor, s: float, t: float, order: int,
     evaluations. Returns x_t and the intermediate eps values."""
     h = _h(s, t)
     if order == 1:
-        return x - (s - t) * eps_s, []
+        return torch.add(x, eps_s, alpha=t - s), []
     r1 = 0.5 if order == 2 else 1 / 3
     s1 = s * math.exp(-r1 * h)
-    u1 = x - (s - s1) * eps_s
-    eps_1 = _eps(u1, (yield u1, s1), s1)
+    u1 = torch.add(x, eps_s, alpha=s1 - s)
+    eps_1 = eps_of(u1, (yield u1, s1), s1)
     if order == 2:
-        return x - (s - t) * eps_s - (s - t) / (2 * r1) * (eps_1 - eps_s), [eps_1]
+        c = (s - t) / (2 * r1)
+        return lincomb((1.0, x), (c - (s - t), eps_s), (-c, eps_1)), [eps_1]
     r2 = 2 / 3
     s2 = s * math.exp(-r2 * h)
-    D1 = eps_1 - eps_s
-    u2 = x - (s - s2) * eps_s - s2 * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1) * D1
-    eps_2 = _eps(u2, (yield u2, s2), s2)
-    phi_2 = (s - t) / h - t  # sigma_t * ((e^h - 1)/h - 1)
-    return x - (s - t) * eps_s - (phi_2 / r2) * (eps_2 - eps_s), [eps_1, eps_2]
+    c = s2 * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1)  # times D1 = eps_1 - eps_s
+    u2 = lincomb((1.0, x), (c - (s - s2), eps_s), (-c, eps_1))
+    eps_2 = eps_of(u2, (yield u2, s2), s2)
+    c = ((s - t) / h - t) / r2  # sigma_t ((e^h - 1)/h - 1) / r2, times eps_2 - eps_s
+    return lincomb((1.0, x), (c - (s - t), eps_s), (-c, eps_2)), [eps_1, eps_2]
 
 
 def dpm_solver_steps(x: Tensor, sigmas: Tensor, *, order: int = 3,
@@ -59,7 +68,7 @@ def dpm_solver_steps(x: Tensor, sigmas: Tensor, *, order: int = 3,
     orders = check_orders(orders, s, order)
     for i, k in enumerate(orders):
         denoised = yield x, s[i]
-        x, _ = yield from dpm_solver_step(x, s[i], s[i + 1], k, _eps(x, denoised, s[i]))
+        x, _ = yield from dpm_solver_step(x, s[i], s[i + 1], k, eps_of(x, denoised, s[i]))
         emit(callback, i, x, s[i], s[i + 1], denoised)
     return x
 
@@ -73,27 +82,15 @@ def dpmpp_2s_steps(x: Tensor, sigmas: Tensor, *, orders: Sequence[int] | None = 
         sigma, sigma_next = s[i], s[i + 1]
         denoised = yield x, sigma
         if k == 1:
-            x_next = (sigma_next / sigma) * x + (1 - sigma_next / sigma) * denoised
+            x_next = lerp(denoised, x, sigma_next / sigma)
         else:
             s1 = sigma * (sigma_next / sigma) ** r  # lambda_s1 = lambda_s + r h
-            u = (s1 / sigma) * x + (1 - s1 / sigma) * denoised
-            d_mix = (1 - 1 / (2 * r)) * denoised + (1 / (2 * r)) * (yield u, s1)
-            x_next = (sigma_next / sigma) * x + (1 - sigma_next / sigma) * d_mix
+            u = lerp(denoised, x, s1 / sigma)
+            d_mix = lerp(denoised, (yield u, s1), 1 / (2 * r))
+            x_next = lerp(d_mix, x, sigma_next / sigma)
         x = x_next
         emit(callback, i, x, sigma, sigma_next, denoised)
     return x
-
-
-def _multistep_order(i: int, n: int, order: int, lower_order_final: bool,
-                     sigma_next: float) -> int:
-    """Warm-up from order 1, and lower orders at the end for short runs (diffusers'
-    lower_order_final for n < 15); the step to sigma = 0 is first order."""
-    k = min(order, i + 1)
-    if sigma_next == 0:
-        return 1
-    if lower_order_final and n < 15:
-        k = min(k, n - i)
-    return k
 
 
 def dpmpp_multistep_steps(x: Tensor, sigmas: Tensor, *, order: int = 2,
@@ -108,8 +105,10 @@ def dpmpp_multistep_steps(x: Tensor, sigmas: Tensor, *, order: int = 2,
         sigma, sigma_next = s[i], s[i + 1]
         denoised = yield x, sigma
         hist = [*hist[-2:], denoised]
-        k = _multistep_order(i, n, order, lower_order_final, sigma_next)
-        x = (sigma_next / sigma) * x + (1 - sigma_next / sigma) * _dpmpp_mix(hist, s, i, k)
+        # the step to sigma = 0 is the first-order denoise
+        k = 1 if sigma_next == 0 else multistep_order(i, n, order, lower_order_final)
+        # x' = (sigma'/sigma) x + (1 - sigma'/sigma) mix  (e^{-h} = sigma'/sigma)
+        x = lerp(_dpmpp_mix(hist, s, i, k), x, sigma_next / sigma)
         emit(callback, i, x, sigma, sigma_next, denoised)
     return x
 
@@ -121,17 +120,18 @@ def _dpmpp_mix(hist: list[Tensor], s: list[float], i: int, k: int) -> Tensor:
         return m0
     h = _h(s[i], s[i + 1])
     r0 = _h(s[i - 1], s[i]) / h
-    D1_0 = (m0 - hist[-2]) / r0
-    if k == 2:
-        return m0 + 0.5 * D1_0
+    if k == 2:  # m0 + D1_0 / 2 with D1_0 = (m0 - m1) / r0
+        return lerp(hist[-2], m0, 1 + 0.5 / r0)
     r1 = _h(s[i - 2], s[i - 1]) / h
-    D1_1 = (hist[-2] - hist[-3]) / r1
-    D1 = D1_0 + r0 / (r0 + r1) * (D1_0 - D1_1)
-    D2 = (D1_0 - D1_1) / (r0 + r1)
     em1 = math.expm1(-h)  # e^{-h} - 1
     c1 = (em1 / h + 1) / -em1
     c2 = ((em1 + h) / h**2 - 0.5) / -em1
-    return m0 + c1 * D1 - c2 * D2
+    # m0 + c1 D1 - c2 D2 with D1_0 = (m0 - m1) / r0, D1_1 = (m1 - m2) / r1,
+    # D1 = D1_0 + r0 (D1_0 - D1_1) / (r0 + r1), D2 = (D1_0 - D1_1) / (r0 + r1): the weights
+    # of D1_0 and D1_1, then of m0, m1, m2
+    w0 = c1 * (1 + r0 / (r0 + r1)) - c2 / (r0 + r1)
+    w1 = -c1 * r0 / (r0 + r1) + c2 / (r0 + r1)
+    return lincomb((1 + w0 / r0, m0), (-w0 / r0 + w1 / r1, hist[-2]), (-w1 / r1, hist[-3]))
 
 
 def dpmpp_2m_sde_steps(x: Tensor, sigmas: Tensor, *, eta: float = 1.0, s_noise: float = 1.0,
@@ -148,13 +148,14 @@ def dpmpp_2m_sde_steps(x: Tensor, sigmas: Tensor, *, eta: float = 1.0, s_noise: 
         else:
             h = _h(sigma, sigma_next)
             decay = -math.expm1(-h * (1 + eta))  # 1 - e^{-(1+eta) h}
-            x = (sigma_next / sigma) * math.exp(-eta * h) * x + decay * denoised
-            if prev is not None:
-                r = _h(s[i - 1], sigma) / h
-                x = x + 0.5 * decay * (denoised - prev) / r
+            terms = [((sigma_next / sigma) * math.exp(-eta * h), x), (decay, denoised)]
+            if prev is not None:  # + decay (denoised - prev) / (2 r)
+                c = 0.5 * decay / (_h(s[i - 1], sigma) / h)
+                terms = [terms[0], (decay + c, denoised), (-c, prev)]
             if eta > 0:
-                noise = randn_like(x, generator)
-                x = x + sigma_next * math.sqrt(-math.expm1(-2 * eta * h)) * s_noise * noise
+                terms.append((sigma_next * math.sqrt(-math.expm1(-2 * eta * h)) * s_noise,
+                              randn_like(x, generator)))
+            x = lincomb(*terms)
         prev = denoised
         emit(callback, i, x, sigma, sigma_next, denoised)
     return x
@@ -172,11 +173,11 @@ register("dpm_solver_3", sample_dpm_solver, order=3, kind="singlestep", knobs={"
          reference="Lu et al. 2022, Alg. 2 (DPM-Solver-3)")
 register("dpmpp_2s", sample_dpmpp_2s, order=2, kind="singlestep",
          reference="Lu et al. 2022b, Alg. 1 (DPM-Solver++(2S))")
-register("dpmpp_2m", sample_dpmpp_multistep, order=2, knobs={"order": 2},
+register("dpmpp_2m", sample_dpmpp_multistep, order=2, history=2, knobs={"order": 2},
          reference="Lu et al. 2022b, Alg. 2 (DPM-Solver++(2M))")
-register("dpmpp_3m", sample_dpmpp_multistep, order=3, knobs={"order": 3},
+register("dpmpp_3m", sample_dpmpp_multistep, order=3, history=3, knobs={"order": 3},
          reference="Lu et al. 2022b, App. B (DPM-Solver++(3M))")
-register("dpmpp_2m_sde", sample_dpmpp_2m_sde, order=2, stochastic=True,
+register("dpmpp_2m_sde", sample_dpmpp_2m_sde, order=2, history=2, stochastic=True,
          reference="Lu et al. 2022b, App. B (SDE-DPM-Solver++(2M))")
 
 __all__ = ["dpm_solver_step", "dpm_solver_steps", "dpmpp_2m_sde_steps", "dpmpp_2s_steps",

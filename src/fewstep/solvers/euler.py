@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
-from .common import Callback, Generator, check_orders, emit, prepare, randn_like
+from .common import Callback, Generator, check_orders, emit, lerp, prepare, randn_like
 from .driver import SolverFunction, Steps
 from .registry import alias, register
 
@@ -35,9 +36,9 @@ def ddim_steps(x: Tensor, sigmas: Tensor, *, eta: float = 0.0, generator: Genera
     for i in range(len(s) - 1):
         denoised = yield x, s[i]
         down, up = ancestral_split(s[i], s[i + 1], eta)
-        x = denoised + (down / s[i]) * (x - denoised)
+        x = lerp(denoised, x, down / s[i])  # denoised + (down / sigma) (x - denoised)
         if up > 0:
-            x = x + up * randn_like(x, generator)
+            x = torch.add(x, randn_like(x, generator), alpha=up)
         emit(callback, i, x, s[i], s[i + 1], denoised)
     return x
 
@@ -57,14 +58,18 @@ def heun_steps(x: Tensor, sigmas: Tensor, *, orders: Sequence[int] | None = None
         gamma = min(S_churn / n, math.sqrt(2) - 1) if S_tmin <= sigma <= S_tmax else 0.0
         if gamma > 0:
             sigma_hat = sigma * (1 + gamma)
-            x = x + math.sqrt(sigma_hat**2 - sigma**2) * S_noise * randn_like(x, generator)
+            x = torch.add(x, randn_like(x, generator),
+                          alpha=math.sqrt(sigma_hat**2 - sigma**2) * S_noise)
             sigma = sigma_hat
         denoised = yield x, sigma
-        d = (x - denoised) / sigma
-        x_next = x + (s[i + 1] - sigma) * d  # Euler step (line 8)
+        sigma_next = s[i + 1]
+        # Euler step x + (sigma' - sigma) d with d = (x - D) / sigma (line 8)
+        x_next = lerp(denoised, x, sigma_next / sigma)
         if orders[i] == 2:  # second-order correction (lines 9-11)
-            d_next = (x_next - (yield x_next, s[i + 1])) / s[i + 1]
-            x_next = x + (s[i + 1] - sigma) * 0.5 * (d + d_next)
+            # x + (sigma' - sigma) (d + d') / 2 with d' = (x_next - D') / sigma' is
+            # x / 2 + (1/2 - g) x_next + g D' for g = (sigma - sigma') / (2 sigma'): two lerps
+            g = (sigma - sigma_next) / (2 * sigma_next)
+            x_next = lerp(x, lerp(x_next, (yield x_next, sigma_next), 2 * g), 0.5)
         x = x_next
         emit(callback, i, x, sigma, s[i + 1], denoised)
     return x

@@ -34,7 +34,16 @@ class SolverSpec:
     """What the bench and ``plan`` need to know about a solver, and the solver itself: call
     it with the function face ``spec(denoiser, x, sigmas, *, cond=None, generator=None,
     callback=None, **knobs)`` or step its generator ``spec.steps(x, sigmas, **knobs)``; the
-    entry's ``defaults`` are the knobs it passes unless overridden."""
+    entry's ``defaults`` are the knobs it passes unless overridden.
+
+    ``order`` is the nominal order of one full step as this entry runs it (global error
+    O(h^order) once the history is full; a singlestep method's stages per step), measured by
+    ``tests/solvers/test_exact.py``; ``history`` is how many evaluations one full step
+    combines (1 for singlestep methods). The two differ: UniPC-3 combines 3 evaluations and
+    its corrector makes it order 4; iPNDM combines 4 with fixed Adams-Bashforth weights, which
+    on the non-uniform grids diffusion uses are second order. A multistep run warms up with
+    lower orders, so over a short range its measured global order is min(order, 2), or
+    min(order, 3) with a corrector."""
 
     name: str
     fn: SolverFunction
@@ -46,6 +55,7 @@ class SolverSpec:
     reference: str = ""
     alias_of: str | None = None
     requires: str | None = None  # what the denoiser must be, e.g. "consistency" (a student)
+    history: int = 1
 
     @property
     def evals_per_step(self) -> int:
@@ -75,8 +85,9 @@ _REGISTRY: dict[str, SolverSpec] = {}
 def register(name: str, fn: SolverFunction | Callable[..., Steps], *, order: int,
              kind: str = "multistep", stochastic: bool = False, min_nfe: int | None = None,
              reference: str = "", knobs: dict[str, Any] | None = None,
-             requires: str | None = None) -> SolverSpec:
-    """Add a solver of nominal ``order``: ``fn`` is its generator function (or the
+             requires: str | None = None, history: int = 1) -> SolverSpec:
+    """Add a solver of nominal ``order`` whose full step combines ``history`` evaluations
+    (see :class:`SolverSpec`): ``fn`` is its generator function (or the
     :class:`SolverFunction` made from it); ``knobs`` are the defaults this entry passes
     (e.g. ``{"eta": 1.0}``), overridable per call."""
     if not isinstance(fn, SolverFunction):
@@ -88,8 +99,10 @@ def register(name: str, fn: SolverFunction | Callable[..., Steps], *, order: int
     if min_nfe is None:
         min_nfe = order + 1 if kind == "singlestep" else 1
     fn.check_knobs(knobs or {}, f"solver {name!r}")
+    if history < 1 or (kind == "singlestep" and history != 1):
+        raise ValueError(f"history must be >= 1 (1 for a singlestep solver); got {history}")
     spec = SolverSpec(name, fn, order, kind, stochastic, min_nfe, dict(knobs or {}), reference,
-                      requires=requires)
+                      requires=requires, history=history)
     _REGISTRY[name] = spec
     return spec
 
@@ -168,7 +181,8 @@ def sample(denoiser: Denoiser, x: Tensor, solver: str, nfe: int | None = None, *
     spec = get(solver)
     if (nfe is None) == (sigmas is None):
         raise ValueError("give exactly one of nfe= or sigmas=")
-    if nfe is not None:
+    if sigmas is None:
+        assert nfe is not None
         p = plan(solver, nfe, schedule, **(schedule_kwargs or {}))
         sigmas, knobs = p.sigmas, {**p.knobs, **knobs}
     return spec(denoiser, x, sigmas, cond=cond, **knobs)
