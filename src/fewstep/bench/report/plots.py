@@ -273,17 +273,22 @@ def plot_amortised(points: Sequence[CostPoint], path: str | Path,
     for ax, teacher in zip(axes, teachers, strict=True):
         items = [p for p in points if p.agg.teacher == teacher and not p.agg.is_baseline]
         _set_scales(ax, [p.agg.summary.mean for p in items], spec.positive)
-        for colour, (m, by_teacher) in zip(_AMORTISED_COLOURS, fronts.items(), strict=False):
+        labelled: set[tuple[float, float]] = set()  # a front point shared by every M: once
+        for i, (colour, (m, by_teacher)) in enumerate(
+                zip(_AMORTISED_COLOURS, fronts.items(), strict=False)):
             xy = [(p.seconds(m), p.agg.summary.mean) for p in items
                   if math.isfinite(p.seconds(m)) and math.isfinite(p.agg.summary.mean)]
             ax.plot([x for x, _ in xy], [y for _, y in xy], ".", ms=3, color=colour, alpha=0.3)
             front = by_teacher.get(teacher, [])
             ax.plot([p.seconds(m) for p in front], [p.agg.summary.mean for p in front], "o-",
-                    ms=3.5, lw=1.4, color=colour, label=f"front, one-off cost over {m:.0e} "
-                    "samples")
+                    ms=3.5, lw=max(3.0 - 1.6 * i, 1.0), alpha=0.8, color=colour,
+                    label=f"front, one-off cost over {m:.0e} samples")
             for p in front:
-                ax.annotate(p.agg.label, (p.seconds(m), p.agg.summary.mean), fontsize=6,
-                            xytext=(3, 3), textcoords="offset points", color=colour)
+                at = (p.seconds(m), p.agg.summary.mean)
+                if at not in labelled:
+                    labelled.add(at)
+                    ax.annotate(p.agg.label, at, fontsize=6, xytext=(3, 3),
+                                textcoords="offset points", color=colour)
         ax.set(title=f"{teacher}: quality vs amortised cost", xlabel="seconds per sample "
                "(sampling + set-up + one-off / M)",
                ylabel=f"{spec.name} ({spec.direction} is better)")
