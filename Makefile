@@ -3,6 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fewstep-installed
+RAY_STAMP := $(VENV)/.fewstep-ray-installed
 
 .PHONY: bench test docs install lint clean
 
@@ -18,12 +19,17 @@ $(STAMP): pyproject.toml
 		torch-fidelity==0.4.0
 	touch $(STAMP)
 
+# Ray (the optional `fewstep bench --ray` extra) only for the tests: `make bench` stays lean.
+$(RAY_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[ray]'
+	touch $(RAY_STAMP)
+
 install: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/fewstep bench --suite quick
 
-test: $(STAMP)
+test: $(RAY_STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -n 2 -m "not slow"

@@ -25,7 +25,7 @@ def test_bench_runs_reports_and_resumes(tmp_path, capsys):
     assert "best method" in out and (tmp_path / "report.html").exists()
     assert out.index("at NFE <= k use X") < out.index("best method")  # decision table first
     assert main(args) == 0
-    assert "80 already done, 0 run" in capsys.readouterr().out  # 68 + 12 baseline cases
+    assert "104 already done, 0 run" in capsys.readouterr().out  # 92 + 12 baseline cases
 
 
 def test_unknown_suite_is_a_clear_error(capsys):

@@ -113,11 +113,25 @@ def _check_metric(metric: str, rows: list[dict], db: Path) -> None:
         raise ValueError(f"--metric {metric!r}: not a metric of the rows in {db}; "
                          f"available: {', '.join(present)}")
 
+def _print_tables(rows: list[dict], metric: str) -> None:
+    """The terminal tables of bench and report: decision, leaderboard, peers, the
+    amortised-cost front and (on ode_rmse) the convergence table."""
+    from .bench import report
+
+    print(report.format_decision(report.decide(rows, metric)))
+    print(report.format_leaderboard(report.leaderboard(rows, metric=metric)))
+    print(report.format_peer_comparison(report.peer_comparison(rows, metric=metric)))
+    print(report.format_amortised(report.amortised_fronts(report.amortised(rows, metric))))
+    if "ode_rmse" in report.metrics_present(rows):
+        print(report.format_convergence(report.convergence(rows)))
+
+
 EPILOG_BENCH = """examples:
   fewstep bench                         # the quick suite on the built-in teachers
   fewstep bench --suite smoke           # a seconds-long suite
   fewstep bench --suite my_suite.toml --out results --shard 0/2   # half of a suite
   fewstep bench --list                  # the cases a suite expands to, without running them
+  fewstep bench --suite full --ray local   # cases as Ray tasks on this machine's cores
 """
 
 
@@ -129,15 +143,7 @@ EPILOG_SAMPLE = """examples:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench.report import (
-        decide,
-        format_decision,
-        format_leaderboard,
-        format_peer_comparison,
-        leaderboard,
-        peer_comparison,
-        write_report,
-    )
+    from .bench.report import write_report
     from .bench.runner import parse_shard, run_suite
     from .bench.store import Store
     from .bench.suite import load_suite
@@ -145,6 +151,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     metric_registry.get(args.metric)  # an unknown metric fails before any case runs
     shard = parse_shard(args.shard)
+    if args.ray is not None:
+        from .bench.distributed import RAY_MISSING, require_ray
+
+        try:
+            require_ray()
+        except ImportError:
+            raise ValueError(RAY_MISSING) from None
+        if args.data:
+            raise ValueError(f"--data {args.data!r} with --ray: Ray workers cannot see a "
+                             "folder registered in this process; run without --ray")
     if args.data and not any(t.startswith("diffusers:") for t in args.teacher or []):
         raise ValueError(f"--data {args.data!r} needs --teacher diffusers:PATH (the built-in "
                          "teachers score against their own data)")
@@ -167,7 +183,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                          f"(its database is DIR/{RESULTS_DB})")
     t0 = time.perf_counter()
     summary = run_suite(suite, args.out, shard=shard, device=args.device,
-                        progress=not args.quiet)
+                        progress=not args.quiet, ray=args.ray)
     print(f"suite {suite.name!r}: {summary.total} cases in this shard, {summary.already_done} "
           f"already done, {summary.ran} run ({summary.failed} failed), {summary.elsewhere} "
           f"left to another run on this --out, in {summary.seconds:.1f} s; "
@@ -178,9 +194,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     store = Store(db, read_only=True)
     rows = store.rows(suite=suite.name)
     _check_metric(args.metric, rows, db)
-    print(format_decision(decide(rows, args.metric)))
-    print(format_leaderboard(leaderboard(rows, metric=args.metric)))
-    print(format_peer_comparison(peer_comparison(rows, metric=args.metric)))
+    _print_tables(rows, args.metric)
     if not args.no_report:  # the store, not rows: the report lists the failed cases too
         path = write_report(store, args.out, suite=suite.name, metric=args.metric)
         print(f"report: {path}")
@@ -397,15 +411,7 @@ def _training_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .bench.report import (
-        decide,
-        format_decision,
-        format_leaderboard,
-        format_peer_comparison,
-        leaderboard,
-        peer_comparison,
-        write_report,
-    )
+    from .bench.report import write_report
     from .bench.store import Store
 
     db, report_dir = results_paths(args.out)
@@ -417,9 +423,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if not rows:  # only failed cases: the report lists them
         print(f"no finished cases in {db}; the report lists the failed ones", file=sys.stderr)
     _check_metric(args.metric, rows, db)
-    print(format_decision(decide(rows, args.metric)))
-    print(format_leaderboard(leaderboard(rows, metric=args.metric)))
-    print(format_peer_comparison(peer_comparison(rows, metric=args.metric)))
+    _print_tables(rows, args.metric)
     report_dir = Path(args.report_dir) if args.report_dir else report_dir
     try:  # the store, not rows: the report lists the failed cases too
         path = write_report(store, report_dir, suite=args.suite, metric=args.metric)
@@ -480,6 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(torch-fidelity's inception-v3-compat .pth) for field-standard FID/KID on "
                    "image teachers; without it they are reported as not computed")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--ray", default=None, metavar="ADDRESS", help="run the cases as Ray tasks: "
+                   "'local' (this machine) or a cluster address (e.g. ray://head:10001, auto); "
+                   "rows go to the same store, so resume, --shard and merge work as usual. "
+                   "Needs the extra: pip install 'fewstep[ray]'")
     b.set_defaults(fn=_cmd_bench)
 
     r = sub.add_parser("report", help="write the HTML report and print the leaderboard from a "

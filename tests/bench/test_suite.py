@@ -65,3 +65,31 @@ def test_budget_below_minimum_is_skipped_not_changed(tmp_path):
                                     'nfe=[2, 4]\nseeds=[0, 1]\n'))
     assert [(c.nfe, c.seed) for c in s.cases()] == [(4, 0), (4, 1)]
     assert s.skipped == ["dpm_solver_3 at NFE 2: below its minimum of 4"]
+
+
+def test_extra_nfe_runs_on_its_teacher_only(tmp_path):
+    s = load_suite(_write(tmp_path, 'name="x"\nteachers=["gmm2", "moons"]\nmethods=["ddim"]\n'
+                          'nfe=[2, 5]\nextra_nfe={gmm2=[50, 20]}\nseeds=[0]\n'))
+    budgets = {(c.teacher, c.nfe) for c in s.cases()}
+    assert budgets == {("gmm2", 2), ("gmm2", 5), ("gmm2", 20), ("gmm2", 50), ("moons", 2),
+                       ("moons", 5)}
+    assert s.nfe_of("moons") == [2, 5]
+
+
+@pytest.mark.parametrize("extra,match", [
+    ("{moons=[50]}", "extra_nfe names 'moons', not one of its teachers"),
+    ("{gmm2=[0]}", r"extra_nfe.gmm2 must be a non-empty list of positive integers; got \[0\]"),
+    ("{gmm2=[]}", "extra_nfe.gmm2 must be a non-empty list"),
+    ("[50]", "extra_nfe must be a table"),
+])
+def test_bad_extra_nfe_is_named(tmp_path, extra, match):
+    with pytest.raises(ValueError, match=match):
+        load_suite(_write(tmp_path, f'name="x"\nteachers=["gmm2"]\nmethods=["ddim"]\nnfe=[2]\n'
+                          f'extra_nfe={extra}\nseeds=[0]\n'))
+
+
+def test_every_builtin_suite_reaches_nfe_50_on_a_teacher():
+    """Convergence as NFE grows needs NFE 50 on at least one teacher of every suite."""
+    for name in ("smoke", "quick", "full"):
+        s = load_suite(name)
+        assert max(max(s.nfe_of(t)) for t in s.teachers) == 50, name

@@ -325,11 +325,7 @@ def _run_case(case: Case, ctx: _Context) -> dict[str, Any]:
     dtype = DTYPES[case.dtype]
     if case.dtype not in ctx.envs:  # once per run and dtype (it asks git for the revision)
         ctx.envs[case.dtype] = environment(ctx.device, dtype)
-    env = ctx.envs[case.dtype]
-    row: dict[str, Any] = {"key": case.key, "suite": case.suite, "teacher": case.teacher,
-                           "method": case.method, "impl": case.impl, "nfe_target": case.nfe,
-                           "seed": case.seed, "n_samples": case.n_samples, "env": env,
-                           "config": {**case.config, **_notes(case)}}
+    row = _base_row(case, ctx.envs[case.dtype])
     try:
         ref = reference(teacher, case.seed, case.n_samples, case.reference_rtol,
                         ctx.out_dir / "references")
@@ -366,6 +362,20 @@ def _run_case(case: Case, ctx: _Context) -> dict[str, Any]:
     return row
 
 
+def _base_row(case: Case, env: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a case's row that do not depend on running it."""
+    return {"key": case.key, "suite": case.suite, "teacher": case.teacher,
+            "method": case.method, "impl": case.impl, "nfe_target": case.nfe,
+            "seed": case.seed, "n_samples": case.n_samples, "env": env,
+            "config": {**case.config, **_notes(case)}}
+
+
+def error_row(case: Case, error: str) -> dict[str, Any]:
+    """The row of a case that did not run to a result (e.g. its Ray worker died); stored like
+    any failed case, so a rerun tries it again."""
+    return {**_base_row(case, {}), "status": "error", "error": error, "metrics": {}}
+
+
 def _notes(case: Case) -> dict[str, Any]:
     note = peers.NOTES.get(case.method.removeprefix("diffusers:")) if case.impl == "diffusers" \
         else None
@@ -373,11 +383,18 @@ def _notes(case: Case) -> dict[str, Any]:
 
 
 def run_suite(suite: Suite, out_dir: str | Path, *, shard: tuple[int, int] = (0, 1),
-              device: str = "cpu", progress: bool = True) -> RunSummary:
+              device: str = "cpu", progress: bool = True, ray: str | None = None) -> RunSummary:
     """Run every unfinished case of ``suite`` in this shard, storing rows in
     ``out_dir/results.sqlite``; finished cases are skipped, so an interrupted run resumes.
     Each case is claimed in the store before it runs, so several processes on one ``out_dir``
-    share the work instead of repeating it; an interruption releases this run's claims."""
+    share the work instead of repeating it; an interruption releases this run's claims.
+    ``ray``: a Ray address ("local" for this machine) to run the claimed cases as Ray tasks
+    (:mod:`fewstep.bench.distributed`); this process alone writes their rows, as they finish.
+    Raises ImportError when ``ray`` is given and Ray is not installed."""
+    if ray is not None:
+        from .distributed import require_ray
+
+        require_ray()  # before the store is opened: without Ray nothing is touched
     out_dir = Path(out_dir)
     store = Store(out_dir / "results.sqlite")
     cases = [c for c in suite.cases() if int(c.key, 16) % shard[1] == shard[0]]
@@ -386,19 +403,31 @@ def run_suite(suite: Suite, out_dir: str | Path, *, shard: tuple[int, int] = (0,
     ctx, elsewhere, t0 = _Context(out_dir, device), 0, time.perf_counter()
     failures: list[Any] = []
     bar = _Progress(len(todo), f"bench {suite.name}", enabled=progress)
+
+    def record(case: Case, row: dict[str, Any]) -> None:
+        if row["status"] != "ok":
+            failures.append((case_label(case), row["error"]))
+        store.put(row)
+        bar.finished(len(failures))
+
     try:
-        for case in todo:
-            if not store.claim(case.key):
-                elsewhere += 1
-                bar.finished(len(failures))
-                continue
-            label = case_label(case)
-            bar.running(label)
-            row = run_case(case, ctx)
-            if row["status"] != "ok":
-                failures.append((label, row["error"]))
-            store.put(row)
-            bar.finished(len(failures))
+        if ray is None:
+            for case in todo:
+                if not store.claim(case.key):
+                    elsewhere += 1
+                    bar.finished(len(failures))
+                    continue
+                bar.running(case_label(case))
+                record(case, run_case(case, ctx))
+        else:  # claim all first (other runs skip them), then rows arrive as tasks finish
+            from .distributed import ray_rows
+
+            mine = [c for c in todo if store.claim(c.key)]
+            elsewhere = len(todo) - len(mine)
+            for _ in range(elsewhere):
+                bar.finished(0)
+            for case, row in ray_rows(mine, out_dir, device, ray):
+                record(case, row)
     finally:
         bar.close()
         store.release()

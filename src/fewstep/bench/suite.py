@@ -66,7 +66,14 @@ class Suite:
     denoise_to_zero: bool = True  # fewstep plans: last evaluation steps sigma_min -> 0
     inception_weights: str | None = None  # local FID Inception weights for image teachers
     timing_repeats: int = 3  # warm timed runs per case; rows record their medians
+    # teacher -> NFE budgets run on that teacher only, beside ``nfe`` (e.g. convergence to NFE
+    # 50 on one cheap teacher: ``extra_nfe = {gmm16 = [25, 35, 50]}``)
+    extra_nfe: dict[str, list[int]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+
+    def nfe_of(self, teacher: str) -> list[int]:
+        """The NFE budgets run on ``teacher``: ``nfe`` and its ``extra_nfe``, sorted."""
+        return sorted({*self.nfe, *self.extra_nfe.get(teacher, [])})
 
     def validate(self) -> None:
         """Fail early (ValueError), naming any bad value: unknown teacher, method or dtype,
@@ -108,6 +115,17 @@ class Suite:
             if bad:
                 raise ValueError(f"{where}: {key} must be {what}; got {values!r} (bad: "
                                  f"{', '.join(map(repr, bad))})")
+        if not isinstance(self.extra_nfe, dict):
+            raise ValueError(f"{where}: extra_nfe must be a table teacher = [NFE, ...]; got "
+                             f"{self.extra_nfe!r}")
+        for t, budgets in self.extra_nfe.items():
+            if t not in self.teachers:
+                raise ValueError(f"{where}: extra_nfe names {t!r}, not one of its teachers "
+                                 f"{self.teachers}")
+            if not isinstance(budgets, list) or not budgets or any(
+                    not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in budgets):
+                raise ValueError(f"{where}: extra_nfe.{t} must be a non-empty list of positive "
+                                 f"integers; got {budgets!r}")
         if isinstance(self.n_samples, bool) or not isinstance(self.n_samples, int) or \
                 self.n_samples < 2:
             raise ValueError(f"{where}: n_samples must be an integer >= 2; got "
@@ -128,7 +146,7 @@ class Suite:
         out: list[Case] = []
         for t in self.teachers:
             for m in self.methods:
-                for nfe in [0] if baselines.is_baseline(m) else self.nfe:  # no evaluations
+                for nfe in [0] if baselines.is_baseline(m) else self.nfe_of(t):  # no evaluations
                     why = _unreachable(m, nfe)
                     if why:
                         if why not in self.skipped:

@@ -5,6 +5,8 @@ import torch
 from fewstep.data.files import from_image_folder, from_tensor_file
 from fewstep.data.images import image_datasets
 from fewstep.data.registry import Dataset, available, get, register, unregister
+from fewstep.data.signals import signal_datasets
+from fewstep.data.tabular import tabular_datasets
 from fewstep.data.toys import toy_datasets
 
 
@@ -13,7 +15,7 @@ def load(name: str, split: str = "train", n: int | None = None, seed: int = 0) -
     return get(name).load(split=split, n=n, seed=seed)
 
 
-for _ds in (*toy_datasets(), *image_datasets()):
+for _ds in (*toy_datasets(), *image_datasets(), *tabular_datasets(), *signal_datasets()):
     register(_ds)
 
 __all__ = [

@@ -9,9 +9,11 @@ from functools import cache
 import numpy as np
 import torch
 
-SPLITS = ("train", "test")
+# Every split a data set may have; a set declares the ones it has (``Dataset.splits``). "val"
+# comes last so the generated sets' per-split seed streams (index in SPLITS) never moved.
+SPLITS = ("train", "test", "val")
 KINDS = ("vector", "image")
-SPLIT_SEED = 20240229  # fixed seed of every finite set's train/test split
+SPLIT_SEED = 20240229  # fixed seed of every finite set's train/(val/)test split
 TEST_FRACTION = 0.2
 
 Loader = Callable[[str, int | None, int], torch.Tensor]
@@ -28,16 +30,23 @@ class Dataset:
     loader: Loader
     finite: bool = True
     description: str = ""
+    splits: tuple[str, ...] = ("train", "test")  # the splits it has, mutually disjoint
 
     def __post_init__(self) -> None:
         """Validate the metadata."""
         if self.kind not in KINDS:
             raise ValueError(f"dataset {self.name!r}: kind must be in {KINDS}, got {self.kind!r}")
+        for split in self.splits:
+            check_split(split)
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
 
     def load(self, split: str = "train", n: int | None = None, seed: int = 0) -> torch.Tensor:
-        """Return `n` samples (all of a finite split if None) of `split` as float32 (N, *shape)."""
+        """Return `n` samples (all of a finite split if None) of `split` as float32 (N, *shape).
+        Raises ValueError for a split the set does not have (e.g. "val" of most built-ins)."""
         check_split(split)
+        if split not in self.splits:
+            raise ValueError(f"dataset {self.name!r} has no {split!r} split; it has "
+                             f"{', '.join(self.splits)}")
         if n is not None and n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         x = self.loader(split, n, seed)
@@ -79,7 +88,7 @@ def available() -> list[str]:
 
 
 def check_split(split: str) -> None:
-    """Raise ValueError unless `split` is 'train' or 'test'."""
+    """Raise ValueError unless `split` is one of :data:`SPLITS`."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
 
@@ -91,19 +100,24 @@ def split_rng(split: str, seed: int) -> np.random.Generator:
 
 
 def split_indices(
-    x: np.ndarray, test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED
+    x: np.ndarray, test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED,
+    val_fraction: float = 0.0,
 ) -> dict[str, np.ndarray]:
-    """Deterministic train/test indices of rows of `x`; identical rows always share a split."""
+    """Deterministic train/test (and val, when ``val_fraction > 0``) indices of rows of `x`;
+    identical rows always share a split. The test rows do not depend on ``val_fraction``:
+    val is carved out of what would otherwise be train."""
     flat = np.ascontiguousarray(x.reshape(len(x), -1))
     _, groups = np.unique(flat, axis=0, return_inverse=True)
     groups = groups.reshape(-1)
     n_groups = int(groups.max()) + 1 if len(groups) else 0
     perm = np.random.default_rng(seed).permutation(n_groups)
-    n_test = round(test_fraction * n_groups)
-    is_test = np.zeros(n_groups, dtype=bool)
-    is_test[perm[:n_test]] = True
-    mask = is_test[groups]
-    return {"train": np.flatnonzero(~mask), "test": np.flatnonzero(mask)}
+    n_test, n_val = round(test_fraction * n_groups), round(val_fraction * n_groups)
+    which = np.zeros(n_groups, dtype=np.int8)  # 0 train, 1 test, 2 val
+    which[perm[:n_test]] = 1
+    which[perm[n_test:n_test + n_val]] = 2
+    split = which[groups]
+    out = {"train": np.flatnonzero(split == 0), "test": np.flatnonzero(split == 1)}
+    return {**out, "val": np.flatnonzero(split == 2)} if val_fraction > 0 else out
 
 
 def subsample(x: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
@@ -116,14 +130,27 @@ def subsample(x: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
     return x[torch.from_numpy(idx)]
 
 
-def finite_loader(full: Callable[[], np.ndarray], test_fraction: float = TEST_FRACTION) -> Loader:
-    """Loader over a fixed array: cached fixed split, then seeded subsampling."""
+Fitted = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def finite_loader(
+    full: Callable[[], np.ndarray],
+    test_fraction: float = TEST_FRACTION,
+    val_fraction: float = 0.0,
+    fit: Fitted | None = None,
+) -> Loader:
+    """Loader over a fixed array: cached fixed split, then seeded subsampling. ``fit`` maps
+    the split arrays to new ones once, e.g. standardising every split with the train split's
+    statistics (so nothing about val or test leaks into the data the teacher sees)."""
 
     @cache
     def splits() -> dict[str, torch.Tensor]:
         x = np.asarray(full(), dtype=np.float32)
-        idx = split_indices(x, test_fraction)
-        return {s: torch.from_numpy(x[i]) for s, i in idx.items()}
+        idx = split_indices(x, test_fraction, val_fraction=val_fraction)
+        arrays = {s: x[i] for s, i in idx.items()}
+        arrays = fit(arrays) if fit is not None else arrays
+        return {s: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+                for s, a in arrays.items()}
 
     def load(split: str, n: int | None, seed: int) -> torch.Tensor:
         return subsample(splits()[split], n, seed)

@@ -139,8 +139,8 @@ def _agg(key: GroupKey, rows: Sequence[Row], metric: str) -> Agg | None:
     if not have:
         return None
     teacher, method, nfe_target = key
-    per_seed = tuple(sorted({int(r.get("seed") or 0): metric_value(r, metric)  # type: ignore[misc]
-                             for r in have}.items()))
+    values = {int(r.get("seed") or 0): metric_value(r, metric) for r in have}
+    per_seed = tuple(sorted((s, v) for s, v in values.items() if v is not None))
     times = finite_values(r.get("time_per_sample_s") for r in have)
     return Agg(teacher=teacher, method=method, impl=impl_of(have), nfe_target=nfe_target,
                nfe=mean_of(r.get("nfe") for r in have), metric=metric,
@@ -162,7 +162,7 @@ def load(store_or_rows: Store | str | os.PathLike[str] | Iterable[Row],
          suite: str | None) -> tuple[list[Row], list[Row]]:
     """(finished rows, failed rows) from a Store, a database path or an iterable of rows."""
     if isinstance(store_or_rows, str | os.PathLike):
-        store_or_rows = Store(store_or_rows)
+        store_or_rows = Store(os.fspath(store_or_rows))
     if isinstance(store_or_rows, Store):
         rows = store_or_rows.rows(suite=suite, status=None)
     else:

@@ -1,5 +1,6 @@
-"""The HTML report: decision table first, then leaderboard, disagreements, failures, plots,
-peers, full results, notes, methodology and environment, in one self-contained page.
+"""The HTML report: decision table first, then leaderboard, disagreements, quality vs
+amortised cost, convergence as NFE grows, failures, plots, peers, full results, notes,
+methodology and environment, in one self-contained page.
 
 Everything here is read-only on the store; files are written atomically, so a crashed
 report never leaves a half-written file.
@@ -36,10 +37,21 @@ from .aggregate import (
     metric_value,
     metrics_present,
 )
+from .convergence import MIN_NFE, PLATEAU_TOL, convergence, nominal_order
+from .cost import AMORTISE_OVER, amortised, amortised_fronts, one_off_cost
 from .peers import peer_comparison
-from .plots import plot_pareto, plot_quality_vs_nfe, plot_quality_vs_time
+from .plots import plot_amortised, plot_pareto, plot_quality_vs_nfe, plot_quality_vs_time
 from .ranking import ALPHA, Decision, decide, disagreements, leaderboard
-from .text import NO_DATA, NONE_ELIGIBLE, few_seeds, format_seconds, num, tie_text, with_ci
+from .text import (
+    NO_DATA,
+    NONE_ELIGIBLE,
+    few_seeds,
+    format_seconds,
+    num,
+    plateau_text,
+    tie_text,
+    with_ci,
+)
 
 __all__ = ["write_report"]
 
@@ -186,6 +198,74 @@ def _disagreement_section(rows: Sequence[Row], metrics: Sequence[str]) -> str:
     return intro + _table(["teacher", "NFE", "one metric's best", "another's best"], trs)
 
 
+def _cost_text(v: float, unit: str = "") -> str:
+    return "not known" if not math.isfinite(v) else f"{num(v)}{unit}"
+
+
+def _amortised_section(rows: Sequence[Row], metric: str, out_dir: Path) -> str:
+    """Each case's one-off cost beside its sampling cost, the cost per sample amortised over
+    10^3 and 10^6 samples, and the Pareto front of the metric against it (table and plot)."""
+    points = amortised(rows, metric)
+    if not points:
+        return "<h2>Quality vs amortised cost</h2><p>No data.</p>"
+    fronts = amortised_fronts(points)
+    front_trs = [_tr([_td(t), _td(f"{m:.0e}", m), _td(", ".join(
+        f"{p.agg.label} ({format_seconds(p.seconds(m))}, {num(p.agg.summary.mean)})"
+        for p in front) or NO_DATA)]) for m, by_t in fronts.items() for t, front in by_t.items()]
+    runs = [p for p in points if not p.agg.is_baseline]
+    cost_trs = [_tr([_td(p.agg.teacher), _td(p.agg.label),
+                     _td(_cost_text(p.one_off_s, " s"), p.one_off_s),
+                     _td(_cost_text(p.one_off_nfe), p.one_off_nfe),
+                     _td(format_seconds(p.per_sample_s), p.per_sample_s),
+                     *(_td(format_seconds(p.seconds(m)) if math.isfinite(p.seconds(m))
+                           else "not known", p.seconds(m)) for m in AMORTISE_OVER),
+                     _ci_cell(p.agg.summary.mean, p.agg.summary.lo, p.agg.summary.hi)])
+                for p in runs]
+    plot = plot_amortised(points, out_dir / f"amortised_{_slug(metric)}.png")
+    return ("<h2>Quality vs amortised cost</h2><p>A method's cost per sample is its sampling "
+            "time plus set-up per sample plus its one-off cost (training a student, tuning a "
+            "solver: seconds and teacher evaluations, as recorded in its rows) spread over the M "
+            "samples drawn with it. Training-free methods cost nothing once; a student whose "
+            "training cost was not recorded is shown as <i>not known</i> and left off the front. "
+            "Front: eligible cases (as in the decision table) not beaten on both cost and "
+            f"{_E(metric)}, cheapest first.</p>"
+            + _table(["teacher", "M samples", "front: case (seconds/sample, metric)"],
+                     front_trs, sortable=False)
+            + _img(plot)
+            + _table(["teacher", "case", "one-off seconds", "one-off teacher NFE",
+                      "sampling s/sample", *(f"s/sample over {m:.0e}" for m in AMORTISE_OVER),
+                      f"{metric} [95% CI]"], cost_trs))
+
+
+def _convergence_section(rows: Sequence[Row], metrics: Sequence[str]) -> str:
+    """The convergence table for ode_rmse and for the primary metric when it is another
+    lower-is-better error."""
+    errors = [m for m in dict.fromkeys(["ode_rmse", *metrics[:1]]) if m in metrics
+              and not metric_registry.get(m).higher_is_better and metric_registry.get(m).positive]
+    parts = []
+    for m in errors:
+        conv = convergence(rows, m)
+        if not conv:
+            continue
+        trs = [_tr([_td(c.teacher), _td(c.method),
+                    _ci_cell(c.order.mean, c.order.lo, c.order.hi),
+                    _td(str(nominal_order(c.method) or NO_DATA)),
+                    _td(", ".join(map(str, c.fit_nfe)) or "too few asymptotic budgets"),
+                    _td(plateau_text(c), c.plateau_nfe), _td(num(c.plateau), c.plateau)])
+               for c in conv]
+        parts.append(f"<h3>{_E(_direction(m))}</h3>" + _table(
+            ["teacher", "method", "empirical order [95% CI over seeds]", "nominal order",
+             "NFE fitted", f"plateau NFE (within {PLATEAU_TOL:.0%})", "plateau"], trs))
+    intro = ("<h2>Convergence as NFE grows</h2><p>Empirical order: −slope of log error on log "
+             f"NFE, fitted per seed over the asymptotic budgets (NFE ≥ {MIN_NFE}, and below the "
+             "plateau NFE when the plateau is reached), mean and 95% Student-t interval over "
+             "seeds. Plateau: the error at the largest NFE run; plateau NFE: the smallest NFE "
+             f"whose error is within {PLATEAU_TOL:.0%} of it (“&gt; N”: the error still falls at "
+             "the largest NFE N). On ode_rmse the floor is the reference solution's own "
+             "accuracy and float rounding.</p>")
+    return intro + ("".join(parts) or f"<p>No method ran at NFE ≥ {MIN_NFE}.</p>")
+
+
 def _failed_section(failed: Sequence[Row], n_ok: int) -> str:
     summary = failure_summary(failed)
     if not summary:
@@ -261,9 +341,12 @@ def _result_tr(key: GroupKey, rows: Sequence[Row], metrics: Sequence[str]) -> st
     ov, mem = mean_of(r.get("overhead_per_step_s") for r in rows), mean_of(
         r.get("peak_mem_mb") for r in rows)
     energy, e_val = _energy(rows)
+    costs = [one_off_cost(r) for r in rows]
+    once_s, once_nfe = (sum(c[k] for c in costs) / len(costs) for k in (0, 1))
     cells += [_td(format_seconds(t), t), _td(format_seconds(ov), ov),
               _td(num(mem) + (" MB" if finite(mem) else ""), mem),
-              _td(energy, e_val), _td(str(len(rows)), len(rows))]
+              _td(energy, e_val), _td(_cost_text(once_s, " s"), once_s),
+              _td(_cost_text(once_nfe), once_nfe), _td(str(len(rows)), len(rows))]
     return _tr(cells)
 
 
@@ -271,7 +354,7 @@ def _results_section(rows: Sequence[Row], metrics: Sequence[str]) -> str:
     """Full results table: every case with all metric intervals, time, memory, energy."""
     headers = ["teacher", "method", "impl", "NFE", "NFE (measured)",
                *(f"{m} [95% CI]" for m in metrics), "time/sample", "overhead/step",
-               "peak mem", "energy", "seeds"]
+               "peak mem", "energy", "one-off seconds", "one-off teacher NFE", "seeds"]
     trs = [_result_tr(k, g, metrics) for k, g in group(rows).items()]
     return "<h2>Full results</h2>" + _table(headers, trs)
 
@@ -400,7 +483,8 @@ def write_report(store_or_rows: Store | str | os.PathLike[str] | Iterable[Row],
              if failed and not rows else "")
     body = "".join([
         alarm, _decision_section(rows, metric), _board_section(rows, metric),
-        _disagreement_section(rows, metrics), _failed_section(failed, len(rows)),
+        _disagreement_section(rows, metrics), _amortised_section(rows, metric, out),
+        _convergence_section(rows, metrics), _failed_section(failed, len(rows)),
         f"<h2>Plots</h2><p>Primary metric: {_E(metric)}. Per panel: the frontier (thick grey "
         "line: best eligible case at each cost), the best method of each family in colour "
         "with its 95% band, every other method in light grey; hollow markers: flagged cases; "

@@ -26,9 +26,11 @@ from fewstep._io import atomic_write
 from fewstep.metrics import registry as metric_registry
 
 from .aggregate import Agg
+from .cost import CostPoint, amortised_fronts
 from .ranking import pareto_front, sanity_flags
 
-__all__ = ["family", "plot_pareto", "plot_quality_vs_nfe", "plot_quality_vs_time"]
+__all__ = ["family", "plot_amortised", "plot_pareto", "plot_quality_vs_nfe",
+           "plot_quality_vs_time"]
 
 _DPI = 110
 _GREY = "#c4c4c4"
@@ -141,7 +143,8 @@ def _line(ax: Any, pts: list[Agg], xattr: str, flags: dict[tuple[str, int], str]
 def _baselines(ax: Any, base: Sequence[Agg]) -> None:
     """Horizontal lines labelled at the right edge; values off the axis are only named."""
     lo, hi = ax.get_ylim()
-    off, at = [], {}
+    off: list[str] = []
+    at: dict[str, tuple[float, list[str]]] = {}
     for b in sorted(base, key=lambda b: b.method):
         y = b.summary.mean
         if not (math.isfinite(y) and lo <= y <= hi):
@@ -251,3 +254,45 @@ def plot_quality_vs_time(aggs: Sequence[Agg], path: str | Path) -> Path:
 def plot_pareto(aggs: Sequence[Agg], path: str | Path) -> Path:
     """Metric vs time per sample with the eligible Pareto front drawn and labelled."""
     return _figure(aggs, path, "time", "time per sample [s]", "Pareto")
+
+
+_AMORTISED_COLOURS = ("#d62728", "#1f77b4", "#2ca02c")
+
+
+def plot_amortised(points: Sequence[CostPoint], path: str | Path,
+                   over: Sequence[int] | None = None) -> Path:
+    """Metric vs cost per sample with the one-off cost spread over M samples, one panel per
+    teacher: every case with a known cost as a small dot per M, each M's Pareto front as a
+    labelled line (trained students move left as M grows)."""
+    if not points:
+        return _empty(path, "amortised cost")
+    fronts = amortised_fronts(points) if over is None else amortised_fronts(points, over)
+    teachers = sorted({p.agg.teacher for p in points})
+    fig, axes = _panels(len(teachers))
+    spec = metric_registry.get(points[0].agg.metric)
+    for ax, teacher in zip(axes, teachers, strict=True):
+        items = [p for p in points if p.agg.teacher == teacher and not p.agg.is_baseline]
+        _set_scales(ax, [p.agg.summary.mean for p in items], spec.positive)
+        labelled: set[tuple[float, float]] = set()  # a front point shared by every M: once
+        for i, (colour, (m, by_teacher)) in enumerate(
+                zip(_AMORTISED_COLOURS, fronts.items(), strict=False)):
+            xy = [(p.seconds(m), p.agg.summary.mean) for p in items
+                  if math.isfinite(p.seconds(m)) and math.isfinite(p.agg.summary.mean)]
+            ax.plot([x for x, _ in xy], [y for _, y in xy], ".", ms=3, color=colour, alpha=0.3)
+            front = by_teacher.get(teacher, [])
+            ax.plot([p.seconds(m) for p in front], [p.agg.summary.mean for p in front], "o-",
+                    ms=3.5, lw=max(3.0 - 1.6 * i, 1.0), alpha=0.8, color=colour,
+                    label=f"front, one-off cost over {m:.0e} samples")
+            for p in front:
+                at = (p.seconds(m), p.agg.summary.mean)
+                if at not in labelled:
+                    labelled.add(at)
+                    ax.annotate(p.agg.label, at, fontsize=6, xytext=(3, 3),
+                                textcoords="offset points", color=colour)
+        ax.set(title=f"{teacher}: quality vs amortised cost", xlabel="seconds per sample "
+               "(sampling + set-up + one-off / M)",
+               ylabel=f"{spec.name} ({spec.direction} is better)")
+        ax.legend(fontsize=6, loc="best", frameon=False)
+        ax.grid(True, which="major", alpha=0.3, lw=0.5)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,5 +1,6 @@
 """Plain-text forms for the terminal: numbers, durations, the decision table, the
-leaderboard and the peer comparison. The HTML report renders the same numbers."""
+leaderboard, the peer comparison, the convergence table and the amortised-cost front. The
+HTML report renders the same numbers."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ from typing import Any
 from fewstep.metrics import registry as metric_registry
 
 from .aggregate import Agg, finite
+from .convergence import PLATEAU_TOL, Convergence, nominal_order
+from .cost import CostPoint
 from .ranking import ALPHA, Decision
 
-__all__ = ["few_seeds", "format_decision", "format_leaderboard", "format_peer_comparison",
-           "format_seconds", "num", "tie_text", "with_ci"]
+__all__ = ["few_seeds", "format_amortised", "format_convergence", "format_decision",
+           "format_leaderboard", "format_peer_comparison", "format_seconds", "num",
+           "plateau_text", "tie_text", "with_ci"]
 
 NO_DATA = "-"
 NONE_ELIGIBLE = "(none beats baselines)"
@@ -156,4 +160,42 @@ def format_peer_comparison(comp: Sequence[dict[str, Any]]) -> str:
                  for k in ("time_ratio", "overhead_ratio", "metric_ratio")]
         lines.append(f"{c['method']:12s} {c['peer']:20s} {c['cases']:5d} {cells[0]:>7s} "
                      f"{cells[1]:>9s} {cells[2]:>9s}")
+    return "\n".join(lines)
+
+
+_CONVERGENCE = (("teacher", 12, "<"), ("method", 20, "<"), ("order [95% CI]", 22, "<"),
+                ("nominal", 7, ">"), ("fit NFE", 10, "<"), ("plateau NFE", 11, ">"),
+                ("plateau", 8, ">"))
+
+
+def plateau_text(c: Convergence) -> str:
+    """The plateau NFE, or "> max" when the error still falls at the largest budget."""
+    return str(c.plateau_nfe) if c.reached else f"> {c.max_nfe}"
+
+
+def format_convergence(conv: Sequence[Convergence]) -> str:
+    """Terminal table of :func:`~.convergence.convergence`: empirical order with its interval
+    over seeds beside the nominal order, and the NFE where the error reaches its plateau."""
+    if not conv:
+        return "(no convergence table: no method ran at NFE >= 10)"
+    cells = [[c.teacher, c.method, with_ci(c.order.mean, c.order.lo, c.order.hi),
+              str(nominal_order(c.method) or NO_DATA),
+              f"{c.fit_nfe[0]}-{c.fit_nfe[-1]}" if c.fit_nfe else NO_DATA,
+              plateau_text(c), num(c.plateau)] for c in conv]
+    title = (f"Convergence on {direction_note(conv[0].metric)}: order = -slope of log error vs "
+             f"log NFE per seed (mean, 95% interval); plateau NFE = first within "
+             f"{PLATEAU_TOL:.0%} of the error at the largest NFE")
+    return "\n".join([clip(title, 100), *_table(_CONVERGENCE, cells)])
+
+
+def format_amortised(fronts: dict[int, dict[str, list[CostPoint]]]) -> str:
+    """Per number of samples and teacher, the amortised-cost Pareto front as plain text:
+    ``case (seconds per sample, metric)``, cheapest first."""
+    lines = ["Pareto front, metric vs cost per sample with one-off training/tuning cost spread "
+             "over M samples (eligible cases, cheapest first):"]
+    for samples, by_teacher in fronts.items():
+        for teacher, front in by_teacher.items():
+            pts = ", ".join(f"{p.agg.label} ({format_seconds(p.seconds(samples))}, "
+                            f"{num(p.agg.summary.mean)})" for p in front)
+            lines.append(f"  M = {samples:.0e} {teacher}: {pts or NO_DATA}")
     return "\n".join(lines)
