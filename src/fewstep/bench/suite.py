@@ -1,7 +1,9 @@
 """Benchmark suites: TOML files naming teachers, methods, NFE budgets and seeds.
 
 A suite expands into cases, one per (teacher, method, nfe, seed); budgets a method cannot
-spend exactly (e.g. below its minimum NFE) are listed as skipped, never silently changed.
+spend exactly (e.g. below its minimum NFE) are listed as skipped, never silently changed, and
+so are students run on another teacher than their own. ``nfe_by_teacher`` gives a teacher its
+own NFE budgets (e.g. fewer for a trained network, whose evaluations cost more).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class Suite:
     denoise_to_zero: bool = True  # fewstep plans: last evaluation steps sigma_min -> 0
     inception_weights: str | None = None  # local FID Inception weights for image teachers
     timing_repeats: int = 3  # warm timed runs per case; rows record their medians
+    nfe_by_teacher: dict[str, list[int]] = field(default_factory=dict)  # overrides ``nfe``
     skipped: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
@@ -75,7 +78,9 @@ class Suite:
         self._check_values()
         known_teachers = teachers.available()
         for t in self.teachers:
-            if t not in known_teachers:
+            if t not in known_teachers and t.split(":", 1)[0] in teachers.PREFIXES:
+                teachers.get(t)  # a user's model, loaded once; or an error naming it
+            elif t not in known_teachers:
                 raise ValueError(f"suite {self.name!r}: unknown teacher {t!r}; available: "
                                  f"{', '.join(known_teachers)}")
         for m in self.methods:
@@ -94,12 +99,19 @@ class Suite:
 
     def _check_values(self) -> None:
         where = f"suite {self.name!r}"
+        if not isinstance(self.nfe_by_teacher, dict) or \
+                set(self.nfe_by_teacher) - set(self.teachers):
+            raise ValueError(f"{where}: nfe_by_teacher must map teachers of the suite to NFE "
+                             f"lists; got {self.nfe_by_teacher!r}")
         for key, item, ok, what in (
                 ("teachers", str, lambda v: bool(v), "names"),
                 ("methods", str, lambda v: bool(v), "names"),
                 ("nfe", int, lambda v: v >= 1, "positive integers"),
-                ("seeds", int, lambda v: v >= 0, "non-negative integers")):
-            values = getattr(self, key)
+                ("seeds", int, lambda v: v >= 0, "non-negative integers"),
+                *((f"nfe_by_teacher.{t}", int, lambda v: v >= 1, "positive integers")
+                  for t in self.nfe_by_teacher)):
+            values = self.nfe_by_teacher[key.split(".", 1)[1]] if "." in key else \
+                getattr(self, key)
             if not isinstance(values, list) or not values:
                 raise ValueError(f"{where}: {key} must be a non-empty list of {what}; got "
                                  f"{values!r}")
@@ -128,8 +140,9 @@ class Suite:
         out = []
         for t in self.teachers:
             for m in self.methods:
-                for nfe in [0] if baselines.is_baseline(m) else self.nfe:  # no evaluations
-                    why = _unreachable(m, nfe)
+                budgets = self.nfe_by_teacher.get(t, self.nfe)
+                for nfe in [0] if baselines.is_baseline(m) else budgets:  # no evaluations
+                    why = _unreachable(m, nfe, t)
                     if why:
                         if why not in self.skipped:
                             self.skipped.append(why)
@@ -141,11 +154,11 @@ class Suite:
         return out
 
 
-def _unreachable(method: str, nfe: int) -> str | None:
+def _unreachable(method: str, nfe: int, teacher: str | None = None) -> str | None:
     if baselines.is_baseline(method):
         return None
     if method.startswith("student:"):
-        return students.unreachable(method, nfe)
+        return students.unreachable(method, nfe, teacher)
     if method.startswith("diffusers:"):
         spec = peers.PEERS[method.removeprefix("diffusers:")]
         try:
