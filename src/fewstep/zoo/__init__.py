@@ -94,15 +94,15 @@ def sha256(path: Path) -> str:
 
 @functools.cache
 def entry(name: str, root: Path | None = None) -> Entry:
-    """The record of a built entry in ``root`` (default: the package); ValueError naming the
-    entry if it is unknown or not built."""
-    r = recipe(name)
+    """The record of a built entry in ``root`` (default: the package), with the recipe it was
+    built from; ValueError naming the entry if it is unknown or not built."""
     root = weights_dir() if root is None else root
     if not built(name, root):
+        recipe(name)  # an unknown name is named as such
         raise ValueError(f"zoo entry {name!r} is not built in {root}; build it with "
                          f"`fewstep zoo build {name}`")
     rec = json.loads((root / f"{name}.json").read_text())
-    return Entry(name, r, rec["model"], rec["method"], rec["sha256"], Cost(**rec["cost"]),
+    return Entry(name, Recipe(**rec["recipe"]), rec["model"], rec["method"], rec["sha256"], Cost(**rec["cost"]),
                  root / f"{name}.safetensors", rec.get("environment", {}))
 
 
@@ -169,8 +169,8 @@ def build(name: str | Recipe, out: str | Path, *, teacher_root: Path | None = No
 
     r = name if isinstance(name, Recipe) else recipe(name)
     out = Path(out)
-    teacher = load(r.teacher, teacher_root) if r.teacher else None
     method = _method(r)
+    teacher = load(r.teacher, teacher_root) if r.teacher else None
     config = TrainConfig(steps=r.steps, batch_size=r.batch_size, lr=r.lr, ema_decay=r.ema_decay,
                          warmup_steps=r.warmup_steps, seed=r.seed, data_n=r.data_n,
                          out_dir=str(out / "runs" / r.name), checkpoint_every=100,
