@@ -71,7 +71,7 @@ def test_unknown_and_unbuilt_entries_are_named(tmp_path):
         zoo.entry("nope")
     with pytest.raises(ValueError, match="not built"):
         zoo.entry("checkerboard-edm", tmp_path)
-    with pytest.raises(ValueError, match="steps=5 but pd's schedule spans 300"):
+    with pytest.raises(ValueError, match="steps=5 but pd's schedule spans 150"):
         zoo.build(dataclasses.replace(zoo.recipe("checkerboard-pd"), steps=5), tmp_path)
 
 
@@ -90,3 +90,64 @@ def test_every_student_recipe_names_a_teacher_recipe():
         if r.teacher is not None:
             t = zoo.recipe(r.teacher)
             assert (t.data, dict(t.backbone)) == (r.data, dict(r.backbone))
+
+
+def _clear_caches():
+    from fewstep.bench import students, teachers
+
+    for f in (zoo.entry, zoo.load, students.info, students.method_name, students.model,
+              students.own_grid, teachers.get):
+        f.cache_clear()
+
+
+@pytest.fixture()
+def tiny_zoo(tiny_teacher, monkeypatch):
+    """The package's zoo replaced by a tiny teacher and its CD student."""
+    root, _ = tiny_teacher
+    r = dataclasses.replace(_tiny("checkerboard-cd"), teacher="tiny-checkerboard-edm")
+    zoo.build(r, root, teacher_root=root)
+    monkeypatch.setattr(zoo, "weights_dir", lambda: root)
+    _clear_caches()
+    yield root
+    _clear_caches()
+
+
+def test_zoo_students_run_on_their_own_teacher_with_their_cost(tiny_zoo, tmp_path):
+    from fewstep.bench.runner import run_suite
+    from fewstep.bench.store import Store
+    from fewstep.bench.suite import Suite
+
+    t, cd = "zoo:tiny-checkerboard-edm", "student:zoo:tiny-checkerboard-cd"
+    suite = Suite(name="z", teachers=[t, "gmm2"], methods=[cd, "ddim"], nfe=[1, 2], seeds=[0],
+                  n_samples=16, reference_rtol=1e-4, nfe_by_teacher={"gmm2": [2]})
+    suite.validate()
+    cases = {(c.teacher, c.method, c.nfe) for c in suite.cases()}
+    assert cases == {(t, cd, 1), (t, cd, 2), (t, "ddim", 1), (t, "ddim", 2), ("gmm2", "ddim", 2)}
+    assert f"{cd}: a student of {t}, not run on gmm2" in suite.skipped
+    assert run_suite(suite, tmp_path, progress=False).failed == 0
+    rows = Store(tmp_path / "results.sqlite").rows()
+    e = zoo.entry("tiny-checkerboard-cd")
+    for r in rows:
+        if r["method"] == cd:
+            assert r["train_seconds"] == e.cost.seconds > 0
+            assert r["train_teacher_nfe"] == e.cost.teacher_nfe * e.recipe.batch_size > 0
+        else:
+            assert r["train_seconds"] == 0.0 and r["train_teacher_nfe"] == 0.0
+
+
+def test_nfe_by_teacher_is_checked():
+    from fewstep.bench.suite import Suite
+
+    with pytest.raises(ValueError, match="nfe_by_teacher must map teachers of the suite"):
+        Suite(name="z", teachers=["gmm2"], methods=["ddim"], nfe=[1], seeds=[0],
+              nfe_by_teacher={"moons": [1]}).validate()
+    with pytest.raises(ValueError, match=r"nfe_by_teacher.gmm2 must be positive integers"):
+        Suite(name="z", teachers=["gmm2"], methods=["ddim"], nfe=[1], seeds=[0],
+              nfe_by_teacher={"gmm2": [0]}).validate()
+
+
+def test_a_student_is_not_a_teacher(tiny_zoo):
+    from fewstep.bench import teachers
+
+    with pytest.raises(ValueError, match="is a cd student, not a teacher"):
+        teachers.get("zoo:tiny-checkerboard-cd")

@@ -87,27 +87,27 @@ def _students(teacher: Recipe, steps: Mapping[str, int], lr: Mapping[str, float]
 
 _CHECKERBOARD = _toy_teacher("checkerboard")
 # A digits teacher: a 2-level UNet (16, 32 channels) on the 8x8 digits' train split.
-_DIGITS = Recipe("digits-edm", "digits", "edm", _unet(1, 16), steps=800, batch_size=64,
+_DIGITS = Recipe("digits-edm", "digits", "edm", _unet(1, 16), steps=600, batch_size=64,
                  lr=2e-3, sigma_data=0.5, params={"sigma_data": 0.5}, ema_decay=0.998,
                  warmup_steps=100,
                  description="EDM teacher, UNet (16/32 channels, 2 levels) on digits 8x8")
 
 _TOY_STUDENTS = _students(
     _CHECKERBOARD,
-    steps={"cd": 400, "ct": 400, "ect": 400, "pd": 300, "kd": 400, "direct_cm": 300},
+    steps={"cd": 300, "ct": 300, "ect": 200, "pd": 150, "kd": 200, "direct_cm": 150},
     lr={"cd": 1e-3, "ct": 1e-3, "ect": 2e-4, "pd": 1e-3, "kd": 1e-3, "direct_cm": 1e-3},
     params={"cd": {"N": 18, "solver": "heun", "mu": 0.95},
-            "ect": {"double_every": 50},
-            "pd": {"teacher_steps": 8, "steps_per_round": 100, "sigma_data": 1.0},
-            "kd": {"num_pairs": 2048, "solver": "ipndm", "nfe": 20},
+            "ect": {"double_every": 25},
+            "pd": {"teacher_steps": 8, "steps_per_round": 50, "sigma_data": 1.0},
+            "kd": {"num_pairs": 1024, "solver": "ipndm", "nfe": 16},
             "direct_cm": {"num_scales": 10, "solver": "ipndm", "nfe": 8}})
 _DIGITS_STUDENTS = _students(
     _DIGITS,
-    steps={"cd": 150, "ct": 200, "ect": 150, "pd": 120, "kd": 100, "direct_cm": 80},
+    steps={"cd": 100, "ct": 150, "ect": 100, "pd": 80, "kd": 80, "direct_cm": 60},
     lr={"cd": 4e-4, "ct": 1e-3, "ect": 2e-4, "pd": 4e-4, "kd": 4e-4, "direct_cm": 4e-4},
     params={"cd": {"N": 18, "solver": "heun", "mu": 0.95},
-            "ect": {"double_every": 20},
-            "pd": {"teacher_steps": 4, "steps_per_round": 60, "sigma_data": 0.5},
+            "ect": {"double_every": 12},
+            "pd": {"teacher_steps": 4, "steps_per_round": 40, "sigma_data": 0.5},
             "kd": {"num_pairs": 256, "solver": "ipndm", "nfe": 10},
             "direct_cm": {"num_scales": 8, "solver": "ipndm", "nfe": 6}})
 
