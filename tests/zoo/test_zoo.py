@@ -24,7 +24,7 @@ def tiny_teacher(tmp_path_factory):
 
 
 def test_building_twice_gives_the_same_weights(tiny_teacher, tmp_path):
-    root, first = tiny_teacher
+    _, first = tiny_teacher
     again = zoo.build(_tiny("checkerboard-edm"), tmp_path)
     assert again.sha256 == first.sha256 == zoo.sha256(first.weights)
     assert (tmp_path / "tiny-checkerboard-edm.safetensors").read_bytes() == \
@@ -55,14 +55,14 @@ def test_a_student_records_its_teacher_cost(tiny_teacher):
 
 
 def test_tampered_weights_are_refused(tiny_teacher, tmp_path):
-    root, e = tiny_teacher
+    root, _ = tiny_teacher
     for f in ("tiny-checkerboard-edm.json", "tiny-checkerboard-edm.safetensors"):
         (tmp_path / f).write_bytes((root / f).read_bytes())
     w = tmp_path / "tiny-checkerboard-edm.safetensors"
     data = bytearray(w.read_bytes())
     data[-1] ^= 1
     w.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="has sha256 .* the record says"):
+    with pytest.raises(ValueError, match=r"has sha256 .* the record says"):
         zoo.load("tiny-checkerboard-edm", tmp_path)
 
 

@@ -102,8 +102,8 @@ def entry(name: str, root: Path | None = None) -> Entry:
         raise ValueError(f"zoo entry {name!r} is not built in {root}; build it with "
                          f"`fewstep zoo build {name}`")
     rec = json.loads((root / f"{name}.json").read_text())
-    return Entry(name, Recipe(**rec["recipe"]), rec["model"], rec["method"], rec["sha256"], Cost(**rec["cost"]),
-                 root / f"{name}.safetensors", rec.get("environment", {}))
+    return Entry(name, Recipe(**rec["recipe"]), rec["model"], rec["method"], rec["sha256"],
+                 Cost(**rec["cost"]), root / f"{name}.safetensors", rec.get("environment", {}))
 
 
 @functools.cache
