@@ -157,8 +157,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         suite = dataclasses.replace(suite, inception_weights=args.inception_weights)
     if args.teacher:
         names = _register_teachers(args.teacher, args.data)
-        suite = dataclasses.replace(suite, teachers=names, nfe_by_teacher={
-            t: v for t, v in suite.nfe_by_teacher.items() if t in names})
+        suite = dataclasses.replace(suite, teachers=names, by_teacher={
+            t: v for t, v in suite.by_teacher.items() if t in names})
         suite.validate()
     if args.list:
         for c in suite.cases():

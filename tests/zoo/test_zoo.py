@@ -119,9 +119,12 @@ def test_zoo_students_run_on_their_own_teacher_with_their_cost(tiny_zoo, tmp_pat
 
     t, cd = "zoo:tiny-checkerboard-edm", "student:zoo:tiny-checkerboard-cd"
     suite = Suite(name="z", teachers=[t, "gmm2"], methods=[cd, "ddim"], nfe=[1, 2], seeds=[0],
-                  n_samples=16, reference_rtol=1e-4, nfe_by_teacher={"gmm2": [2]})
+                  n_samples=16, reference_rtol=1e-4,
+                  by_teacher={"gmm2": {"nfe": [2], "reference_rtol": 1e-3}})
     suite.validate()
     cases = {(c.teacher, c.method, c.nfe) for c in suite.cases()}
+    assert {c.reference_rtol for c in suite.cases() if c.teacher == "gmm2"} == {1e-3}
+    assert {c.reference_rtol for c in suite.cases() if c.teacher == t} == {1e-4}
     assert cases == {(t, cd, 1), (t, cd, 2), (t, "ddim", 1), (t, "ddim", 2), ("gmm2", "ddim", 2)}
     assert f"{cd}: a student of {t}, not run on gmm2" in suite.skipped
     assert run_suite(suite, tmp_path, progress=False).failed == 0
@@ -135,15 +138,18 @@ def test_zoo_students_run_on_their_own_teacher_with_their_cost(tiny_zoo, tmp_pat
             assert r["train_seconds"] == 0.0 and r["train_teacher_nfe"] == 0.0
 
 
-def test_nfe_by_teacher_is_checked():
+@pytest.mark.parametrize("by_teacher, match", [
+    ({"moons": {"nfe": [1]}}, "by_teacher must map teachers of the suite"),
+    ({"gmm2": {"colour": 1}}, "tables of nfe, reference_rtol"),
+    ({"gmm2": {"nfe": [0]}}, r"by_teacher.gmm2.nfe must be positive integers"),
+    ({"gmm2": {"reference_rtol": 2.0}}, r"by_teacher.gmm2.reference_rtol must be a number"),
+])
+def test_by_teacher_is_checked(by_teacher, match):
     from fewstep.bench.suite import Suite
 
-    with pytest.raises(ValueError, match="nfe_by_teacher must map teachers of the suite"):
+    with pytest.raises(ValueError, match=match):
         Suite(name="z", teachers=["gmm2"], methods=["ddim"], nfe=[1], seeds=[0],
-              nfe_by_teacher={"moons": [1]}).validate()
-    with pytest.raises(ValueError, match=r"nfe_by_teacher.gmm2 must be positive integers"):
-        Suite(name="z", teachers=["gmm2"], methods=["ddim"], nfe=[1], seeds=[0],
-              nfe_by_teacher={"gmm2": [0]}).validate()
+              by_teacher=by_teacher).validate()
 
 
 def test_a_student_is_not_a_teacher(tiny_zoo):

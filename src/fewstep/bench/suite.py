@@ -2,8 +2,9 @@
 
 A suite expands into cases, one per (teacher, method, nfe, seed); budgets a method cannot
 spend exactly (e.g. below its minimum NFE) are listed as skipped, never silently changed, and
-so are students run on another teacher than their own. ``nfe_by_teacher`` gives a teacher its
-own NFE budgets (e.g. fewer for a trained network, whose evaluations cost more).
+so are students run on another teacher than their own. ``by_teacher`` gives a teacher its own
+``nfe`` budgets and ``reference_rtol`` (e.g. fewer budgets and a looser reference for a trained
+network, whose evaluations cost more).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from ..schedules import get_schedule
 from . import baselines, peers, students, teachers
 from .store import case_key
 
-__all__ = ["Case", "Suite", "load_suite"]
+__all__ = ["BY_TEACHER", "Case", "Suite", "load_suite"]
+
+BY_TEACHER = ("nfe", "reference_rtol")  # what a suite's by_teacher table may override
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ class Suite:
     denoise_to_zero: bool = True  # fewstep plans: last evaluation steps sigma_min -> 0
     inception_weights: str | None = None  # local FID Inception weights for image teachers
     timing_repeats: int = 3  # warm timed runs per case; rows record their medians
-    nfe_by_teacher: dict[str, list[int]] = field(default_factory=dict)  # overrides ``nfe``
+    by_teacher: dict[str, dict[str, Any]] = field(default_factory=dict)  # teacher -> overrides
     skipped: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
@@ -99,18 +102,19 @@ class Suite:
 
     def _check_values(self) -> None:
         where = f"suite {self.name!r}"
-        if not isinstance(self.nfe_by_teacher, dict) or \
-                set(self.nfe_by_teacher) - set(self.teachers):
-            raise ValueError(f"{where}: nfe_by_teacher must map teachers of the suite to NFE "
-                             f"lists; got {self.nfe_by_teacher!r}")
+        if not isinstance(self.by_teacher, dict) or set(self.by_teacher) - set(self.teachers) \
+                or any(not isinstance(v, dict) or set(v) - set(BY_TEACHER)
+                       for v in self.by_teacher.values()):
+            raise ValueError(f"{where}: by_teacher must map teachers of the suite to tables of "
+                             f"{', '.join(BY_TEACHER)}; got {self.by_teacher!r}")
         for key, item, ok, what in (
                 ("teachers", str, lambda v: bool(v), "names"),
                 ("methods", str, lambda v: bool(v), "names"),
                 ("nfe", int, lambda v: v >= 1, "positive integers"),
                 ("seeds", int, lambda v: v >= 0, "non-negative integers"),
-                *((f"nfe_by_teacher.{t}", int, lambda v: v >= 1, "positive integers")
-                  for t in self.nfe_by_teacher)):
-            values = self.nfe_by_teacher[key.split(".", 1)[1]] if "." in key else \
+                *((f"by_teacher.{t}.nfe", int, lambda v: v >= 1, "positive integers")
+                  for t, o in self.by_teacher.items() if "nfe" in o)):
+            values = self.by_teacher[key.split(".")[1]]["nfe"] if "." in key else \
                 getattr(self, key)
             if not isinstance(values, list) or not values:
                 raise ValueError(f"{where}: {key} must be a non-empty list of {what}; got "
@@ -128,11 +132,11 @@ class Suite:
                 or self.timing_repeats < 1:
             raise ValueError(f"{where}: timing_repeats must be an integer >= 1; got "
                              f"{self.timing_repeats!r}")
-        if isinstance(self.reference_rtol, bool) or \
-                not isinstance(self.reference_rtol, int | float) or \
-                not 0 < self.reference_rtol < 1:
-            raise ValueError(f"{where}: reference_rtol must be a number in (0, 1); got "
-                             f"{self.reference_rtol!r}")
+        for name, rtol in (("reference_rtol", self.reference_rtol),
+                           *((f"by_teacher.{t}.reference_rtol", o["reference_rtol"])
+                             for t, o in self.by_teacher.items() if "reference_rtol" in o)):
+            if isinstance(rtol, bool) or not isinstance(rtol, int | float) or not 0 < rtol < 1:
+                raise ValueError(f"{where}: {name} must be a number in (0, 1); got {rtol!r}")
         get_schedule(self.schedule)  # names an unknown schedule
 
     def cases(self) -> list[Case]:
@@ -140,7 +144,8 @@ class Suite:
         out = []
         for t in self.teachers:
             for m in self.methods:
-                budgets = self.nfe_by_teacher.get(t, self.nfe)
+                own = self.by_teacher.get(t, {})
+                budgets = own.get("nfe", self.nfe)
                 for nfe in [0] if baselines.is_baseline(m) else budgets:  # no evaluations
                     why = _unreachable(m, nfe, t)
                     if why:
@@ -148,7 +153,8 @@ class Suite:
                             self.skipped.append(why)
                         continue
                     out.extend(Case(self.name, t, m, nfe, s, self.n_samples, self.schedule,
-                                    self.dtype, self.reference_rtol, self.denoise_to_zero,
+                                    self.dtype, own.get("reference_rtol", self.reference_rtol),
+                                    self.denoise_to_zero,
                                     self.inception_weights, self.timing_repeats)
                                for s in self.seeds)
         return out
