@@ -22,7 +22,8 @@ def test_every_method_is_in_the_distillation_docs(name):
     assert f"`{name}`" in (DOCS / "distillation.md").read_text()
 
 
-@pytest.mark.parametrize("name", [n for n in teachers.available() if not n.startswith("gmm")])
+@pytest.mark.parametrize("name", [n for n in teachers.available()
+                                  if not n.startswith("gmm") and ":" not in n])  # zoo: zoo.md
 def test_every_data_set_is_in_the_data_docs(name):
     assert f"`{name}`" in (DOCS / "datasets.md").read_text()
 

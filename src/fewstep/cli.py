@@ -18,6 +18,7 @@ from typing import Any
 
 from .bench.students import (
     CONSISTENCY_METHODS,
+    EXTERNAL,
     ONE_STEP_METHODS,
     OWN_GRID_METHODS,
     RENOISE_SIGMA_MIN,
@@ -132,11 +133,15 @@ EPILOG_BENCH = """examples:
   fewstep bench --suite my_suite.toml --out results --shard 0/2   # half of a suite
   fewstep bench --list                  # the cases a suite expands to, without running them
   fewstep bench --suite full --ray local   # cases as Ray tasks on this machine's cores
+  fewstep bench --teacher checkpoint:runs/moons-teacher   # your trained teacher
+  fewstep bench --teacher python:my_models:teacher        # your own denoiser (see docs/zoo.md)
 """
 
 
 EPILOG_SAMPLE = """examples:
   fewstep sample --teacher moons --solver unipc_bh2 --nfe 6
+  fewstep sample --teacher runs/moons-teacher --solver heun --nfe 15   # a trained teacher
+  fewstep sample --teacher zoo:digits-edm --student zoo:digits-cd --nfe 2
   fewstep sample --teacher digits --solver heun --nfe 15 --n 64 --out digits-heun
   fewstep sample --teacher diffusers:/path/to/pipeline --solver dpmpp_2m --nfe 20
 """
@@ -168,7 +173,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.inception_weights:
         suite = dataclasses.replace(suite, inception_weights=args.inception_weights)
     if args.teacher:
-        suite = dataclasses.replace(suite, teachers=_register_teachers(args.teacher, args.data))
+        names = _register_teachers(args.teacher, args.data)
+        suite = dataclasses.replace(suite, teachers=names, by_teacher={
+            t: v for t, v in suite.by_teacher.items() if t in names})
         suite.validate()
     if args.list:
         for c in suite.cases():
@@ -246,19 +253,22 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     if args.teacher.startswith("diffusers:"):
         _register_teachers([args.teacher], None)
+    elif args.teacher not in teachers.available() and ":" not in args.teacher and \
+            Path(args.teacher).exists():  # a `fewstep train` run directory or checkpoint
+        args.teacher = f"checkpoint:{args.teacher}"
     teacher = teachers.get(args.teacher)
     denoiser, solver = teacher.denoiser, args.solver
     if args.student:
-        from .bench.students import method_name
-        from .train import load_checkpoint
+        from .bench import students
 
-        denoiser = load_checkpoint(args.student)
-        method = method_name(args.student)
+        students.check(f"student:{args.student}")
+        denoiser = students.model(f"student:{args.student}")
+        method = students.method_name(args.student)
         if method in ONE_STEP_METHODS and args.nfe != 1:
             raise ValueError(f"--nfe {args.nfe}: {args.student} is a one-step ({method}) "
                              "student; sample it with --nfe 1")
         if solver is None:
-            solver = "consistency" if method in CONSISTENCY_METHODS else "ddim"
+            solver = "consistency" if method in (*CONSISTENCY_METHODS, EXTERNAL) else "ddim"
     else:
         method = None
     solver = solver or "dpmpp_2m"
@@ -458,6 +468,43 @@ def _cmd_solvers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_zoo_list(args: argparse.Namespace) -> int:
+    from . import zoo
+
+    print(f"{'name':24s} {'role':7s} {'method':9s} {'data':12s} {'steps':>5s} "
+          f"{'train s':>7s} {'teacher NFE':>11s}  sha256")
+    for name in zoo.available():
+        r = zoo.recipe(name)
+        if zoo.built(name):
+            e = zoo.entry(name)
+            cost = f"{e.cost.seconds:7.0f} {e.cost.teacher_nfe * r.batch_size:11.0f}  " \
+                f"{e.sha256[:12]}"
+        else:
+            cost = f"{'-':>7s} {'-':>11s}  not built (fewstep zoo build {name})"
+        print(f"{name:24s} {r.role:7s} {r.method:9s} {r.data:12s} {r.steps:5d} {cost}")
+    print("teacher NFE: teacher network evaluations per sample row during training")
+    return 0
+
+
+def _cmd_zoo_build(args: argparse.Namespace) -> int:
+    from . import zoo
+
+    recorded = zoo.entry(args.name) if zoo.built(zoo.recipe(args.name).name) else None
+    e = zoo.build(args.name, args.out, progress=not args.quiet)
+    print(f"built {e.name} in {e.cost.seconds:.1f} s ({e.cost.steps} steps): {e.weights} "
+          f"sha256 {e.sha256}")
+    if recorded is None:
+        print("no recorded entry to compare with")
+        return 0
+    if recorded.sha256 == e.sha256:
+        print("matches the recorded hash: the build is reproduced bitwise")
+        return 0
+    print(f"differs from the recorded hash {recorded.sha256} (recorded with torch "
+          f"{recorded.environment.get('torch')}; CPU training repeats bitwise only on the same "
+          "machine type and torch build)")
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fewstep", description="Fast diffusion sampling, measured "
                                 "honestly: solvers, distillation and a benchmark harness.")
@@ -477,7 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-report", action="store_true", help="skip writing the HTML report")
     b.add_argument("--list", action="store_true", help="list the cases and exit")
     b.add_argument("--teacher", action="append", default=[], help="run the suite's methods on "
-                   "this teacher instead (repeatable), e.g. diffusers:/path/to/pipeline")
+                   "this teacher instead (repeatable): a built-in or zoo:NAME teacher, "
+                   "checkpoint:PATH (a fewstep train run), diffusers:PATH or "
+                   "python:MODULE:ATTR")
     b.add_argument("--data", default=None, help="folder of reference images to score a "
                    "diffusers teacher's samples against (sliced Wasserstein, MMD, FD, KID)")
     b.add_argument("--inception-weights", default=None, help="local FID Inception weights "
@@ -514,11 +563,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "grid (images) or scatter plot (2-D)", epilog=EPILOG_SAMPLE,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     sp.add_argument("--teacher", default="gmm2", help="built-in teacher (gmm2, moons, digits, "
-                    "...) or diffusers:PATH")
+                    "...), zoo:NAME, a fewstep train run directory (or checkpoint:PATH), "
+                    "diffusers:PATH or python:MODULE:ATTR")
     sp.add_argument("--solver", default=None, help="registered solver (default dpmpp_2m; "
                     "consistency for consistency students, ddim for other students)")
     sp.add_argument("--student", default=None, help="a trained student (run directory or "
-                    "checkpoint) to sample instead of the teacher, on the teacher's sigma range")
+                    "checkpoint, zoo:NAME or python:MODULE:ATTR) to sample instead of the "
+                    "teacher, on the teacher's sigma range")
     sp.add_argument("--nfe", type=positive_int, default=10)
     sp.add_argument("--schedule", default="karras")
     sp.add_argument("--sigma-min", type=float, default=None, help="last nonzero sigma of the "
@@ -554,6 +605,22 @@ def build_parser() -> argparse.ArgumentParser:
                        "patch.png --model runs/patches-cd --nfe 4")
     edit.add_arguments(e)
     e.set_defaults(fn=edit.edit_cli)
+
+    z = sub.add_parser("zoo", help="list the zoo's trained teachers and students, or rebuild "
+                       "one from its recipe and check its weights hash",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  fewstep zoo list\n  fewstep zoo build "
+                       "checkerboard-cd --out fewstep-zoo")
+    zsub = z.add_subparsers(dest="zoo_command", required=True)
+    zl = zsub.add_parser("list", help="every entry: recipe, weights hash, training cost")
+    zl.set_defaults(fn=_cmd_zoo_list)
+    zb = zsub.add_parser("build", help="rebuild an entry (one CPU thread; resumes) and compare "
+                         "its weights hash with the recorded one")
+    zb.add_argument("name", help="zoo entry (see fewstep zoo list)")
+    zb.add_argument("--out", default="fewstep-zoo", help="where the weights, record and run "
+                    "directory go (default: fewstep-zoo)")
+    zb.add_argument("--quiet", action="store_true", help="no progress bar")
+    zb.set_defaults(fn=_cmd_zoo_build)
 
     s = sub.add_parser("solvers", help="list the registered solvers")
     s.set_defaults(fn=_cmd_solvers)

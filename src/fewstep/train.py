@@ -6,8 +6,9 @@ many with the same code).
 mixed precision, JSONL loss logging and a tqdm bar. Checkpoints
 (``out_dir/checkpoints/step_XXXXXXXX/``) hold the model and EMA weights (safetensors), the
 method state, the optimiser and RNG states, and a JSON record (run id, config, method,
-architecture spec, data fingerprint, step, training cost); each is written to a temporary
-directory and renamed into place, so a checkpoint is either complete or absent.
+architecture spec, data fingerprint, built-in data set name, step, training cost); each is
+written to a temporary directory and renamed into place, so a checkpoint is either complete or
+absent.
 
 A run directory holds one run: ``out_dir/run.json`` names it, every checkpoint records its id,
 and "latest" and rotation only see the current run's checkpoints. Re-running with the same
@@ -485,6 +486,7 @@ class _Run:
     ctx: LossContext
     fingerprint: str
     run_id: str | None = None  # the run the checkpoints belong to (see run.json)
+    dataset: str | None = None  # the built-in data set's name, when trained on one
     step: int = 0
     seconds: float = 0.0
 
@@ -497,6 +499,7 @@ class _Run:
                 "config": _jsonable(self.config),
                 "method": {"name": self.method.name, "params": _jsonable(self.method)},
                 "model": model_spec(self.student), "data": self.fingerprint,
+                "dataset": self.dataset,
                 "state": {"modules": modules, "values": values}}
 
     def save(self, cost: TrainCost) -> Path:
@@ -613,7 +616,8 @@ def _setup(method: Method, student: nn.Module, data: Data, config: TrainConfig, 
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + rank)
     ctx = LossContext(teacher, ema, generator, config.batch_size)
     torch.manual_seed(config.seed + rank)
-    return _Run(config, method, student, ema, optimizer, ctx, fingerprint), samples
+    return _Run(config, method, student, ema, optimizer, ctx, fingerprint,
+                dataset=data if isinstance(data, str) else None), samples
 
 
 def _step(run: _Run, model: nn.Module, optimizer: Any, batch: Batch,

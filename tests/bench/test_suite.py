@@ -67,25 +67,13 @@ def test_budget_below_minimum_is_skipped_not_changed(tmp_path):
     assert s.skipped == ["dpm_solver_3 at NFE 2: below its minimum of 4"]
 
 
-def test_extra_nfe_runs_on_its_teacher_only(tmp_path):
+def test_by_teacher_nfe_runs_on_its_teacher_only(tmp_path):
     s = load_suite(_write(tmp_path, 'name="x"\nteachers=["gmm2", "moons"]\nmethods=["ddim"]\n'
-                          'nfe=[2, 5]\nextra_nfe={gmm2=[50, 20]}\nseeds=[0]\n'))
+                          'nfe=[2, 5]\nseeds=[0]\n[by_teacher.gmm2]\nnfe=[50, 2, 5, 20]\n'))
     budgets = {(c.teacher, c.nfe) for c in s.cases()}
     assert budgets == {("gmm2", 2), ("gmm2", 5), ("gmm2", 20), ("gmm2", 50), ("moons", 2),
                        ("moons", 5)}
-    assert s.nfe_of("moons") == [2, 5]
-
-
-@pytest.mark.parametrize("extra,match", [
-    ("{moons=[50]}", "extra_nfe names 'moons', not one of its teachers"),
-    ("{gmm2=[0]}", r"extra_nfe.gmm2 must be a non-empty list of positive integers; got \[0\]"),
-    ("{gmm2=[]}", "extra_nfe.gmm2 must be a non-empty list"),
-    ("[50]", "extra_nfe must be a table"),
-])
-def test_bad_extra_nfe_is_named(tmp_path, extra, match):
-    with pytest.raises(ValueError, match=match):
-        load_suite(_write(tmp_path, f'name="x"\nteachers=["gmm2"]\nmethods=["ddim"]\nnfe=[2]\n'
-                          f'extra_nfe={extra}\nseeds=[0]\n'))
+    assert s.nfe_of("moons") == [2, 5] and s.nfe_of("gmm2") == [2, 5, 20, 50]
 
 
 def test_every_builtin_suite_reaches_nfe_50_on_a_teacher():

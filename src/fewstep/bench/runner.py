@@ -355,6 +355,7 @@ def _run_case(case: Case, ctx: _Context) -> dict[str, Any]:
             f"{case.timing_repeats}"
             if joules["joules"] is not None else "not measured",
             metrics=_score(case, teacher, out.cpu(), ref, held, extractor))
+        row["train_seconds"], row["train_teacher_nfe"] = students.training_cost(case.method)
         if held is not None and inception is not None:
             row["metrics"].update(_inception_metrics(case, inception, out.cpu(), held.samples))
     except Exception as e:

@@ -44,6 +44,8 @@ COLUMNS: dict[str, str] = {
     "network_s": "REAL",       # time spent inside the denoiser
     "overhead_per_step_s": "REAL",  # (wall - network) / steps: the solver's own cost
     "setup_time_s": "REAL",    # plan / scheduler construction, outside wall_s and overhead
+    "train_seconds": "REAL",   # one-off training cost of a student (0: training-free; NULL:
+    "train_teacher_nfe": "REAL",  # not known); teacher evaluations per sample row
     "peak_mem_mb": "REAL",
     "mem_method": "TEXT",
     "energy_j": "REAL",        # NULL when not measured

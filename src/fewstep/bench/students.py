@@ -1,14 +1,30 @@
-"""Trained students as bench methods: ``student:PATH`` (a training run directory or checkpoint
-written by :func:`fewstep.train.train`), sampled on the case's teacher's sigma range and start
-noise with the sampler its method calls for.
+"""Trained students as bench methods, sampled on the case's teacher's sigma range and start
+noise with the sampler its method calls for:
 
-- consistency students (cd, ct, ect, direct_cm): the ``consistency`` sampler, re-noising down
-  to ``RENOISE_SIGMA_MIN`` (the plan's own sigma_min would waste an evaluation, since
-  f(x, sigma_min) = x);
+- ``student:PATH``: a training run directory or checkpoint written by
+  :func:`fewstep.train.train`;
+- ``student:zoo:NAME``: a built zoo student (:mod:`fewstep.zoo`); it runs only on its own
+  teacher ``zoo:TEACHER`` (on any other teacher the case is listed as skipped);
+- ``student:python:MODULE:ATTR``: an external consistency function ``f(x, sigma, **cond) ->
+  x0_hat`` that fewstep did not train (or a factory, a callable without required arguments,
+  returning one), e.g. an ONNX model wrapped in a few lines; an optional attribute ``nfe`` (a
+  tuple of budgets, e.g. ``(1,)`` for a one-step generator ``x0 = f(sigma_max z,
+  sigma_max)``) limits the budgets it is run at. Its training cost is not known to fewstep:
+  the row says so (NULL), never zero.
+
+Samplers by training method:
+
+- consistency students (cd, ct, ect, direct_cm, external): the ``consistency`` sampler,
+  re-noising down to ``RENOISE_SIGMA_MIN`` (the plan's own sigma_min would waste an
+  evaluation, since f(x, sigma_min) = x);
 - knowledge-distilled students (kd): one step, ``x0 = D(sigma_max z, sigma_max)``;
 - progressive-distillation students (pd): DDIM on their own training grid
   ``method.sigmas(k)``, only at NFE ``k``, the step count of the checkpoint's round (point at
   an intermediate ``checkpoints/step_*`` directory for the earlier, longer students).
+
+Each row carries the student's one-off training cost: ``train_seconds`` (wall-clock) and
+``train_teacher_nfe`` (teacher network evaluations, counted per sample row: full-batch
+evaluations times the training batch size), 0 for training-free methods.
 """
 
 from __future__ import annotations
@@ -22,12 +38,13 @@ from torch import Tensor
 
 from .. import solvers
 
-__all__ = ["CONSISTENCY_METHODS", "RENOISE_SIGMA_MIN", "check", "model", "run_student",
-           "unreachable"]
+__all__ = ["CONSISTENCY_METHODS", "EXTERNAL", "RENOISE_SIGMA_MIN", "check", "label", "model",
+           "run_student", "training_cost", "unreachable"]
 
 CONSISTENCY_METHODS = ("cd", "ct", "ect", "direct_cm")
 ONE_STEP_METHODS = ("kd",)
 OWN_GRID_METHODS = ("pd",)
+EXTERNAL = "external"  # a python:MODULE:ATTR consistency function
 METHODS = CONSISTENCY_METHODS + ONE_STEP_METHODS + OWN_GRID_METHODS
 RENOISE_SIGMA_MIN = 0.821  # Song et al. 2023's two-step re-noise level
 
@@ -37,54 +54,130 @@ def _path(method: str) -> str:
 
 
 @functools.cache
-def method_name(path: str) -> str:
-    """The training method recorded in the checkpoint (or run directory) at ``path``."""
+def info(source: str) -> dict[str, Any]:
+    """A checkpoint-like record of the student at ``source`` (a path, ``zoo:NAME`` or
+    ``python:MODULE:ATTR``): ``method`` {name, params}, ``step``, ``cost`` {seconds,
+    teacher_nfe (sample rows)} or None, and ``teacher`` (its zoo teacher, or None)."""
+    if source.startswith("zoo:"):
+        from .. import zoo
+
+        e = zoo.entry(source.removeprefix("zoo:"))
+        if e.recipe.role != "student":
+            raise ValueError(f"student:{source} is a teacher; bench it as --teacher {source}")
+        return {"method": e.method, "step": e.cost.steps, "teacher": f"zoo:{e.recipe.teacher}",
+                "cost": {"seconds": e.cost.seconds,
+                         "teacher_nfe": e.cost.teacher_nfe * e.recipe.batch_size}}
+    if source.startswith("python:"):
+        return {"method": {"name": EXTERNAL, "params": {}}, "step": 0, "teacher": None,
+                "cost": None}
     from ..train import checkpoint_info
 
-    method = checkpoint_info(path).get("method", {})
-    return method.get("name") if isinstance(method, dict) else str(method)
+    rec = checkpoint_info(source)
+    batch = int(rec.get("config", {}).get("batch_size", 1))
+    return {"method": rec.get("method", {}), "step": rec["step"], "teacher": None,
+            "cost": {"seconds": rec["cost"]["seconds"],
+                     "teacher_nfe": rec["cost"]["teacher_nfe"] * batch}}
+
+
+@functools.cache
+def method_name(path: str) -> str:
+    """The training method recorded for the student at ``path`` (see :func:`info`)."""
+    method = info(path).get("method", {})
+    return str(method.get("name")) if isinstance(method, dict) else str(method)
 
 
 @functools.cache
 def own_grid(method: str) -> tuple[int, Tensor]:
     """A PD student's step count ``k`` and its sampling grid ``method.sigmas(k)``."""
     from ..distill import get_method
-    from ..train import checkpoint_info
 
-    info = checkpoint_info(_path(method))
-    pd = get_method("pd")(**info["method"]["params"])
-    k = pd.student_steps(pd.round_at(max(info["step"] - 1, 0)))
+    rec = info(_path(method))
+    pd = get_method("pd")(**rec["method"]["params"])
+    k = pd.student_steps(pd.round_at(max(rec["step"] - 1, 0)))
     return k, pd.sigmas(k)
 
 
 def check(method: str) -> str:
-    """The training method of a ``student:PATH`` entry, or a clear error."""
+    """The training method of a ``student:...`` entry, or a clear error (ValueError)."""
+    source = _path(method)
     try:
-        name = method_name(_path(method))
+        name = method_name(source)
     except FileNotFoundError:
-        raise ValueError(f"{method!r}: no checkpoint at {_path(method)!r}") from None
+        raise ValueError(f"{method!r}: no checkpoint at {source!r}") from None
+    if name == EXTERNAL:
+        model(method)  # imports it: a bad module or attribute fails here, named
+        return name
     if name not in METHODS:
         raise ValueError(f"{method!r} was trained with {name!r}; the bench samples students of "
                          f"{', '.join(METHODS)}")
     return name
 
 
-def unreachable(method: str, nfe: int) -> str | None:
-    """Why ``method`` cannot spend ``nfe`` evaluations, or None."""
+def unreachable(method: str, nfe: int, teacher: str | None = None) -> str | None:
+    """Why ``method`` cannot spend ``nfe`` evaluations (on ``teacher``, if given), or None."""
     name = check(method)
+    own = info(_path(method))["teacher"]
+    if teacher is not None and own is not None and teacher != own:
+        return f"{method}: a student of {own}, not run on {teacher}"
     if name in ONE_STEP_METHODS and nfe != 1:
         return f"{method} at NFE {nfe}: a one-step (KD) student"
     if name in OWN_GRID_METHODS and nfe != own_grid(method)[0]:
         return f"{method} at NFE {nfe}: a {own_grid(method)[0]}-step PD student (its own grid)"
+    if name == EXTERNAL and (allowed := getattr(model(method), "nfe", None)) is not None \
+            and nfe not in tuple(allowed):
+        return f"{method} at NFE {nfe}: it declares nfe={tuple(allowed)}"
     return None
+
+
+def training_cost(method: str) -> tuple[float | None, float | None]:
+    """(train_seconds, train_teacher_nfe) of a bench method: the student's recorded cost,
+    (None, None) for an external student (not known), (0, 0) for training-free methods."""
+    if not method.startswith("student:"):
+        return 0.0, 0.0
+    cost = info(_path(method))["cost"]
+    return (None, None) if cost is None else (float(cost["seconds"]),
+                                              float(cost["teacher_nfe"]))
+
+
+def label(method: str) -> str:
+    """A short name that tells students apart in tables: ``zoo/cd`` (a zoo student, on its
+    own teacher's rows), the run directory's name (``moons-cd``; ``moons-pd/step_00000400`` for
+    an intermediate checkpoint) or ``py:ATTR``; other methods unchanged."""
+    if not method.startswith("student:"):
+        return method
+    source = _path(method)
+    if source.startswith("zoo:"):
+        from .. import zoo
+
+        r = zoo.RECIPES.get(source.removeprefix("zoo:"))
+        return f"zoo/{r.method}" if r is not None else source
+    if source.startswith("python:"):
+        return f"py:{source.rsplit(':', 1)[-1]}"
+    parts = [p for p in source.rstrip("/").split("/") if p] or [source]
+    return "/".join(parts[-3::2]) if parts[-1].startswith("step_") and len(parts) >= 3 \
+        else parts[-1]
 
 
 @functools.cache
 def model(method: str) -> Any:
-    """The student of a ``student:PATH`` entry (EMA weights, frozen; loaded once)."""
+    """The student of a ``student:...`` entry (EMA weights, frozen; loaded once)."""
+    source = _path(method)
+    if source.startswith("zoo:"):
+        from .. import zoo
+
+        return zoo.load(source.removeprefix("zoo:"))
+    if source.startswith("python:"):
+        from .teachers import import_attr, is_factory
+
+        obj = import_attr(source.removeprefix("python:"))
+        obj = obj() if is_factory(obj) else obj
+        if not callable(obj):
+            raise ValueError(f"{method}: a {type(obj).__name__}, not a consistency function "
+                             "f(x, sigma, **cond)")
+        return obj
     from ..train import load_checkpoint
 
-    return load_checkpoint(_path(method))
+    return load_checkpoint(source)
 
 
 def run_student(method: str, D: Any, x: Tensor, nfe: int, sigma_max: float, seed: int,

@@ -1,7 +1,10 @@
 """Benchmark suites: TOML files naming teachers, methods, NFE budgets and seeds.
 
 A suite expands into cases, one per (teacher, method, nfe, seed); budgets a method cannot
-spend exactly (e.g. below its minimum NFE) are listed as skipped, never silently changed.
+spend exactly (e.g. below its minimum NFE) are listed as skipped, never silently changed, and
+so are students run on another teacher than their own. ``by_teacher`` gives a teacher its own
+``nfe`` budgets and ``reference_rtol`` (e.g. fewer budgets and a looser reference for a trained
+network, whose evaluations cost more).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from ..schedules import get_schedule
 from . import baselines, peers, students, teachers
 from .store import case_key
 
-__all__ = ["Case", "Suite", "load_suite"]
+__all__ = ["BY_TEACHER", "Case", "Suite", "load_suite"]
+
+BY_TEACHER = ("nfe", "reference_rtol")  # what a suite's by_teacher table may override
 
 
 @dataclass(frozen=True)
@@ -66,14 +71,12 @@ class Suite:
     denoise_to_zero: bool = True  # fewstep plans: last evaluation steps sigma_min -> 0
     inception_weights: str | None = None  # local FID Inception weights for image teachers
     timing_repeats: int = 3  # warm timed runs per case; rows record their medians
-    # teacher -> NFE budgets run on that teacher only, beside ``nfe`` (e.g. convergence to NFE
-    # 50 on one cheap teacher: ``extra_nfe = {gmm16 = [25, 35, 50]}``)
-    extra_nfe: dict[str, list[int]] = field(default_factory=dict)
+    by_teacher: dict[str, dict[str, Any]] = field(default_factory=dict)  # teacher -> overrides
     skipped: list[str] = field(default_factory=list)
 
     def nfe_of(self, teacher: str) -> list[int]:
-        """The NFE budgets run on ``teacher``: ``nfe`` and its ``extra_nfe``, sorted."""
-        return sorted({*self.nfe, *self.extra_nfe.get(teacher, [])})
+        """The NFE budgets run on ``teacher``: its ``by_teacher`` ``nfe``, else ``nfe``."""
+        return sorted(self.by_teacher.get(teacher, {}).get("nfe", self.nfe))
 
     def validate(self) -> None:
         """Fail early (ValueError), naming any bad value: unknown teacher, method or dtype,
@@ -82,7 +85,9 @@ class Suite:
         self._check_values()
         known_teachers = teachers.available()
         for t in self.teachers:
-            if t not in known_teachers:
+            if t not in known_teachers and t.split(":", 1)[0] in teachers.PREFIXES:
+                teachers.get(t)  # a user's model, loaded once; or an error naming it
+            elif t not in known_teachers:
                 raise ValueError(f"suite {self.name!r}: unknown teacher {t!r}; available: "
                                  f"{', '.join(known_teachers)}")
         for m in self.methods:
@@ -101,12 +106,20 @@ class Suite:
 
     def _check_values(self) -> None:
         where = f"suite {self.name!r}"
+        if not isinstance(self.by_teacher, dict) or set(self.by_teacher) - set(self.teachers) \
+                or any(not isinstance(v, dict) or set(v) - set(BY_TEACHER)
+                       for v in self.by_teacher.values()):
+            raise ValueError(f"{where}: by_teacher must map teachers of the suite to tables of "
+                             f"{', '.join(BY_TEACHER)}; got {self.by_teacher!r}")
         for key, item, ok, what in (
                 ("teachers", str, lambda v: bool(v), "names"),
                 ("methods", str, lambda v: bool(v), "names"),
                 ("nfe", int, lambda v: v >= 1, "positive integers"),
-                ("seeds", int, lambda v: v >= 0, "non-negative integers")):
-            values = getattr(self, key)
+                ("seeds", int, lambda v: v >= 0, "non-negative integers"),
+                *((f"by_teacher.{t}.nfe", int, lambda v: v >= 1, "positive integers")
+                  for t, o in self.by_teacher.items() if "nfe" in o)):
+            values = self.by_teacher[key.split(".")[1]]["nfe"] if "." in key else \
+                getattr(self, key)
             if not isinstance(values, list) or not values:
                 raise ValueError(f"{where}: {key} must be a non-empty list of {what}; got "
                                  f"{values!r}")
@@ -115,17 +128,6 @@ class Suite:
             if bad:
                 raise ValueError(f"{where}: {key} must be {what}; got {values!r} (bad: "
                                  f"{', '.join(map(repr, bad))})")
-        if not isinstance(self.extra_nfe, dict):
-            raise ValueError(f"{where}: extra_nfe must be a table teacher = [NFE, ...]; got "
-                             f"{self.extra_nfe!r}")
-        for t, budgets in self.extra_nfe.items():
-            if t not in self.teachers:
-                raise ValueError(f"{where}: extra_nfe names {t!r}, not one of its teachers "
-                                 f"{self.teachers}")
-            if not isinstance(budgets, list) or not budgets or any(
-                    not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in budgets):
-                raise ValueError(f"{where}: extra_nfe.{t} must be a non-empty list of positive "
-                                 f"integers; got {budgets!r}")
         if isinstance(self.n_samples, bool) or not isinstance(self.n_samples, int) or \
                 self.n_samples < 2:
             raise ValueError(f"{where}: n_samples must be an integer >= 2; got "
@@ -134,11 +136,11 @@ class Suite:
                 or self.timing_repeats < 1:
             raise ValueError(f"{where}: timing_repeats must be an integer >= 1; got "
                              f"{self.timing_repeats!r}")
-        if isinstance(self.reference_rtol, bool) or \
-                not isinstance(self.reference_rtol, int | float) or \
-                not 0 < self.reference_rtol < 1:
-            raise ValueError(f"{where}: reference_rtol must be a number in (0, 1); got "
-                             f"{self.reference_rtol!r}")
+        for name, rtol in (("reference_rtol", self.reference_rtol),
+                           *((f"by_teacher.{t}.reference_rtol", o["reference_rtol"])
+                             for t, o in self.by_teacher.items() if "reference_rtol" in o)):
+            if isinstance(rtol, bool) or not isinstance(rtol, int | float) or not 0 < rtol < 1:
+                raise ValueError(f"{where}: {name} must be a number in (0, 1); got {rtol!r}")
         get_schedule(self.schedule)  # names an unknown schedule
 
     def cases(self) -> list[Case]:
@@ -146,24 +148,26 @@ class Suite:
         out: list[Case] = []
         for t in self.teachers:
             for m in self.methods:
+                own = self.by_teacher.get(t, {})
                 for nfe in [0] if baselines.is_baseline(m) else self.nfe_of(t):  # no evaluations
-                    why = _unreachable(m, nfe)
+                    why = _unreachable(m, nfe, t)
                     if why:
                         if why not in self.skipped:
                             self.skipped.append(why)
                         continue
                     out.extend(Case(self.name, t, m, nfe, s, self.n_samples, self.schedule,
-                                    self.dtype, self.reference_rtol, self.denoise_to_zero,
+                                    self.dtype, own.get("reference_rtol", self.reference_rtol),
+                                    self.denoise_to_zero,
                                     self.inception_weights, self.timing_repeats)
                                for s in self.seeds)
         return out
 
 
-def _unreachable(method: str, nfe: int) -> str | None:
+def _unreachable(method: str, nfe: int, teacher: str | None = None) -> str | None:
     if baselines.is_baseline(method):
         return None
     if method.startswith("student:"):
-        return students.unreachable(method, nfe)
+        return students.unreachable(method, nfe, teacher)
     if method.startswith("diffusers:"):
         peer = peers.PEERS[method.removeprefix("diffusers:")]
         try:

@@ -2,15 +2,30 @@
 
 Built-ins are exact: Gaussian mixtures (closed-form denoiser and density) and the empirical
 optimal denoiser of each built-in data set's train split (scored against its test split).
-Users add their own with :func:`register`.
+Trained teachers come from the zoo (``zoo:NAME``, see :mod:`fewstep.zoo`). A user brings a
+model by name, resolved on first use:
+
+- ``checkpoint:PATH``: a ``fewstep train`` run directory or checkpoint (EMA weights), scored
+  against the test split of the built-in data set it was trained on;
+- ``diffusers:PATH``: a local diffusers pipeline or model directory;
+- ``python:MODULE:ATTR``: ``MODULE.ATTR`` is a :class:`Teacher`; or a factory (a callable
+  without required arguments) returning a :class:`Teacher` or a denoiser; or a denoiser
+  ``D(x, sigma, **cond) -> x0_hat`` itself. A denoiser carries ``sample_shape`` (one sample's
+  shape, a tuple) and may carry ``sigma_min`` (default 0.002), ``sigma_max`` (80) and ``data``
+  (a built-in data set to score against; without it only the ODE error is measured).
+
+:func:`register` adds a named builder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -20,7 +35,10 @@ from .. import data as fewstep_data
 from ..analytic import EmpiricalDenoiser, GaussianMixture
 from ..denoiser import Denoiser
 
-__all__ = ["Teacher", "available", "get", "register"]
+__all__ = ["PREFIXES", "Teacher", "available", "checkpoint_teacher", "get", "import_attr",
+           "python_teacher", "register", "trained_teacher", "zoo_teacher"]
+
+SIGMA_MIN, SIGMA_MAX = 0.002, 80.0  # EDM's range: every fewstep-trained model's
 
 
 @dataclass(frozen=True)
@@ -53,14 +71,18 @@ def register(name: str, builder: Callable[[], Teacher], overwrite: bool = False)
 
 @functools.cache
 def get(name: str) -> Teacher:
-    """Build (once) and return the named teacher; ``diffusers:PATH`` loads a local diffusers
-    model on first use."""
-    if name not in _BUILDERS and name.startswith("diffusers:"):
-        _BUILDERS[name] = functools.partial(diffusers_teacher, name.removeprefix("diffusers:"))
-    if name not in _BUILDERS:
+    """Build (once) and return the named teacher; ``diffusers:PATH``, ``checkpoint:PATH`` and
+    ``python:MODULE:ATTR`` are loaded on first use (see the module docstring). Raises
+    ValueError (or OSError for an unreadable file) naming a bad name, path or attribute."""
+    prefix = name.split(":", 1)[0]
+    if name in _BUILDERS:
+        return _BUILDERS[name]()
+    if prefix not in PREFIXES:
         raise ValueError(f"unknown teacher {name!r}; available: {', '.join(available())}, "
-                         "or diffusers:PATH")
-    return _BUILDERS[name]()
+                         "or checkpoint:PATH, diffusers:PATH, python:MODULE:ATTR")
+    teacher = PREFIXES[prefix](name.removeprefix(f"{prefix}:"))  # a failure registers nothing
+    _BUILDERS[name] = functools.partial(PREFIXES[prefix], name.removeprefix(f"{prefix}:"))
+    return teacher
 
 
 def diffusers_teacher(path: str, data: str | None = None) -> Teacher:
@@ -69,7 +91,7 @@ def diffusers_teacher(path: str, data: str | None = None) -> Teacher:
     from ..interop import load_denoiser
 
     D = load_denoiser(path)
-    cfg = D.model.config
+    cfg: Any = D.model.config  # a diffusers FrozenDict
     size = cfg.sample_size if isinstance(cfg.sample_size, (tuple, list)) else \
         (cfg.sample_size, cfg.sample_size)
     shape = (cfg.in_channels, *size)
@@ -95,18 +117,140 @@ def _held_out(ds: Any, n: int, s: int) -> Tensor:
 
 
 def available() -> list[str]:
+    """Names of the registered teachers: built-ins, built zoo teachers, and the user's models
+    loaded so far."""
     return sorted(_BUILDERS)
+
+
+def trained_teacher(name: str, denoiser: Denoiser, data_name: str | None, *,
+                    sample_shape: tuple[int, ...] | None = None, sigma_min: float = SIGMA_MIN,
+                    sigma_max: float = SIGMA_MAX, description: str = "") -> Teacher:
+    """A trained denoiser as a teacher, scored against the test split of the built-in data set
+    ``data_name`` (its shape and kind too); without one, ``sample_shape`` is needed and only
+    the ODE error against the teacher's own reference solution is measured."""
+    if data_name is None:
+        if sample_shape is None:
+            raise ValueError(f"teacher {name!r}: no data set to score against and no "
+                             "sample_shape; give one of them")
+        return Teacher(name, denoiser, tuple(sample_shape), sigma_min, sigma_max, None,
+                       kind="image" if len(sample_shape) == 3 else "vector",
+                       description=description + "; no reference data")
+    ds = data.get(data_name)
+
+    def reference(n: int, s: int) -> Tensor:
+        return _held_out(ds, n, s)
+
+    if sample_shape is not None and tuple(sample_shape) != tuple(ds.shape):
+        raise ValueError(f"teacher {name!r}: sample_shape {tuple(sample_shape)} differs from "
+                         f"data set {data_name!r}'s {tuple(ds.shape)}")
+    extra = {"extractor": "digits_cnn"} if data_name == "digits" else {}
+    return Teacher(name, denoiser, tuple(ds.shape), sigma_min, sigma_max, reference,
+                   kind=ds.kind, extra=extra, description=f"{description}; scored against the "
+                   f"test split of {data_name} ({ds.licence})")
+
+
+def zoo_teacher(entry: str) -> Teacher:
+    """The built zoo teacher ``entry`` (:mod:`fewstep.zoo`), e.g. ``checkerboard-edm``."""
+    from .. import zoo
+
+    e = zoo.entry(entry)
+    if e.recipe.role != "teacher":
+        raise ValueError(f"zoo:{entry} is a {e.recipe.method} student, not a teacher; bench it "
+                         f"as the method student:zoo:{entry} on zoo:{e.recipe.teacher}")
+    return trained_teacher(f"zoo:{entry}", zoo.load(entry), e.recipe.data, description=(
+        f"{e.recipe.description}; {e.recipe.steps} steps, {e.cost.seconds:.0f} s to train "
+        f"(fewstep.zoo recipe {entry}); weights sha256 {e.sha256[:12]}"))
+
+
+def checkpoint_teacher(path: str) -> Teacher:
+    """The EMA denoiser of a ``fewstep train`` run directory or checkpoint at ``path``, scored
+    against the built-in data set its record names."""
+    from ..train import checkpoint_info, load_checkpoint
+
+    try:
+        info = checkpoint_info(path)
+    except FileNotFoundError:
+        raise ValueError(f"checkpoint:{path}: no checkpoint there (neither a checkpoint "
+                         "directory nor a training run with checkpoints)") from None
+    name = info.get("dataset")
+    if name is None or name not in data.available():
+        raise ValueError(f"checkpoint:{path} records no built-in data set (trained on tensors "
+                         "or by an older fewstep); wrap it as python:MODULE:ATTR with a "
+                         "sample_shape")
+    return trained_teacher(f"checkpoint:{path}", load_checkpoint(path), name, description=(
+        f"{info['method']['name']} model trained by fewstep at {path} ({info['step']} steps, "
+        f"{info['cost']['seconds']:.0f} s)"))
+
+
+def import_attr(spec: str) -> Any:
+    """``MODULE:ATTR`` (ATTR may be dotted) imported; ValueError naming what is missing."""
+    module, sep, attr = spec.partition(":")
+    if not sep or not module or not attr:
+        raise ValueError(f"python:{spec}: expected python:MODULE:ATTR, e.g. "
+                         "python:my_models:teacher")
+    try:
+        obj: Any = importlib.import_module(module)
+    except ImportError as e:
+        raise ValueError(f"python:{spec}: cannot import module {module!r} ({e})") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"python:{spec}: module {module!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def is_factory(obj: Any) -> bool:
+    """True for a callable that takes no required arguments (a class or a function that
+    builds the model), False for a denoiser ``D(x, sigma, ...)``."""
+    if not callable(obj):
+        return False
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return False
+    return not any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
+                                                       p.KEYWORD_ONLY)
+                   for p in sig.parameters.values())
+
+
+def python_teacher(spec: str) -> Teacher:
+    """``python:MODULE:ATTR`` as a teacher (see the module docstring for what ATTR may be)."""
+    name = f"python:{spec}"
+    obj = import_attr(spec)
+    if is_factory(obj) and not isinstance(obj, Teacher):
+        obj = obj()
+    if isinstance(obj, Teacher):
+        return dataclasses.replace(obj, name=name)
+    if not callable(obj):
+        raise ValueError(f"{name} is a {type(obj).__name__}, not a Teacher, a factory or a "
+                         "denoiser D(x, sigma, **cond)")
+    shape = getattr(obj, "sample_shape", None)
+    data_name = getattr(obj, "data", None)
+    if shape is None and data_name is None:
+        raise ValueError(f"{name}: a denoiser needs a sample_shape attribute (one sample's "
+                         "shape) or a data attribute naming a built-in data set")
+    return trained_teacher(name, obj, data_name,
+                           sample_shape=None if shape is None else tuple(shape),
+                           sigma_min=float(getattr(obj, "sigma_min", SIGMA_MIN)),
+                           sigma_max=float(getattr(obj, "sigma_max", SIGMA_MAX)),
+                           description=f"user denoiser {name}")
+
+
+PREFIXES: dict[str, Callable[[str], Teacher]] = {
+    "diffusers": diffusers_teacher, "checkpoint": checkpoint_teacher,
+    "python": python_teacher, "zoo": zoo_teacher}
 
 
 def _mixture_teacher(name: str, dim: int, components: int, seed: int) -> Teacher:
     gm = GaussianMixture.random(dim, components, spread=1.0, std=0.25, seed=seed).float()
+    means, variances = cast(Tensor, gm.means), cast(Tensor, gm.variances)  # buffers
 
     def reference(n: int, s: int) -> Tensor:
-        return gm.sample(n, generator=torch.Generator().manual_seed(10_000 + s))
+        return cast(Tensor, gm.sample(n, generator=torch.Generator().manual_seed(10_000 + s)))
 
-    stds = gm.variances.sqrt().max(1).values
+    stds = variances.sqrt().max(1).values
     return Teacher(name, gm, (dim,), 0.002, 80.0, reference, log_prob=gm.log_prob,
-                   modes=(gm.means, stds),
+                   modes=(means, stds),
                    description=f"exact {components}-component Gaussian mixture in {dim}-d")
 
 
@@ -128,3 +272,15 @@ for _dim, _k in ((2, 8), (16, 8), (64, 16)):
     register(f"gmm{_dim}", functools.partial(_mixture_teacher, f"gmm{_dim}", _dim, _k, _dim))
 for _name in data.available():
     register(_name, functools.partial(_empirical_teacher, _name))
+
+
+def _register_zoo() -> None:
+    """Every built zoo teacher as ``zoo:NAME`` (built lazily, on first use)."""
+    from .. import zoo
+
+    for name in zoo.available():
+        if zoo.RECIPES[name].role == "teacher" and zoo.built(name):
+            register(f"zoo:{name}", functools.partial(zoo_teacher, name))
+
+
+_register_zoo()

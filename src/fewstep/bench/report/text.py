@@ -51,6 +51,15 @@ def clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def short_label(label: str) -> str:
+    """A method label (``method`` or ``method@nfe``) as tables print it: students by a name
+    that tells them apart (:func:`fewstep.bench.students.label`), not a clipped path."""
+    from ..students import label as student_label
+
+    method, at, nfe = label.rpartition("@") if "@" in label else (label, "", "")
+    return f"{student_label(method)}{at}{nfe}"
+
+
 def direction_note(metric: str) -> str:
     """"<metric> (<direction> is better; <unit>)" from the metric registry."""
     spec = metric_registry.get(metric)
@@ -78,7 +87,7 @@ def _table(cols: Sequence[tuple[str, int, str]], cells: Sequence[Sequence[str]])
     return [header, "-" * len(header), *(line(c) for c in cells)]
 
 
-_BOARD = (("teacher", 12, "<"), ("NFE", 3, ">"), ("best method", 18, "<"),
+_BOARD = (("teacher", 16, "<"), ("NFE", 3, ">"), ("best method", 18, "<"),
           ("metric [95% CI]", 26, "<"), ("time/smp", 8, ">"), ("tied", 4, ">"),
           ("best peer", 18, "<"), ("peer", 6, ">"))
 
@@ -88,7 +97,8 @@ def format_leaderboard(board: Sequence[dict[str, Any]]) -> str:
     eligible method, its interval, how many others are tied with it, and the best peer."""
     if not board:
         return "(empty leaderboard)"
-    cells = [[str(e["teacher"]), str(e["nfe_target"]), e["best"] or NONE_ELIGIBLE,
+    cells = [[str(e["teacher"]), str(e["nfe_target"]),
+              short_label(e["best"]) if e["best"] else NONE_ELIGIBLE,
               with_ci(e["best_mean"], e["best_lo"], e["best_hi"]),
               format_seconds(e["best_time_per_sample_s"]),
               f"+{len(e['tied'])}" if e["tied"] else NO_DATA, e["peer"] or NO_DATA,
@@ -98,7 +108,7 @@ def format_leaderboard(board: Sequence[dict[str, Any]]) -> str:
     return "\n".join([clip(title, 100), *_table(_BOARD, cells)])
 
 
-_DECISION = (("teacher", 12, "<"), ("NFE<=", 5, ">"), ("use", 22, "<"),
+_DECISION = (("teacher", 16, "<"), ("NFE<=", 5, ">"), ("use", 22, "<"),
              ("metric [95% CI]", 26, "<"), ("time/smp", 8, ">"), ("tied with", 26, "<"))
 
 
@@ -106,14 +116,14 @@ def _decision_cells(d: Decision) -> list[str]:
     best = d.ranking.best
     if best is None:
         return [d.teacher, str(d.budget), NONE_ELIGIBLE, "", "", ""]
-    return [d.teacher, str(d.budget), best.label,
+    return [d.teacher, str(d.budget), short_label(best.label),
             with_ci(best.summary.mean, best.summary.lo, best.summary.hi),
             format_seconds(best.time_per_sample.mean),
-            tie_text([a.label for a in d.ranking.tie_group[1:]])]
+            tie_text([short_label(a.label) for a in d.ranking.tie_group[1:]])]
 
 
 def _front_line(teacher: str, front: Sequence[Agg]) -> str:
-    pts = ", ".join(f"{a.label} ({format_seconds(a.time_per_sample.mean)}, "
+    pts = ", ".join(f"{short_label(a.label)} ({format_seconds(a.time_per_sample.mean)}, "
                     f"{num(a.summary.mean)})" for a in front)
     return f"  {teacher}: {pts or NO_DATA}"
 

@@ -1,0 +1,123 @@
+"""Recipes of the zoo: how each small trained teacher and student is made.
+
+A recipe names everything that determines the weights -- the data set, the backbone (a
+``fewstep.nets`` spec), the preconditioning, the method and its hyper-parameters, the loop's
+settings (steps, batch, learning rate, EMA, seed) and, for a student, the zoo teacher it is
+distilled from. :func:`fewstep.zoo.build` runs it through :func:`fewstep.train.train`; on CPU
+with one thread the result is bitwise repeatable on one machine and torch build.
+
+Budgets are small on purpose: every entry trains in minutes on one CPU core, so the quick
+suite can compare trained teachers and their students without a GPU. They are usable, not
+converged: each student's row in the bench carries what it cost to make.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["RECIPES", "Recipe", "recipe"]
+
+SIGMA_MIN = 0.002
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that makes one zoo entry (see the module docstring).
+
+    ``backbone`` is a :func:`fewstep.nets.spec.model_spec` of the raw network, wrapped in
+    ``EDMPrecond`` (teachers, PD and KD students) or ``ConsistencyPrecond`` (consistency
+    students) with ``sigma_data``. ``params`` are the method's hyper-parameters; for iCT
+    ``total_steps`` defaults to ``steps``, and PD's ``steps`` must equal its rounds' total.
+    """
+
+    name: str
+    data: str  # a built-in data set (train split)
+    method: str  # "edm" for a teacher, else a distillation method
+    backbone: Mapping[str, Any]
+    steps: int
+    batch_size: int
+    lr: float
+    sigma_data: float = 0.5
+    params: Mapping[str, Any] = field(default_factory=dict)
+    teacher: str | None = None  # the zoo teacher a student is distilled from
+    seed: int = 0
+    ema_decay: float = 0.995
+    warmup_steps: int = 0
+    data_n: int | None = None  # samples drawn from an infinite (2-D toy) data set
+    description: str = ""
+
+    @property
+    def role(self) -> str:
+        """"teacher" (an EDM denoiser trained on data) or "student"."""
+        return "teacher" if self.method == "edm" else "student"
+
+
+def _mlp(hidden: int = 128, depth: int = 3) -> dict[str, Any]:
+    return {"class": "MLPDenoiserNet", "kwargs": {"dim": 2, "hidden": hidden, "depth": depth,
+                                                   "emb_dim": 64, "cond_type": "none",
+                                                   "num_classes": 0}}
+
+
+def _unet(in_channels: int, channels: int) -> dict[str, Any]:
+    return {"class": "UNet", "kwargs": {"in_channels": in_channels, "channels": channels,
+                                        "channel_mult": [1, 2], "num_res_blocks": 1,
+                                        "emb_dim": 64, "cond_type": "none", "num_classes": 0,
+                                        "dropout": 0.0}}
+
+
+def _toy_teacher(data: str) -> Recipe:
+    return Recipe(f"{data}-edm", data, "edm", _mlp(), steps=1500, batch_size=256, lr=2e-3,
+                  sigma_data=1.0, params={"sigma_data": 1.0}, ema_decay=0.998,
+                  warmup_steps=100, data_n=20_000,
+                  description=f"EDM teacher, residual MLP (128 wide, 3 blocks) on {data}")
+
+
+def _students(teacher: Recipe, steps: Mapping[str, int], lr: Mapping[str, float],
+              params: Mapping[str, Mapping[str, Any]]) -> list[Recipe]:
+    """The students of ``teacher``: its data, backbone and sigma_data, one recipe per method."""
+    base = teacher.name.removesuffix("-edm")
+    return [Recipe(f"{base}-{m}", teacher.data, m, teacher.backbone, steps=n,
+                   batch_size=teacher.batch_size, lr=lr[m], sigma_data=teacher.sigma_data,
+                   params=dict(params.get(m, {})), teacher=teacher.name,
+                   data_n=teacher.data_n, description=f"{m} student of {teacher.name}")
+            for m, n in steps.items()]
+
+
+_CHECKERBOARD = _toy_teacher("checkerboard")
+# A digits teacher: a 2-level UNet (16, 32 channels) on the 8x8 digits' train split.
+_DIGITS = Recipe("digits-edm", "digits", "edm", _unet(1, 16), steps=600, batch_size=64,
+                 lr=2e-3, sigma_data=0.5, params={"sigma_data": 0.5}, ema_decay=0.998,
+                 warmup_steps=100,
+                 description="EDM teacher, UNet (16/32 channels, 2 levels) on digits 8x8")
+
+_TOY_STUDENTS = _students(
+    _CHECKERBOARD,
+    steps={"cd": 300, "ct": 300, "ect": 200, "pd": 150, "kd": 200, "direct_cm": 150},
+    lr={"cd": 1e-3, "ct": 1e-3, "ect": 2e-4, "pd": 1e-3, "kd": 1e-3, "direct_cm": 1e-3},
+    params={"cd": {"N": 18, "solver": "heun", "mu": 0.95},
+            "ect": {"double_every": 25},
+            "pd": {"teacher_steps": 8, "steps_per_round": 50, "sigma_data": 1.0},
+            "kd": {"num_pairs": 1024, "solver": "ipndm", "nfe": 16},
+            "direct_cm": {"num_scales": 10, "solver": "ipndm", "nfe": 8}})
+_DIGITS_STUDENTS = _students(
+    _DIGITS,
+    steps={"cd": 100, "ct": 150, "ect": 100, "pd": 80, "kd": 80, "direct_cm": 60},
+    lr={"cd": 4e-4, "ct": 1e-3, "ect": 2e-4, "pd": 4e-4, "kd": 4e-4, "direct_cm": 4e-4},
+    params={"cd": {"N": 18, "solver": "heun", "mu": 0.95},
+            "ect": {"double_every": 12},
+            "pd": {"teacher_steps": 4, "steps_per_round": 40, "sigma_data": 0.5},
+            "kd": {"num_pairs": 256, "solver": "ipndm", "nfe": 10},
+            "direct_cm": {"num_scales": 8, "solver": "ipndm", "nfe": 6}})
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    _CHECKERBOARD, *_TOY_STUDENTS, _DIGITS, *_DIGITS_STUDENTS,
+    *(_toy_teacher(d) for d in ("moons", "8gaussians", "swissroll", "rings", "pinwheel")))}
+
+
+def recipe(name: str) -> Recipe:
+    """The recipe called ``name``; ValueError listing the zoo otherwise."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown zoo entry {name!r}; available: {', '.join(RECIPES)}")
+    return RECIPES[name]

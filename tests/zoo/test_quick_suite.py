@@ -1,0 +1,51 @@
+"""The quick suite compares every family on trained zoo teachers: solvers, diffusers peers and
+every student of each zoo teacher, side by side; a slow test rebuilds a committed entry."""
+
+import pytest
+import torch
+
+from fewstep import zoo
+from fewstep.bench import teachers
+from fewstep.bench.suite import load_suite
+
+
+def test_quick_suite_has_trained_teachers_with_all_their_students():
+    s = load_suite("quick")
+    trained = [t for t in s.teachers if t.startswith("zoo:")]
+    kinds = {teachers.get(t).kind for t in trained}
+    assert kinds == {"vector", "image"}  # a trained 2-D teacher and a trained image teacher
+    cases = s.cases()
+    for t in trained:
+        own = {f"student:zoo:{n}" for n, r in zoo.RECIPES.items()
+               if r.teacher == t.removeprefix("zoo:") and zoo.built(n)}
+        assert own and own <= set(s.methods), t  # every built student of the teacher
+        ran = {c.method for c in cases if c.teacher == t}
+        assert own <= ran, t  # every student runs on its teacher, at least at one budget
+        assert {m for m in s.methods if m.startswith("diffusers:")} <= ran
+        assert {m for m in s.methods if ":" not in m} <= ran  # every solver of the suite
+    for c in cases:
+        if c.method.startswith("student:zoo:"):
+            assert c.teacher == f"zoo:{zoo.recipe(c.method.removeprefix('student:zoo:')).teacher}"
+
+
+def test_committed_entries_load_and_denoise():
+    for name in zoo.available():
+        if not zoo.built(name):
+            continue
+        e = zoo.entry(name)
+        D = zoo.load(name)
+        shape = teachers.get(f"zoo:{e.recipe.teacher or name}").sample_shape
+        x = torch.randn(3, *shape)
+        with torch.no_grad():
+            out = D(x, torch.full((3,), 1.0))
+        assert out.shape == x.shape and torch.isfinite(out).all(), name
+        assert e.cost.seconds > 0 and e.cost.steps == e.recipe.steps, name
+        assert (e.cost.teacher_nfe > 0) == (e.recipe.method in ("cd", "pd", "kd", "direct_cm"))
+
+
+@pytest.mark.slow
+def test_a_committed_entry_rebuilds_to_its_recorded_hash(tmp_path):
+    e = zoo.entry("checkerboard-ect")
+    if e.environment.get("torch") != torch.__version__:
+        pytest.skip(f"recorded with torch {e.environment.get('torch')}, not {torch.__version__}")
+    assert zoo.build("checkerboard-ect", tmp_path).sha256 == e.sha256
