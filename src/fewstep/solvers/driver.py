@@ -37,7 +37,10 @@ from ..denoiser import Denoiser, NonFiniteError
 __all__ = ["Request", "SolverFunction", "Steps", "check_final", "check_output", "drive",
            "evaluate"]
 
-Request = tuple[Tensor, float]               # (x, sigma) of one denoiser evaluation
+# (x, sigma) of one denoiser evaluation: sigma a Python float for the whole batch, or a 1-D
+# float64 tensor of one sigma per row (a batched request of several steps or samples at once:
+# parallel and per-sample adaptive solvers; only :func:`drive` answers those)
+Request = tuple[Tensor, float | Tensor]
 Steps = Generator[Request, Tensor, Tensor]   # yields requests, receives x0_hat, returns x
 
 # Options every solver's function face takes besides its knobs (generator may be ignored).
@@ -64,8 +67,12 @@ def check_final(x: Tensor) -> Tensor:
     return x
 
 
-def evaluate(denoiser: Denoiser, x: Tensor, sigma: float, cond: Mapping[str, Any]) -> Tensor:
+def evaluate(denoiser: Denoiser, x: Tensor, sigma: float | Tensor,
+             cond: Mapping[str, Any]) -> Tensor:
     """The guarded denoiser call of one request: sigma as a per-row tensor of x's dtype."""
+    if isinstance(sigma, Tensor):  # a batched request: one sigma per row
+        where = f"sigma={float(sigma.max()):g}..{float(sigma.min()):g}"
+        return check_output(denoiser(x, sigma.to(x.device, x.dtype), **cond), x, where)
     return check_output(denoiser(x, x.new_full((x.shape[0],), sigma), **cond), x,
                         f"sigma={sigma:g}")
 
