@@ -22,7 +22,16 @@ def deterministic_solvers() -> list[str]:
 
 
 def stochastic_solvers() -> list[str]:
-    return [n for n in _general() if fewstep.solvers.get(n).stochastic]
+    """Canonical stochastic solvers with a fixed NFE budget (adaptive SDE solvers have their
+    own tests)."""
+    return [n for n in _general() if fewstep.solvers.get(n).stochastic
+            and fewstep.solvers.get(n).kind != "adaptive"]
+
+
+def adaptive_ode_solvers() -> list[str]:
+    """Adaptive PF-ODE solvers whose error follows rtol/atol over a sigma range."""
+    return [n for n in fewstep.solvers.available(kind="adaptive", aliases=False)
+            if not fewstep.solvers.get(n).stochastic and "rtol" in fewstep.solvers.get(n).fn.knobs]
 
 
 def planned_solvers() -> list[str]:

@@ -27,6 +27,7 @@ def test_rows_are_measured_and_counted(tmp_path):
     assert len(rows) == 16
     for r in rows:
         assert r["nfe"] == r["nfe_target"]  # counted, not assumed
+        assert r["rounds"] == r["nfe_target"]  # sequential solvers: one call per evaluation
         assert r["time_per_sample_s"] > 0 and r["network_s"] > 0
         assert r["energy_j"] is None and r["energy_method"] == "not measured"
         assert {"ode_rmse", "sw", "mmd", "nll", "mode_coverage"} <= set(r["metrics"])

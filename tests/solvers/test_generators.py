@@ -19,8 +19,8 @@ def _problem(name):
     spec = solvers.get(name)
     x = 20.0 * torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     if spec.kind == "adaptive":
-        return x, torch.tensor([20.0, 0.01, 0.0], dtype=torch.float64), {"rtol": 1e-2,
-                                                                         "atol": 1e-2}
+        tols = {k: 1e-2 for k in ("rtol", "atol", "tol") if k in spec.fn.knobs}
+        return x, torch.tensor([20.0, 0.01, 0.0], dtype=torch.float64), tols
     p = solvers.plan(name, max(spec.min_nfe, 5), sigma_max=20.0)
     return x, p.sigmas, p.knobs
 
@@ -33,6 +33,11 @@ def _by_hand(steps, D):
             x, sigma = next(steps) if reply is None else steps.send(reply)
         except StopIteration as done:
             return done.value, requests
+        if isinstance(sigma, torch.Tensor):  # a batched request: one float64 sigma per row
+            assert sigma.dtype == torch.float64 and sigma.shape == (x.shape[0],)
+            requests.append(sigma.tolist())
+            reply = D(x, sigma.to(x.dtype))
+            continue
         assert type(sigma) is float  # sigma travels as a Python float (float64)
         requests.append(sigma)
         reply = D(x, torch.full((x.shape[0],), sigma, dtype=x.dtype))

@@ -6,7 +6,7 @@ import torch
 from fewstep import solvers
 from fewstep.solvers import reference_solution
 
-from ..conftest import deterministic_solvers, stochastic_solvers
+from ..conftest import adaptive_ode_solvers, deterministic_solvers, stochastic_solvers
 
 SIGMA_MAX = 20.0
 # RMSE bounds on the 4-d, 4-component mixture (data scale ~2), Karras schedule 20 -> 0.002.
@@ -36,7 +36,7 @@ def test_error_falls_with_nfe(name, mixture, problem):
     assert errs[0] < BOUND_AT_10 and errs[2] < BOUND_AT_40, errs
 
 
-@pytest.mark.parametrize("name", solvers.available(kind="adaptive"))
+@pytest.mark.parametrize("name", adaptive_ode_solvers())
 def test_adaptive_error_falls_with_tolerance(name, mixture, problem):
     x, ref = problem
     errs, nfes = [], []

@@ -56,7 +56,7 @@ def test_adaptive_solvers_report_their_count(name, mixture):
     counter, info = CountingDenoiser(mixture), {}
     x = 20.0 * torch.randn(3, 4, dtype=torch.float64)
     solvers.get(name)(counter, x, torch.tensor([20.0, 0.01, 0.0]), info=info)
-    assert info["nfe"] == counter.nfe > 0
+    assert info["nfe"] == counter.rows / x.shape[0] > 0  # evaluations per sample
     with pytest.raises(ValueError, match="adaptive"):
         solvers.plan(name, 10)
 

@@ -153,6 +153,7 @@ class _Timing:
     network: float  # inside the network as the method calls it (adapters included)
     overhead_per_step: float  # (wall - network) / steps of each run, then the median
     rows: int  # network rows evaluated by one run
+    calls: int  # network calls of one run (sequential rounds)
 
 
 def _timed_runs(case: Case, teacher: Teacher, D: Any, x: Tensor, device: str,
@@ -176,7 +177,7 @@ def _timed_runs(case: Case, teacher: Teacher, D: Any, x: Tensor, device: str,
     setup, wall, network = (statistics.median(r[k] for r in runs) for k in range(3))
     overhead = statistics.median(max(w - n, 0.0) / max(steps, 1) for _, w, n in runs)
     assert first is not None  # timing_repeats >= 1 (checked by the suite)
-    return first, _Timing(setup, wall, network, overhead, timed.rows)
+    return first, _Timing(setup, wall, network, overhead, timed.rows, timed.calls)
 
 
 def feature_space(teacher: Teacher, cache: Path) -> tuple[str, Any]:
@@ -346,7 +347,8 @@ def _run_case(case: Case, ctx: _Context) -> dict[str, Any]:
             row["config"]["notes"] = [*row["config"].get("notes", []), _inception_note(case)]
         held = ctx.held_out(teacher, case.seed, extractor)
         row.update(
-            status="ok", nfe=timing.rows / case.n_samples, wall_s=timing.wall,
+            status="ok", nfe=timing.rows / case.n_samples, rounds=timing.calls,
+            wall_s=timing.wall,
             time_per_sample_s=timing.wall / case.n_samples, network_s=timing.network,
             overhead_per_step_s=timing.overhead_per_step, setup_time_s=timing.setup,
             peak_mem_mb=mem.peak_mb, mem_method=mem.method,

@@ -37,6 +37,8 @@ COLUMNS: dict[str, str] = {
     "nfe_target": "INTEGER",   # the budget asked for
     "seed": "INTEGER",
     "nfe": "REAL",             # evaluations actually spent per sample (counted)
+    "rounds": "INTEGER",       # network calls of one run, in sequence (counted): = nfe for a
+                               # sequential solver, fewer for a parallel one (ParaDiGMS)
     "n_samples": "INTEGER",
     "metrics": "TEXT",         # JSON: {"ode_rmse": float, "sw": float, ...}
     "wall_s": "REAL",          # wall-clock of sampling the whole batch (set-up excluded)

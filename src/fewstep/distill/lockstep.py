@@ -30,11 +30,14 @@ def _evaluate(D: Denoiser, batch: list[tuple[int, Request]],
     """One guarded denoiser call on the concatenated requests, split back per group."""
     sizes = [xi.shape[0] for _, (xi, _) in batch]
     x = torch.cat([xi for _, (xi, _) in batch])
-    sigma = torch.cat([xi.new_full((n,), si) for n, (_, (xi, si)) in zip(sizes, batch,
-                                                                          strict=True)])
+    # a request's sigma is a float, or one per row (a batched request of a parallel solver)
+    sigma = torch.cat([si.to(xi) if isinstance(si, Tensor) else xi.new_full((n,), si)
+                       for n, (_, (xi, si)) in zip(sizes, batch, strict=True)])
     cond = _join_cond([conds[j] for j, _ in batch], sizes)
-    out = check_output(D(x, sigma, **cond), x,
-                       f"sigmas {sorted({si for _, (_, si) in batch}, reverse=True)}")
+    where = sorted({float(s) for _, (_, si) in batch
+                    for s in (si.unique().tolist() if isinstance(si, Tensor) else [si])},
+                   reverse=True)
+    out = check_output(D(x, sigma, **cond), x, f"sigmas {where}")
     return {j: part for (j, _), part in zip(batch, out.split(sizes), strict=True)}
 
 

@@ -6,7 +6,16 @@ function face ``fn(denoiser, x, sigmas, *, cond=None, generator=None, callback=N
 ``sigmas[0]``, ``cond`` a mapping handed to the denoiser, ``knobs`` the solver's options.
 """
 
-from . import adaptive, dpm, euler, multistep, unipc  # noqa: F401  (fill the registry)
+from . import (  # noqa: F401  (fill the registry)
+    adaptive,
+    dpm,
+    euler,
+    multistep,
+    parallel,
+    pndm,
+    sde_adaptive,
+    unipc,
+)
 from .adaptive import reference_solution, sample_dpm_solver_adaptive, sample_rk45
 from .common import generators, randn_like, sample_generators, singlestep_orders
 from .consistency import sample_consistency  # noqa: F401  (registers "consistency")

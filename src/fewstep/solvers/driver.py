@@ -44,7 +44,10 @@ from ..denoiser import Denoiser, NonFiniteError
 __all__ = ["Request", "SolverFunction", "Steps", "all_finite", "check_final", "check_output",
            "drive", "evaluate", "network_dtype", "state_dtype"]
 
-Request = tuple[Tensor, float]               # (x, sigma) of one denoiser evaluation
+# (x, sigma) of one denoiser evaluation: sigma a Python float for the whole batch, or a 1-D
+# float64 tensor of one sigma per row (a batched request of several steps or samples at once:
+# parallel and per-sample adaptive solvers; only :func:`drive` answers those)
+Request = tuple[Tensor, float | Tensor]
 Steps = Generator[Request, Tensor, Tensor]   # yields requests, receives x0_hat, returns x
 
 # Options every solver's function face takes besides its knobs (generator may be ignored).
@@ -105,9 +108,14 @@ def _sigma_rows(sigma: float, n: int, dtype: torch.dtype, device: torch.device) 
     return torch.full((), sigma, dtype=dtype, device=device).expand(n)
 
 
-def evaluate(denoiser: Denoiser, x: Tensor, sigma: float, cond: Mapping[str, Any]) -> Tensor:
+def evaluate(denoiser: Denoiser, x: Tensor, sigma: float | Tensor,
+             cond: Mapping[str, Any]) -> Tensor:
     """The guarded denoiser call of one request: sigma as a per-row tensor of x's dtype (one
-    value expanded over the batch, so adapters see at once that every row shares it)."""
+    value expanded over the batch, so adapters see at once that every row shares it; a
+    batched request brings its own row of sigmas)."""
+    if isinstance(sigma, Tensor):  # a batched request: one sigma per row
+        where = f"sigma={float(sigma.max()):g}..{float(sigma.min()):g}"
+        return check_output(denoiser(x, sigma.to(x.device, x.dtype), **cond), x, where)
     out = denoiser(x, _sigma_rows(sigma, x.shape[0], x.dtype, x.device), **cond)
     return check_output(out, x, f"sigma={sigma:g}")
 

@@ -161,7 +161,9 @@ def plan(name: str, nfe: int, schedule: str = "karras", *, denoise_to_zero: bool
     knobs: dict[str, Any] = {}
     steps = int(nfe)
     if spec.kind == "singlestep":
-        orders = singlestep_orders(int(nfe), spec.order, denoise_to_zero)
+        # a solver with a published step structure says so (e.g. PNDM's warm-up)
+        orders = getattr(spec.fn.steps_fn, "plan_orders", singlestep_orders)(
+            int(nfe), spec.order, denoise_to_zero)
         knobs["orders"] = tuple(orders)
         steps = len(orders)
     if denoise_to_zero:
