@@ -103,6 +103,6 @@ pndm_steps.plan_orders = pndm_orders  # type: ignore[attr-defined]
 
 sample_pndm = SolverFunction(pndm_steps, "sample_pndm")
 
-register("pndm", sample_pndm, order=4, kind="singlestep", min_nfe=1, history=4,
+register("pndm", sample_pndm, order=4, kind="singlestep", min_nfe=1,
          reference="Liu et al. 2022, F-PNDM: 3 pseudo Runge-Kutta steps (Eq. 13) then pseudo "
                    "linear multistep (Eq. 12)")
