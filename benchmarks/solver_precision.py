@@ -30,7 +30,8 @@ def run(name: str, x: torch.Tensor, nfe: int, network=MIXTURE) -> torch.Tensor:
     knobs = {}
     if spec.kind == "adaptive":
         sigmas = torch.tensor([SIGMA_MAX, 0.002, 0.0], dtype=torch.float64)
-        knobs = {"rtol": 1e-3, "atol": 1e-3}
+        knobs = {} if spec.stochastic else {k: 1e-3 for k in ("rtol", "atol", "tol")
+                                            if k in spec.fn.knobs}
     else:
         p = solvers.plan(name, nfe, sigma_max=SIGMA_MAX)
         sigmas, knobs = p.sigmas, p.knobs

@@ -12,7 +12,11 @@ EVERY = solvers.available(aliases=False)  # aliases run the same generator
 def _run(name, D, x):
     spec = solvers.get(name)
     if spec.kind == "adaptive":
-        sigmas, knobs = [SIGMA_MAX, 0.002, 0.0], {"rtol": 1e-3, "atol": 1e-3}
+        # tight tolerances for the ODE solvers (ParaDiGMS has its own ``tol``); Gotta Go Fast
+        # keeps its defaults (at 1e-3 it takes ~40x the steps)
+        sigmas = [SIGMA_MAX, 0.002, 0.0]
+        knobs = {} if spec.stochastic else {k: 1e-3 for k in ("rtol", "atol", "tol")
+                                            if k in spec.fn.knobs}
     else:
         p = solvers.plan(name, NFE, sigma_max=SIGMA_MAX)
         sigmas, knobs = p.sigmas, dict(p.knobs)
@@ -38,6 +42,13 @@ def test_low_precision_network_against_float32(name, dtype, x, mixture):
     ref = _run(name, mixture, x)
     out = _run(name, mixture, x.to(dtype))
     assert out.dtype == dtype and torch.isfinite(out).all()
+    spec = solvers.get(name)
+    if spec.kind == "adaptive" and spec.stochastic:
+        # accept/reject decisions follow the error estimate, so a rounding flips a decision
+        # and the path draws other noise: compare distributions, not paths (the bf16 test
+        # below still pins the solver's own arithmetic to float32)
+        assert abs(float(out.double().std() / ref.double().std()) - 1) < 0.1
+        return
     assert _rel_rms(out, ref) <= 8 * torch.finfo(dtype).eps
 
 
