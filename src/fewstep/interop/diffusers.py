@@ -81,11 +81,17 @@ PROCESS_KINDS = ("vp_discrete", "flow")
 _META = ("_use_default_values", "_diffusers_version")  # bookkeeping, not options
 
 
-@functools.cache
-def _init_defaults(cls: type) -> dict[str, Any]:
-    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
-    return {k: p.default for k, p in params.items() if k != "self"
-            and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+_DEFAULTS: dict[str, dict[str, Any]] = {}
+
+
+def _init_defaults(cls: Any) -> dict[str, Any]:
+    """The keyword defaults of a scheduler class's ``__init__`` (cached per class)."""
+    key = f"{cls.__module__}.{cls.__qualname__}"
+    if key not in _DEFAULTS:
+        params = inspect.signature(cls.__init__).parameters
+        _DEFAULTS[key] = {k: p.default for k, p in params.items() if k != "self"
+                          and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return _DEFAULTS[key]
 
 
 @functools.cache
@@ -96,7 +102,7 @@ def _diffusers_schedulers() -> dict[str, type]:
             and isinstance(getattr(diffusers, n, None), type)}
 
 
-def scheduler_class(config: Mapping[str, Any]) -> type | None:
+def scheduler_class(config: Mapping[str, Any]) -> Any:
     """The scheduler class a config belongs to: the one its ``_class_name`` names, else the
     unique diffusers scheduler whose ``__init__`` takes exactly the config's keys (a config
     read from a live scheduler, ``sched.config``, carries no class name but holds every

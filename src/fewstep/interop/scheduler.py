@@ -358,6 +358,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         a terminal timestep); consecutive repeats (Heun's second evaluations) are merged."""
         src = self.config["source_config"]
         cls = scheduler_class(src)
+        if cls is None:
+            raise ValueError(f"schedule='source': no scheduler class for {src!r}")
         sched = cls.from_config({k: v for k, v in src.items() if k != "_class_name"})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
