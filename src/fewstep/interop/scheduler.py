@@ -283,6 +283,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         self.sigmas: Tensor | None = None
         self.num_inference_steps: int | None = None
         self._plan: _Plan | None = None
+        self._plans: dict[int, _Plan] = {}
         self._begin_index: int | None = None
         self._exclusive = _Exclusive()
         # every prev_sample returned before a run's end, so that a loop whose run another
@@ -427,7 +428,10 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
                        device: str | torch.device | None) -> None:
         self._reset()
         self._begin_index = None
-        plan = self._plan = self._plan_for(num_inference_steps)
+        plan = self._plans.get(num_inference_steps)
+        if plan is None:  # the config is frozen: one plan per NFE, probed once
+            plan = self._plans[num_inference_steps] = self._plan_for(num_inference_steps)
+        self._plan = plan
         self.num_inference_steps = len(plan.evals)
         ev = torch.tensor(plan.evals, dtype=torch.float64)
         self.sigmas = torch.cat([ev, plan.sigmas[-1:]]).to(device)
