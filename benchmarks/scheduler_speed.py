@@ -89,10 +89,10 @@ def loop_times(sched: Any, net: Callable, shape: tuple[int, ...], n: int,
     return times
 
 
-def steps_and_calls(solver: str, nfe: int) -> tuple[int, int]:
-    """(solver steps, diffusers set_timesteps argument) for a fewstep run of ``nfe``."""
-    steps = (nfe + 1) // 2 if solver == "heun" else nfe
-    return steps, steps
+def solver_steps(solver: str, nfe: int) -> int:
+    """Solver steps of a fewstep run of ``nfe`` (heun: 2 evaluations a step, the last one 1),
+    also the ``num_inference_steps`` diffusers' peer is given."""
+    return (nfe + 1) // 2 if solver == "heun" else nfe
 
 
 def fewstep_scheduler(solver: str) -> Any:
@@ -143,9 +143,9 @@ def overhead_rows(args: argparse.Namespace, impl: str) -> list[dict[str, Any]]:
     for text in args.shapes:
         shape = shape_of(text)
         for solver in args.solvers:
-            steps, n = steps_and_calls(solver, args.nfe)
+            steps = solver_steps(solver, args.nfe)
             if impl == "diffusers":
-                sched, arg = diffusers_scheduler(solver), n
+                sched, arg = diffusers_scheduler(solver), steps
             else:
                 sched, arg = fewstep_scheduler(solver), args.nfe
             ts = [t / steps for t in loop_times(sched, zero_net, shape, arg, args.repeats)]

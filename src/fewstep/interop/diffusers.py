@@ -492,7 +492,8 @@ class DiffusersDenoiser(nn.Module):
         return torch.add(self(noise, math.inf, **cond), noise, alpha=float(sigma_next))
 
     def forward(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
-        cond = _expand(cond, x.shape[0])
+        if cond:
+            cond = _expand(cond, x.shape[0])
         if self.guidance_scale is None:
             return self.raw(x, sigma, **cond)
         cfg = CFGDenoiser(self.raw, self.guidance_scale, _expand(self.uncond, x.shape[0]))

@@ -559,7 +559,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
             run, (x, sigma) = self._run, self._request
             assert run is not None
             try:
-                if tuple(out.shape) != tuple(x.shape):
+                if out.shape != x.shape:
                     raise ValueError(f"model_output has shape {tuple(out.shape)}; expected "
                                      f"{tuple(x.shape)}")
                 x0 = plan.coefficients[i].x0(out.to(x.dtype), x)
@@ -578,14 +578,16 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
                 self._run, self._request = None, None
                 raise
         alpha = plan.alphas[i + 1]
-        prev = (x_next * alpha if alpha != 1 else x_next).to(sample.dtype)
+        prev = x_next * alpha if alpha != 1 else x_next
+        if prev.dtype != sample.dtype:
+            prev, x0 = prev.to(sample.dtype), x0.to(sample.dtype)
         self._step_index = i + 1
         self._last = prev
         if self._run is not None:
             self._returned[id(prev)] = prev
         if not return_dict:
             return (prev,)
-        return FewstepSchedulerOutput(prev_sample=prev, pred_original_sample=x0.to(sample.dtype))
+        return FewstepSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
 
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """Forward process ``x_t = alpha(t) x0 + std(t) eps`` at network timesteps (pure noise
