@@ -201,6 +201,20 @@ def test_unhonoured_options_are_named_in_one_line():
             solver="ddim", schedule="source")
 
 
+def test_from_config_of_a_live_fewstep_scheduler_is_a_copy():
+    """``FewstepScheduler.from_config(sched.config)`` (one scheduler per pipeline) copies it:
+    its config carries no class name, and it must not be read as a foreign source."""
+    ddim = diffusers.DDIMScheduler(**ZERO_SNR)
+    first = quiet(FewstepScheduler.from_config, ddim, solver="heun", schedule="source")
+    again = quiet(FewstepScheduler.from_config, first.config)
+    assert dict(again.config) == dict(first.config)
+    assert again.unhonoured == first.unhonoured == {"clip_sample": True,
+                                                    "clip_sample_range": 1.0}
+    first.set_timesteps(7)
+    again.set_timesteps(7)
+    torch.testing.assert_close(again.timesteps, first.timesteps, rtol=0, atol=0)
+
+
 def test_source_schedule_needs_the_source_class():
     with pytest.raises(ValueError, match="source scheduler's class"):
         FewstepScheduler(schedule="source")

@@ -107,12 +107,10 @@ def scheduler_class(config: Mapping[str, Any]) -> Any:
     unique diffusers scheduler whose ``__init__`` takes exactly the config's keys (a config
     read from a live scheduler, ``sched.config``, carries no class name but holds every
     argument); None when neither identifies one (``*Parallel`` twins are not counted)."""
-    name = config.get("_class_name")
-    if name == "FewstepScheduler":
-        from .scheduler import FewstepScheduler
+    from .scheduler import FewstepScheduler
 
-        return FewstepScheduler
-    known = _diffusers_schedulers()
+    name = config.get("_class_name")
+    known = {**_diffusers_schedulers(), "FewstepScheduler": FewstepScheduler}
     if name:
         return known.get(str(name))
     keys = {k for k in config if not k.startswith("_")}

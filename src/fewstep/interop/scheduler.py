@@ -301,9 +301,10 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         if config is None:
             raise ValueError("from_config needs a scheduler config (mapping, scheduler or path)")
         src = source_config(config)
-        if src.get("_class_name") == cls.__name__:  # one of ours, saved or live
-            return super().from_config(src, return_unused_kwargs, **kwargs)
-        own: dict[str, Any] = {k: src[k] for k in _PROCESS_KEYS if k in src}
+        if src.get("_class_name") == cls.__name__:  # one of ours, saved or live: a copy
+            own = {k: v for k, v in src.items() if k != "_class_name"}
+            return super().from_config(own, return_unused_kwargs, **kwargs)
+        own = {k: src[k] for k in _PROCESS_KEYS if k in src}
         if "flow_shift" in src and "shift" not in src:
             own["shift"] = src["flow_shift"]  # UniPC/DPM-Solver spell the flow shift so
         own["noise_process"] = process_kind(src)
