@@ -89,7 +89,6 @@ def test_prediction_mapping(kind, ours):
 @pytest.mark.parametrize("config,match", [
     ({"beta_schedule": "linear", "prediction_type": "score"}, "'score'"),
     ({"beta_schedule": "sigmoid"}, "'sigmoid'"),
-    ({"beta_schedule": "linear", "rescale_betas_zero_snr": True}, "zero terminal SNR"),
     ({"beta_schedule": "linear", "timestep_type": "continuous"}, "continuous timesteps"),
     (dict(diffusers.EDMEulerScheduler().config, _class_name="EDMEulerScheduler"), "EDM"),
     (dict(diffusers.ScoreSdeVeScheduler().config, _class_name="ScoreSdeVeScheduler"),

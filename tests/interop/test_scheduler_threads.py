@@ -44,15 +44,15 @@ def test_replaced_run_fails_loudly_instead_of_restarting_mid_way(solver):
 
 def test_entering_while_another_thread_is_inside_raises_at_once(monkeypatch):
     inside, release, errors = threading.Event(), threading.Event(), []
-    x0_from_output = scheduler_module.x0_from_output
+    drop_learned_variance = scheduler_module.drop_learned_variance
 
     def held(*args):  # runs inside step(): hold the first thread there
         if not inside.is_set():
             inside.set()
             assert release.wait(timeout=30)
-        return x0_from_output(*args)
+        return drop_learned_variance(*args)
 
-    monkeypatch.setattr(scheduler_module, "x0_from_output", held)
+    monkeypatch.setattr(scheduler_module, "drop_learned_variance", held)
     sched = FewstepScheduler(solver="dpmpp_2m")
     first = threading.Thread(target=loop, args=(sched, 0), daemon=True)
     first.start()

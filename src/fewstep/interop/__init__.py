@@ -5,25 +5,32 @@ diffusers scheduler (:class:`FewstepScheduler`). See docs/interop.md."""
 from .diffusers import (
     PREDICTION_TYPES,
     DiffusersDenoiser,
+    DiffusersProcess,
+    diffusers_process,
     flow_shift,
     load_denoiser,
     prediction_from_config,
     process_from_scheduler_config,
     process_kind,
+    source_config,
     time_scale,
 )
-from .scheduler import FewstepScheduler, FewstepSchedulerOutput, probe
+from .scheduler import FewstepScheduler, FewstepSchedulerOutput, probe, unhonoured_options
 
 __all__ = [
     "PREDICTION_TYPES",
     "DiffusersDenoiser",
+    "DiffusersProcess",
     "FewstepScheduler",
     "FewstepSchedulerOutput",
+    "diffusers_process",
     "flow_shift",
     "load_denoiser",
     "prediction_from_config",
     "probe",
     "process_from_scheduler_config",
     "process_kind",
+    "source_config",
     "time_scale",
+    "unhonoured_options",
 ]
