@@ -159,7 +159,7 @@ def _fingerprint(flow: Any) -> str:
 
 
 def draw_couplings(flow: Denoiser, num_pairs: int, shape: tuple[int, ...], *,
-                   solver: str = "heun", nfe: int = 31, sigma_max: float = 80.0,
+                   solver: str = "ipndm", nfe: int = 35, sigma_max: float = 80.0,
                    sigma_min: float = 0.002, seed: int = 0, chunk: int = 1024,
                    cache: str | Path | None = None, device: torch.device | str = "cpu",
                    dtype: torch.dtype = torch.float32) -> Couplings:
@@ -244,8 +244,8 @@ class _Coupled:
     couplings live in ``ctx.state`` (checkpointed) and, with ``cache``, on disk."""
 
     num_pairs: int = 8192
-    solver: str = "heun"
-    nfe: int = 31
+    solver: str = "ipndm"
+    nfe: int = 35
     sigma_max: float = 80.0
     sigma_min: float = 0.002
     coupling_seed: int = 0
