@@ -339,3 +339,30 @@ def test_rectified_flows_refuses_bad_input(tmp_path):
             rectified_flows(k, _template(), torch.zeros(8, 2), cfg)
     with pytest.raises(ValueError, match=r"needs config\.out_dir"):
         rectified_flows(1, _template(), torch.zeros(8, 2), TrainConfig(steps=1))
+
+
+def test_cli_trains_a_flow_reflows_it_and_distils_it(tmp_path, capsys):
+    from fewstep.cli import main
+    from fewstep.train import checkpoint_info, load_checkpoint
+
+    common = ["--data", "moons", "--hidden", "16", "--batch-size", "32", "--quiet"]
+    pairs = ["--param", "num_pairs=64", "--param", "nfe=4",
+             "--param", f"cache={tmp_path / 'couplings'}"]
+    assert main(["distill", "--method", "rf", "--steps", "3", "--out", str(tmp_path / "1rf"),
+                 *common]) == 0
+    assert isinstance(load_checkpoint(tmp_path / "1rf"), FlowPrecond)
+    for method, out in (("reflow", "2rf"), ("rf_distill", "1rf-distill")):
+        assert main(["distill", "--method", method, "--teacher", str(tmp_path / "1rf"),
+                     "--steps", "3", "--out", str(tmp_path / out), *pairs, *common]) == 0
+        assert checkpoint_info(tmp_path / out)["cost"]["teacher_nfe"] == 4 * 64 / 32
+    assert sorted(p.name for p in (tmp_path / "couplings").glob("*.safetensors")) == \
+        ["chunk_00000.safetensors"]  # drawn once, read by both
+    assert main(["sample", "--teacher", "moons", "--student", str(tmp_path / "1rf-distill"),
+                 "--nfe", "1", "--n", "8", "--out", str(tmp_path / "s")]) == 0
+    capsys.readouterr()
+    assert main(["sample", "--teacher", "moons", "--student", str(tmp_path / "1rf-distill"),
+                 "--nfe", "2", "--n", "8", "--out", str(tmp_path / "s")]) == 2
+    assert "one-step" in capsys.readouterr().err
+    assert main(["distill", "--method", "reflow", "--steps", "3", "--out",
+                 str(tmp_path / "x"), *common]) == 2  # no teacher flow
+    assert "needs a teacher" in capsys.readouterr().err

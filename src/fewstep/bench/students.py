@@ -26,7 +26,7 @@ __all__ = ["CONSISTENCY_METHODS", "RENOISE_SIGMA_MIN", "check", "model", "run_st
            "unreachable"]
 
 CONSISTENCY_METHODS = ("cd", "ct", "ect", "direct_cm")
-ONE_STEP_METHODS = ("kd",)
+ONE_STEP_METHODS = ("kd", "rf_distill")
 OWN_GRID_METHODS = ("pd",)
 METHODS = CONSISTENCY_METHODS + ONE_STEP_METHODS + OWN_GRID_METHODS
 RENOISE_SIGMA_MIN = 0.821  # Song et al. 2023's two-step re-noise level
@@ -73,7 +73,7 @@ def unreachable(method: str, nfe: int) -> str | None:
     """Why ``method`` cannot spend ``nfe`` evaluations, or None."""
     name = check(method)
     if name in ONE_STEP_METHODS and nfe != 1:
-        return f"{method} at NFE {nfe}: a one-step (KD) student"
+        return f"{method} at NFE {nfe}: a one-step ({name.upper()}) student"
     if name in OWN_GRID_METHODS and nfe != own_grid(method)[0]:
         return f"{method} at NFE {nfe}: a {own_grid(method)[0]}-step PD student (its own grid)"
     return None
