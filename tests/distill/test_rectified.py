@@ -366,3 +366,11 @@ def test_cli_trains_a_flow_reflows_it_and_distils_it(tmp_path, capsys):
     assert main(["distill", "--method", "reflow", "--steps", "3", "--out",
                  str(tmp_path / "x"), *common]) == 2  # no teacher flow
     assert "needs a teacher" in capsys.readouterr().err
+
+
+def test_a_diverged_flow_writes_no_couplings(tmp_path):
+    from fewstep.denoiser import NonFiniteError
+
+    with pytest.raises(NonFiniteError, match="non-finite endpoints in chunk 0"):
+        draw_couplings(lambda x, s: x * math.nan, 8, (2,), nfe=3, cache=tmp_path / "c")
+    assert not list((tmp_path / "c").glob("chunk_*"))

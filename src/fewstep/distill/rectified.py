@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from .. import solvers
 from .._io import atomic_write
-from ..denoiser import CountingDenoiser, Denoiser, append_dims
+from ..denoiser import CountingDenoiser, Denoiser, NonFiniteError, append_dims
 from ..process import RectifiedFlow
 from .base import Batch, LossContext, MethodBase, register_method, split_batch, warm_start
 
@@ -203,7 +203,7 @@ def draw_couplings(flow: Denoiser, num_pairs: int, shape: tuple[int, ...], *,
             x = solvers.get(solver)(counter, sigma_max * z, p.sigmas, **p.knobs)
         took = time.perf_counter() - t0
         if not torch.isfinite(x).all():
-            raise FloatingPointError(f"the flow's ODE gave non-finite endpoints in chunk {i}")
+            raise NonFiniteError(f"the flow's ODE gave non-finite endpoints in chunk {i}")
         if root is not None:
             _write_chunk(root, i, z, x, counter.rows, took)
         zs.append(z)
