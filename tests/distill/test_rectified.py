@@ -371,6 +371,6 @@ def test_cli_trains_a_flow_reflows_it_and_distils_it(tmp_path, capsys):
 def test_a_diverged_flow_writes_no_couplings(tmp_path):
     from fewstep.denoiser import NonFiniteError
 
-    with pytest.raises(NonFiniteError, match="non-finite endpoints in chunk 0"):
+    with pytest.raises(NonFiniteError, match=r"NaN|non-finite"):
         draw_couplings(lambda x, s: x * math.nan, 8, (2,), nfe=3, cache=tmp_path / "c")
     assert not list((tmp_path / "c").glob("chunk_*"))
