@@ -15,6 +15,8 @@ Scored, under ``distill_suite.py``'s protocol (its splits, noises, scorers and d
 - every flow at NFE 1, 2 and 4 with the sampler chosen on validation among Euler on the flow's
   uniform-t grid (``rf_sigmas``) and the teacher solvers of ``distill_suite.py`` planned on the
   Karras grid; every distilled generator at NFE 1;
+- every flow at the coupling solver's NFE (Heun, 31): the quality of the couplings the next
+  flow and the distillation are trained on;
 - the straightness ``S`` (:func:`fewstep.distill.straightness`, 64 Heun steps) of each flow on
   the first ``n_ref`` noises of sampling seed 0;
 - the training cost of every stage (steps, seconds, teacher NFE in full-batch units, which for
@@ -119,6 +121,9 @@ def run_dataset(name: str, seed: int, args: argparse.Namespace) -> None:
             "cost": dataclasses.asdict(res.cost),
             "scores": (score_flow(ctx, res.ema) if "distill" not in stage else
                        {"1": ctx.evaluate(ds.on_grid(res.ema, "ddim", rf_sigmas(1)))})})
+        if "distill" not in stage:  # the flow as its couplings see it: the data of the next one
+            results.get_or_run(f"pairs:{stage}", lambda: ctx.evaluate(
+                ds.planned(res.ema, PAIR_SOLVER, PAIR_NFE)))
         print(f"[{name} seed {seed}] {stage}: {res.cost.steps} steps, {res.cost.seconds:.0f} s; "
               f"1 step val {ds.PRIMARY[name]} {scored['scores']['1']['val']:.4g} "
               f"({time.perf_counter() - t0:.0f} s so far)", flush=True)
@@ -166,6 +171,12 @@ def report_dataset(name: str, runs: list[dict[str, Any]], floor: dict[str, Any] 
             rows.append([stage, key, ",".join(r.get("solver", "euler (one step)") for r in recs),
                          str(sv) if sv and nfe == 1 else "-", *ds.cells(recs, metrics),
                          str(ratio) if ratio else "-"])
+        if all(f"pairs:{stage}" in r for r in have):
+            recs = [r[f"pairs:{stage}"] for r in have]
+            ratio = ds.ratio_interval(recs, [r["pairs:1-rf"] for r in have], p) \
+                if stage != "1-rf" else None
+            rows.append([stage, str(PAIR_NFE), f"{PAIR_SOLVER} (the coupling solver)", "-",
+                         *ds.cells(recs, metrics), str(ratio) if ratio else "-"])
     heads = [m.upper() if m not in ds.FRACTIONS else m[0].upper() for m in metrics]
     lines += [ds.table(["model", "NFE", "sampler (val., per seed)", "straightness S",
                         *heads, f"{p.upper()} / 1-RF same NFE"], rows), ""]

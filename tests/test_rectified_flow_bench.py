@@ -24,7 +24,8 @@ def test_rectified_flow_bench_smoke_report_and_resume(tmp_path):
     assert first.returncode == 0, first.stderr
     scores = json.loads((tmp_path / "moons" / "seed1" / "rf_scores.json").read_text())
     stages = {"1-rf", "2-rf", "1-rf+distill", "2-rf+distill"}
-    assert stages | {"setup", "couplings"} == set(scores)
+    assert stages | {"setup", "couplings", "pairs:1-rf", "pairs:2-rf"} == set(scores)
+    assert {"val", "test"} <= set(scores["pairs:2-rf"])  # each flow at the coupling NFE
     for stage in ("1-rf", "2-rf"):
         rows = scores[stage]["scores"]
         assert {"1", "2", "4", "straightness"} <= set(rows)
