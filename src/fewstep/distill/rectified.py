@@ -13,7 +13,8 @@ sample ``x = x_t / (1 - t) = x0 + sigma z`` with ``sigma = t / (1 - t)``. A velo
 - ``reflow`` (:class:`Reflow`): the same objective on couplings ``(z, ODE_k(z))`` drawn from the
   current flow (the teacher), warm-started from it: the k-RF teacher gives the (k+1)-RF.
 - ``rf_distill`` (:class:`RectifiedFlowDistill`): "k-RF + distill", a one-step generator
-  ``D(sigma_max z, sigma_max) ~ ODE_k(z)`` on the same couplings (Liu et al. 2022, Sec. 2.3).
+  ``D(sigma_max z, sigma_max) ~ ODE_k(z)`` on the same couplings (Liu et al. 2022,
+  distillation of a k-rectified flow).
 
 Couplings are drawn by :func:`draw_couplings` with any registered solver, chunk by chunk; with a
 ``cache`` directory each finished chunk is written atomically, so an interrupted draw resumes
@@ -281,7 +282,7 @@ class _Coupled:
 class Reflow(_Coupled, _Times, MethodBase):
     """Reflow: the rectified-flow objective on couplings ``(z, ODE_k(z))`` of the teacher flow
     (the k-RF) instead of independent ``(z, x0)``, warm-started from it; the result is the
-    (k+1)-RF (Liu et al. 2022, Sec. 2.3, "Reflow")."""
+    (k+1)-RF (Liu et al. 2022, "Reflow")."""
 
     name: ClassVar[str] = "reflow"
 
@@ -295,8 +296,8 @@ class Reflow(_Coupled, _Times, MethodBase):
 class RectifiedFlowDistill(_Coupled, MethodBase):
     """"k-RF + distill": a one-step generator ``D(sigma_max z, sigma_max)`` regressed onto the
     k-RF's endpoint ``ODE_k(z)`` on its couplings, ``min E ||D(sigma_max z, sigma_max) - x1||^2``
-    (Liu et al. 2022, Sec. 2.3, with squared error), warm-started from the k-RF. Sample it with
-    one Euler step from ``sigma_max``."""
+    (Liu et al. 2022, with squared error in place of their LPIPS), warm-started from the k-RF.
+    Sample it with one Euler step from ``sigma_max``."""
 
     name: ClassVar[str] = "rf_distill"
 
@@ -314,7 +315,7 @@ def straightness(flow: Denoiser, z: Tensor, *, steps: int = 64, solver: str = "h
                  sigma_max: float = 80.0, cond: Mapping[str, Any] | None = None) -> Tensor:
     """Per-sample straightness ``S = (1/T) int_0^T ||(Z_T - Z_0)/T - dZ_t/dt||^2 dt`` of the
     flow's trajectory from ``Z_T = T z`` (``T = sigma_max / (1 + sigma_max)``) to ``Z_0``: the
-    mean squared deviation of its velocity from its chord (Liu et al. 2022, Def. 2.2's
+    mean squared deviation of its velocity from its chord (Liu et al. 2022, straightness
     ``S(Z)``, over ``[0, T]``; squared norm summed over coordinates). Zero exactly when every
     trajectory is a straight line at constant speed.
 
