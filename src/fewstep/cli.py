@@ -309,10 +309,13 @@ EPILOG_TRAIN = """examples:
 
 
 
+FLOW_METHODS = ("rf", "reflow", "rf_distill")  # students are FlowPrecond velocity fields
+
+
 def _template(data_name: str, method: str, hidden: int, seed: int):
     """A fresh network for ``data_name``, initialised from ``seed``: an MLP for vectors, a small
-    UNet for images, preconditioned as an EDM denoiser or (consistency methods) a consistency
-    function."""
+    UNet for images, preconditioned as an EDM denoiser, (consistency methods) a consistency
+    function or (rectified-flow methods) a velocity field."""
     import torch
 
     from . import data, nets
@@ -324,6 +327,8 @@ def _template(data_name: str, method: str, hidden: int, seed: int):
         net = nets.MLPDenoiserNet(ds.shape[0], hidden=hidden)
     else:
         net = nets.UNet(in_channels=ds.shape[0], channels=max(16, hidden // 8))
+    if method in FLOW_METHODS:
+        return nets.FlowPrecond(net)
     return nets.ConsistencyPrecond(net) if method in CONSISTENCY_METHODS else \
         nets.EDMPrecond(net)
 
@@ -586,7 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("distill", help="distil a teacher checkpoint into a few-step student",
                        epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
-    d.add_argument("--method", required=True, help="cd, ct, ect, pd, kd, direct_cm")
+    d.add_argument("--method", required=True,
+                   help="cd, ct, ect, pd, kd, direct_cm, rf, reflow, rf_distill")
     d.add_argument("--teacher", default=None, help="teacher run directory or checkpoint "
                    "(not needed by ct)")
     d.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",

@@ -42,7 +42,7 @@ __all__ = ["CONSISTENCY_METHODS", "EXTERNAL", "RENOISE_SIGMA_MIN", "check", "lab
            "run_student", "training_cost", "unreachable"]
 
 CONSISTENCY_METHODS = ("cd", "ct", "ect", "direct_cm")
-ONE_STEP_METHODS = ("kd",)
+ONE_STEP_METHODS = ("kd", "rf_distill")
 OWN_GRID_METHODS = ("pd",)
 EXTERNAL = "external"  # a python:MODULE:ATTR consistency function
 METHODS = CONSISTENCY_METHODS + ONE_STEP_METHODS + OWN_GRID_METHODS
@@ -120,7 +120,7 @@ def unreachable(method: str, nfe: int, teacher: str | None = None) -> str | None
     if teacher is not None and own is not None and teacher != own:
         return f"{method}: a student of {own}, not run on {teacher}"
     if name in ONE_STEP_METHODS and nfe != 1:
-        return f"{method} at NFE {nfe}: a one-step (KD) student"
+        return f"{method} at NFE {nfe}: a one-step ({name.upper()}) student"
     if name in OWN_GRID_METHODS and nfe != own_grid(method)[0]:
         return f"{method} at NFE {nfe}: a {own_grid(method)[0]}-step PD student (its own grid)"
     if name == EXTERNAL and (allowed := getattr(model(method), "nfe", None)) is not None \

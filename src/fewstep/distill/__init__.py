@@ -1,7 +1,7 @@
 """Training and distillation methods: small loss objects behind one registry, run by the shared
 loop in :mod:`fewstep.train`."""
 
-from . import consistency, direct, knowledge, progressive, teacher  # noqa: F401  (registry)
+from . import consistency, direct, knowledge, progressive, rectified, teacher  # noqa: F401  (registry)
 from .base import (
     Batch,
     LossContext,
@@ -17,6 +17,15 @@ from .base import (
 from .direct import DirectCM
 from .knowledge import KnowledgeDistillation
 from .progressive import ProgressiveDistillation
+from .rectified import (
+    RectifiedFlowDistill,
+    RectifiedFlowLoss,
+    Reflow,
+    draw_couplings,
+    rectified_flows,
+    rf_sigmas,
+    straightness,
+)
 from .teacher import EDMLoss
 
 __all__ = [
@@ -28,10 +37,17 @@ __all__ = [
     "Method",
     "MethodBase",
     "ProgressiveDistillation",
+    "RectifiedFlowDistill",
+    "RectifiedFlowLoss",
+    "Reflow",
     "available_methods",
+    "draw_couplings",
     "edm_weight",
     "get_method",
+    "rectified_flows",
     "register_method",
+    "rf_sigmas",
     "split_batch",
+    "straightness",
     "warm_start",
 ]

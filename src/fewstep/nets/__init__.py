@@ -3,7 +3,14 @@ sigma-space denoisers (EDM) or consistency functions."""
 
 from .embedding import CondEmbedding, SinusoidalEmbedding
 from .mlp import COND_TYPES, MLPDenoiserNet, NoiseEmbedding
-from .precond import ConsistencyPrecond, EDMPrecond, consistency_scalings, edm_scalings
+from .precond import (
+    ConsistencyPrecond,
+    EDMPrecond,
+    FlowPrecond,
+    consistency_scalings,
+    edm_scalings,
+    flow_scalings,
+)
 from .spec import build_model, buildable, model_spec
 from .unet import UNet
 
@@ -12,6 +19,7 @@ __all__ = [
     "CondEmbedding",
     "ConsistencyPrecond",
     "EDMPrecond",
+    "FlowPrecond",
     "MLPDenoiserNet",
     "NoiseEmbedding",
     "SinusoidalEmbedding",
@@ -20,5 +28,6 @@ __all__ = [
     "buildable",
     "consistency_scalings",
     "edm_scalings",
+    "flow_scalings",
     "model_spec",
 ]

@@ -10,7 +10,8 @@ from torch import Tensor, nn
 from ..denoiser import append_dims, as_batch_sigma
 from .spec import buildable
 
-__all__ = ["ConsistencyPrecond", "EDMPrecond", "consistency_scalings", "edm_scalings"]
+__all__ = ["ConsistencyPrecond", "EDMPrecond", "FlowPrecond", "consistency_scalings",
+           "edm_scalings", "flow_scalings"]
 
 
 def edm_scalings(sigma: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -29,6 +30,16 @@ def consistency_scalings(sigma: Tensor, sigma_min: float = 0.002,
     c_skip = sigma_data**2 / ((sigma - sigma_min) ** 2 + sigma_data**2)
     c_out = (sigma - sigma_min) * sigma_data / (sigma**2 + sigma_data**2).sqrt()
     return c_skip, c_out
+
+
+def flow_scalings(sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(c_skip, c_out, c_in, c_noise) of a rectified-flow velocity network ``F(x_t, c_noise)``
+    as a sigma-space denoiser: with ``t = sigma / (1 + sigma)`` and ``x_t = x / (1 + sigma)``
+    (the interpolant ``x_t = (1 - t) x0 + t z``), ``D = x_t - t F`` (Liu et al. 2022, Eq. 1),
+    so ``c_skip = c_in = 1 / (1 + sigma)``, ``c_out = -t``; ``c_noise = ln(sigma) / 4`` as EDM's,
+    so any backbone (and its teacher's weights) fits."""
+    c_in = 1 / (1 + sigma)
+    return c_in, -sigma * c_in, c_in, sigma.log() / 4
 
 
 class _Precond(nn.Module):
@@ -79,3 +90,17 @@ class ConsistencyPrecond(_Precond):
         c_skip, c_out = consistency_scalings(sigma, self.sigma_min, self.sigma_data)
         _, _, c_in, c_noise = edm_scalings(sigma, self.sigma_data)
         return c_skip, c_out, c_in, c_noise
+
+
+@buildable
+class FlowPrecond(_Precond):
+    """Rectified-flow velocity field ``v(x_t, t) = F(x_t, c_noise)`` exposed as a sigma-space
+    denoiser ``D(x, sigma) = x_t - t F`` (:func:`flow_scalings`), so every solver samples it; an
+    Euler (DDIM) step of ``D`` is exactly an Euler step of ``dx_t/dt = v`` in ``t``.
+    ``sigma_data`` is unused by the scalings and kept for the common interface."""
+
+    def __init__(self, net: nn.Module, sigma_data: float = 0.5):
+        super().__init__(net, sigma_data)
+
+    def scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return flow_scalings(sigma)
