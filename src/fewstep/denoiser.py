@@ -56,11 +56,13 @@ def as_batch_sigma(sigma: Tensor | float, x: Tensor) -> Tensor:
     return sigma
 
 
-# x0_hat = c_x * x + c_out * out: each prediction's coefficients from (alpha, std, d_alpha,
-# d_std) at the evaluation's time, for the sigma-space sample x = x_t / alpha.
+# x0_hat = c_xt * x_t + c_out * out: each prediction's coefficients from (alpha, std, d_alpha,
+# d_std) at the evaluation's time, on the network's own x_t (the sigma-space sample is
+# x = x_t / alpha, so its coefficient is c_xt * alpha). In x_t no prediction divides by alpha
+# except eps, so v and velocity stay finite at zero terminal SNR (alpha = 0).
 def _coef_eps(a, s, da, ds):
-    # x_t = alpha x0 + std eps: x0 = x - (std / alpha) eps.
-    return 1.0, -s / a
+    # x_t = alpha x0 + std eps: x0 = (x_t - std eps) / alpha.
+    return 1.0 / a, -s / a
 
 
 def _coef_x0(a, s, da, ds):
@@ -70,13 +72,13 @@ def _coef_x0(a, s, da, ds):
 def _coef_v(a, s, da, ds):
     # v = alpha eps - std x0 (Salimans & Ho 2022, Sec. 4): x0 = (alpha x_t - std v) / (a^2 + s^2).
     n = a**2 + s**2
-    return a**2 / n, -s / n
+    return a / n, -s / n
 
 
 def _coef_velocity(a, s, da, ds):
     # u = alpha' x0 + std' eps (Lipman et al. 2023; Liu et al. 2023); solve the 2x2 system.
     n = ds * a - s * da
-    return ds * a / n, -s / n
+    return ds / n, -s / n
 
 
 X0_COEFFICIENTS: dict[str, Callable[..., tuple[Any, Any]]] = {
@@ -89,8 +91,8 @@ X0_COEFFICIENTS: dict[str, Callable[..., tuple[Any, Any]]] = {
 
 def _prediction_map(coef: Callable[..., tuple[Any, Any]]) -> Callable[..., Tensor]:
     def x0_hat(out: Tensor, x_t: Tensor, a: Any, s: Any, da: Any, ds: Any) -> Tensor:
-        c_x, c_out = coef(a, s, da, ds)
-        return c_x * (x_t / a) + c_out * out
+        c_xt, c_out = coef(a, s, da, ds)
+        return c_xt * x_t + c_out * out
     return x0_hat
 
 
@@ -146,8 +148,8 @@ class ModelDenoiser(nn.Module):
         da = ds = None
         if self.prediction == "velocity":
             da, ds = self.process.d_alpha_dt(t), self.process.d_std_dt(t)
-        c_x, c_out = X0_COEFFICIENTS[self.prediction](a, s, da, ds)
-        return t, a, torch.as_tensor(c_x, dtype=torch.float64), c_out
+        c_xt, c_out = X0_COEFFICIENTS[self.prediction](a, s, da, ds)
+        return t, a, torch.as_tensor(c_xt * a, dtype=torch.float64), c_out
 
     def _uniform(self, value: float, x: Tensor) -> tuple[Tensor, float, float, float]:
         """Cached network time (a ``(batch,)`` tensor) and Python-float alpha, c_x, c_out."""

@@ -82,7 +82,7 @@ from torch import Tensor
 
 from .. import solvers
 from ..denoiser import NonFiniteError
-from ..schedules import SCHEDULES
+from ..schedules import SCHEDULES, default_schedule
 from ..solvers.driver import Request, Steps, drive
 from .diffusers import (
     Coefficients,
@@ -224,8 +224,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
     """Any non-adaptive fewstep solver as a diffusers scheduler (see the module docstring).
 
     ``num_inference_steps`` is the number of network evaluations (NFE), for every solver.
-    ``schedule`` names a fewstep schedule (default "karras" over the process's sigma range for
-    DDPM-style models, "flow_shift" with the config's ``shift`` for flow matching) or
+    ``schedule`` names a fewstep schedule (default :func:`fewstep.schedules.default_schedule`
+    of the process, measured in ``benchmarks/default_schedules.py``: "trailing") or
     ``"source"`` (the source scheduler's own timesteps, exactly); ``schedule_kwargs`` and
     ``solver_kwargs`` override its and the solver's defaults. The noise-process fields mirror
     diffusers' configs; ``source_config`` keeps the complete config ``from_config`` was given.
@@ -263,7 +263,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         self.map = diffusers_process({**cfg, "noise_process": kind})
         self.process, self.prediction = self.map.process, self.map.prediction
         self.time_scale = self.map.scale
-        self.schedule_name = schedule or ("flow_shift" if kind == "flow" else "karras")
+        self.schedule_name = schedule or default_schedule(kind)  # measured
         if self.schedule_name not in (*_SCHEDULES, SOURCE):
             raise ValueError(f"unknown schedule {self.schedule_name!r}; available: "
                              f"{sorted([*_SCHEDULES, SOURCE])}")
