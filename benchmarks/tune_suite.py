@@ -28,7 +28,7 @@ from fewstep.bench.teachers import get as get_teacher
 
 SCHEDULES = ("karras", "log_snr", "polyexponential")
 OPTIONS = {"gits": {"grid_size": 60, "substeps": 3}, "ays": {"sweeps": 2},
-           "ld3": {"iters": 100}, "s4s": {"iters": 120}}
+           "ld3": {"iters": 100}, "s4s": {"iters": 150}}
 
 
 def untuned(D, teacher, x, ref, nfe):

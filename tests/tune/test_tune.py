@@ -83,7 +83,7 @@ def test_gits_dynamic_programme_equals_brute_force():
 def test_gits_on_a_gaussian_beats_karras_and_is_deterministic():
     x = noise(8)
     D, ref = gaussian(), exact_endpoint(x)
-    a, info = gits(D, x, ref, 3, SIGMA_MIN, SIGMA_MAX, grid_size=40, substeps=2)
+    a, _ = gits(D, x, ref, 3, SIGMA_MIN, SIGMA_MAX, grid_size=40, substeps=2)
     b, _ = gits(D, x, ref, 3, SIGMA_MIN, SIGMA_MAX, grid_size=40, substeps=2)
     assert torch.equal(a, b) and len(a) == 4 and a[0] == SIGMA_MAX and a[-1] == 0
     karras = base_plan("ddim", 3, SIGMA_MIN, SIGMA_MAX)
@@ -108,10 +108,11 @@ def test_learning_lowers_the_calibration_loss_deterministically():
     x = noise(16, seed=2)
     ref = solvers.reference_solution(gm, x, SIGMA_MAX, rtol=1e-7, atol=1e-7)
     init = base_plan("dpmpp_2m", 4, SIGMA_MIN, SIGMA_MAX)
-    runs = [fit(gm, x, ref, init, SIGMA_MIN, learn=("sigmas", "eval", "weights"), iters=25,
-                lr=0.05) for _ in range(2)]
+    runs = [fit(gm, x, ref, init, SIGMA_MIN, learn=("sigmas", "eval", "weights", "x"),
+                iters=15, lr=0.05) for _ in range(2)]
     (p, log), (q, _) = runs
-    assert torch.equal(p.weights, q.weights) and torch.equal(p.sigmas, q.sigmas)
+    assert all(torch.equal(getattr(p, f), getattr(q, f))
+               for f in ("sigmas", "eval_sigmas", "weights", "x_weights"))
     assert log["best_calibration_mse"] < 0.5 * log["calibration_mse"][0]
     with pytest.raises(ValueError, match="unknown parameter group"):
         fit(gm, x, ref, init, SIGMA_MIN, learn=("sigma",))
@@ -130,7 +131,8 @@ def _artefact(teacher: str = "gmm2", learned: bool = True, nfe: int = 4) -> tune
     sigmas = base_plan("dpmpp_2m", nfe, SIGMA_MIN, SIGMA_MAX)
     sigmas[1:-1] *= 1 + 0.1 * torch.rand(nfe - 1, generator=g, dtype=torch.float64)
     extra = dict(eval_sigmas=sigmas[:-1] * 1.01, weights=dpmpp_2m_weights(sigmas, 3)
-                 + 1e-3 * torch.randn(nfe, 3, generator=g, dtype=torch.float64)) \
+                 + 1e-3 * torch.randn(nfe, 3, generator=g, dtype=torch.float64),
+                 x_weights=1e-3 * torch.randn(nfe, generator=g, dtype=torch.float64)) \
         if learned else {}
     return tune.TunedSolver(
         method="s4s" if learned else "gits", base="lms" if learned else "dpmpp_2m", nfe=nfe,
@@ -146,7 +148,7 @@ def test_artefact_round_trips_bit_exactly(tmp_path, learned):
     t.save(tmp_path / "t")
     t.save(tmp_path / "t")  # replacing an existing artefact
     u = tune.load(tmp_path / "t")
-    for f in ("sigmas", "eval_sigmas", "weights"):
+    for f in ("sigmas", "eval_sigmas", "weights", "x_weights"):
         a, b = getattr(t, f), getattr(u, f)
         assert (a is None and b is None) or (torch.equal(a, b) and b.dtype == torch.float64)
     assert {k: v for k, v in vars(u).items() if not isinstance(v, torch.Tensor)} == \

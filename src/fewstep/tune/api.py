@@ -1,9 +1,9 @@
 """``tune``: one entry point for every tuning method, with its cost counted.
 
 Each method is one function in :data:`METHODS`, ``method(D, calibration, nfe, base, **options)
--> (base, sigmas, eval_sigmas, weights, info)``; :func:`tune` builds the calibration set, runs
-the method on a counting copy of the teacher (float64), validates on the disjoint set and
-returns the :class:`~fewstep.tune.artefact.TunedSolver`.
+-> Result``; :func:`tune` builds the calibration set, runs the method on a counting copy of the
+teacher (float64), validates on the disjoint set and returns the
+:class:`~fewstep.tune.artefact.TunedSolver`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from .solver import rollout
 
 __all__ = ["METHODS", "tune", "validation_loss"]
 
-Result = tuple[str, Tensor, Tensor | None, Tensor | None, dict[str, Any]]
+# (base, sigmas, eval_sigmas, weights, x_weights, info); the last three only for learned solvers
+Result = tuple[str, Tensor, Tensor | None, Tensor | None, Tensor | None, dict[str, Any]]
 
 
 def _gits(D: Any, c: Calibration, nfe: int, base: str, *, grid_size: int = 100,
@@ -35,7 +36,7 @@ def _gits(D: Any, c: Calibration, nfe: int, base: str, *, grid_size: int = 100,
     t = c.teacher
     sigmas, info = gits(D, c.x_cal, c.ref_cal, nfe, t.sigma_min, t.sigma_max,
                         grid_size=grid_size, substeps=substeps)
-    return base, sigmas, None, None, info
+    return base, sigmas, None, None, None, info
 
 
 def _ays(D: Any, c: Calibration, nfe: int, base: str, *, init: str = "karras",
@@ -43,7 +44,7 @@ def _ays(D: Any, c: Calibration, nfe: int, base: str, *, init: str = "karras",
     t = c.teacher
     start = _init(D, c, nfe, base, init)
     sigmas, info = ays(D, c.x_cal.double(), c.ref_cal, base, start, t.sigma_min, sweeps=sweeps)
-    return base, sigmas, None, None, {**info, "init": init}
+    return base, sigmas, None, None, None, {**info, "init": init}
 
 
 def _learned(groups: tuple[str, ...]) -> Callable[..., Result]:
@@ -57,7 +58,7 @@ def _learned(groups: tuple[str, ...]) -> Callable[..., Result]:
                      iters=iters, lr=lr)
         info = {"init": init, "iters": iters, "lr": lr, "K": K, "learned": list(groups),
                 "best_calibration_mse": log["best_calibration_mse"]}
-        return LEARNED_BASE, p.sigmas, p.eval_sigmas, p.weights, info
+        return LEARNED_BASE, p.sigmas, p.eval_sigmas, p.weights, p.x_weights, info
     return method
 
 
@@ -75,18 +76,19 @@ METHODS: dict[str, Callable[..., Result]] = {
     "gits": _gits,                                    # Chen et al. 2024
     "ays": _ays,                                      # Sabour et al. 2024 (endpoint objective)
     "ld3": _learned(("sigmas", "eval")),              # Tong et al. 2025
-    "s4s": _learned(("sigmas", "eval", "weights")),   # Frankel et al. 2025 (S4S-Alt-like)
+    "s4s": _learned(("sigmas", "eval", "weights", "x")),  # Frankel et al. 2025 (S4S-Alt-like)
 }
 
 
 def validation_loss(D: Any, c: Calibration, base: str, sigmas: Tensor,
-                    eval_sigmas: Tensor | None = None, weights: Tensor | None = None) -> float:
+                    eval_sigmas: Tensor | None = None, weights: Tensor | None = None,
+                    x_weights: Tensor | None = None) -> float:
     """ode_rmse of a (tuned or untuned) solver on the validation set."""
     if weights is None:
         return endpoint_loss(D, c.x_val.double(), c.ref_val, base, sigmas)
     assert eval_sigmas is not None
     with torch.no_grad():
-        out = rollout(D, c.x_val.double(), sigmas, eval_sigmas, weights)
+        out = rollout(D, c.x_val.double(), sigmas, eval_sigmas, weights, x_weights)
     return float((out - c.ref_val).pow(2).mean().sqrt())
 
 
@@ -114,18 +116,18 @@ def tune(teacher: Teacher | str, method: str, nfe: int, *, base: str = "dpmpp_2m
     c = calibrate(teacher, n_cal, n_val, seed=seed, rtol=rtol, cache=cache)
     D = CountingDenoiser(c.denoiser)
     try:
-        base_used, sigmas, xi, W, info = METHODS[method](D, c, int(nfe), base, **options)
+        base_used, sigmas, xi, W, A, info = METHODS[method](D, c, int(nfe), base, **options)
     except TypeError as e:  # an option the method does not take
         raise ValueError(f"tuning method {method!r}: {e}") from None
     rows = D.counter.rows + c.teacher_rows
     seconds, cpu = time.perf_counter() - wall, time.process_time() - cpu
     untuned = validation_loss(D.inner, c, base, base_plan(base, int(nfe), teacher.sigma_min,
                                                           teacher.sigma_max))
-    tuned = validation_loss(D.inner, c, base_used, sigmas, xi, W)
+    tuned = validation_loss(D.inner, c, base_used, sigmas, xi, W, A)
     return TunedSolver(
         method=method, base=base_used, nfe=int(nfe), sigmas=sigmas.double().detach(),
         teacher=teacher.name, teacher_fingerprint=fingerprint(teacher.denoiser), n_cal=n_cal,
         n_val=n_val, val_loss=tuned, base_val_loss=untuned, tuning_seconds=seconds,
-        teacher_rows=rows, eval_sigmas=xi, weights=W,
+        teacher_rows=rows, eval_sigmas=xi, weights=W, x_weights=A,
         info={**info, "cpu_seconds": cpu, "from": base, "seeds": list(c.seeds),
               "reference_rtol": rtol, "options": options})

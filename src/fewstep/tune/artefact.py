@@ -1,6 +1,6 @@
 """A tuned solver is an artefact: a directory holding ``tuned.json`` (what was tuned, on which
 teacher, at what cost, how well it validated) and ``tensors.safetensors`` (the schedule and,
-for learned solvers, the evaluation sigmas and multistep weights, float64).
+for learned solvers, the evaluation sigmas, multistep weights and x weights, float64).
 
 It loads by path wherever a solver name goes: :func:`fewstep.solvers.get` returns its
 :class:`~fewstep.solvers.SolverSpec`, :func:`fewstep.solvers.plan` its sigmas at exactly its
@@ -50,7 +50,8 @@ def fingerprint(denoiser: Any) -> str:
 class TunedSolver:
     """One tuned solver: ``base`` is a registered multistep solver run on the tuned ``sigmas``
     (schedule searches), or ``"lms"``, the learned multistep solver of
-    :mod:`fewstep.tune.solver` with its ``weights`` (n, K) and ``eval_sigmas`` (n).
+    :mod:`fewstep.tune.solver` with its ``weights`` (n, K), ``eval_sigmas`` (n) and
+    ``x_weights`` (n).
 
     ``sigmas`` has ``nfe + 1`` entries ending in 0 (float64). ``val_loss`` and
     ``base_val_loss`` are ode_rmse on the validation set of the tuned solver and of the
@@ -71,6 +72,7 @@ class TunedSolver:
     teacher_rows: int
     eval_sigmas: Tensor | None = None
     weights: Tensor | None = None
+    x_weights: Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)  # method settings, seeds, init schedule
 
     def __post_init__(self) -> None:
@@ -85,7 +87,8 @@ class TunedSolver:
         """The knobs the solver runs with (the learned weights and evaluation sigmas)."""
         if self.weights is None:
             return {}
-        return {"weights": self.weights, "eval_sigmas": self.eval_sigmas}
+        return {"weights": self.weights, "eval_sigmas": self.eval_sigmas,
+                "x_weights": self.x_weights}
 
     def plan(self, nfe: int, name: str = "tuned") -> Plan:
         """Its sigmas (the knobs are its spec's defaults) under solver name ``name``;
@@ -118,7 +121,7 @@ class TunedSolver:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
             tensors = {"sigmas": self.sigmas.double().contiguous()}
-            for k in ("eval_sigmas", "weights"):
+            for k in ("eval_sigmas", "weights", "x_weights"):
                 v = getattr(self, k)
                 if v is not None:
                     tensors[k] = v.double().contiguous()

@@ -8,9 +8,11 @@ backpropagation through the whole solve to the teacher's reference endpoints.
   are learned as well, initialised at DPM-Solver++(2M)'s so that the untrained solver is it.
 
 Parametrisation: sigmas through :func:`~fewstep.tune.solver.monotone_sigmas` (strictly
-decreasing by construction, last nonzero sigma above ``sigma_min / 2``), evaluation sigmas ``xi_i = s_i exp(c tanh(delta_i))`` (within a
-factor ``e^c`` of the step sigma), weights ``W = W_2M(sigmas) + dW`` (``dW`` zero at the start
-and on entries without history). Loss: mean squared distance to the reference endpoints.
+decreasing by construction, last nonzero sigma above ``sigma_min / 2``), evaluation sigmas
+``xi_i = s_i exp(c tanh(delta_i))`` (within a factor ``e^c`` of the step sigma), weights ``W =
+W_2M(sigmas) + dW`` (``dW`` zero at the start and on entries without history), and ``x_weights``
+(zero at the start) added to the coefficient of ``x_i``. Loss: mean squared distance to the
+reference endpoints.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from .solver import dpmpp_2m_weights, monotone_logits, monotone_sigmas, rollout
 
 __all__ = ["GROUPS", "LearnedSolver", "fit"]
 
-GROUPS = ("sigmas", "eval", "weights")
+GROUPS = ("sigmas", "eval", "weights", "x")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class LearnedSolver:
     sigmas: Tensor  # (n + 1,), ending in 0
     eval_sigmas: Tensor  # (n,)
     weights: Tensor  # (n, K)
+    x_weights: Tensor  # (n,), added to the coefficient of x_i
 
 
 class _Params(torch.nn.Module):
@@ -50,6 +53,7 @@ class _Params(torch.nn.Module):
         self.theta = torch.nn.Parameter(monotone_logits(init, self.sigma_min))
         self.delta = torch.nn.Parameter(torch.zeros(n, dtype=torch.float64))
         self.dW = torch.nn.Parameter(torch.zeros(n, K, dtype=torch.float64))
+        self.dA = torch.nn.Parameter(torch.zeros(n, dtype=torch.float64))
         rows = torch.arange(n)[:, None]
         mask = torch.arange(K)[None, :] <= rows  # step i has i + 1 estimates
         mask[-1] = False  # the step to 0 stays first order (x0 = D)
@@ -60,7 +64,7 @@ class _Params(torch.nn.Module):
         s = monotone_sigmas(self.theta, self.sigma_max, self.sigma_min)
         xi = s[:-1] * torch.exp(self.slack * torch.tanh(self.delta))
         W = dpmpp_2m_weights(s, self.K) + self.dW * self.mask
-        return LearnedSolver(s, xi, W)
+        return LearnedSolver(s, xi, W, self.dA)
 
 
 def fit(D: Any, x: Tensor, ref: Tensor, init: Tensor, sigma_min: float, *,
@@ -76,12 +80,13 @@ def fit(D: Any, x: Tensor, ref: Tensor, init: Tensor, sigma_min: float, *,
     if bad:
         raise ValueError(f"unknown parameter group(s) {bad}; expected a subset of {GROUPS}")
     params = _Params(init.double(), sigma_min, K, slack)
-    names = {"sigmas": "theta", "eval": "delta", "weights": "dW"}
+    names = {"sigmas": "theta", "eval": "delta", "weights": "dW", "x": "dA"}
     trainable = [getattr(params, names[g]) for g in GROUPS if g in learn]
     x, ref = x.double(), ref.double()
 
     def loss_of(p: LearnedSolver, x: Tensor, ref: Tensor) -> Tensor:
-        return (rollout(D, x, p.sigmas, p.eval_sigmas, p.weights) - ref).pow(2).mean()
+        return (rollout(D, x, p.sigmas, p.eval_sigmas, p.weights, p.x_weights)
+                - ref).pow(2).mean()
 
     with torch.no_grad():
         best, best_loss = params(), float(loss_of(params(), x, ref))
@@ -99,8 +104,11 @@ def fit(D: Any, x: Tensor, ref: Tensor, init: Tensor, sigma_min: float, *,
             value = float(loss.detach())
             log["calibration_mse"].append(value)
             if value < best_loss:
-                best, best_loss = LearnedSolver(*(t.detach() for t in (p.sigmas, p.eval_sigmas,
-                                                                         p.weights))), value
+                best, best_loss = _detached(p), value
     log["best_calibration_mse"] = best_loss
-    return LearnedSolver(*(t.detach().clone() for t in (best.sigmas, best.eval_sigmas,
-                                                          best.weights))), log
+    return _detached(best), log
+
+
+def _detached(p: LearnedSolver) -> LearnedSolver:
+    return LearnedSolver(*(t.detach().clone() for t in (p.sigmas, p.eval_sigmas, p.weights,
+                                                         p.x_weights)))

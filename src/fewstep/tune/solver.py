@@ -5,7 +5,8 @@ A data-prediction linear multistep exponential integrator in sigma-space (alpha 
     x_{i+1} = (sigma_{i+1} / sigma_i) x_i + (1 - sigma_{i+1} / sigma_i) sum_j W[i, j] D_{i-j},
     D_m = D(x_m, xi_m)
 
-with per-step weights ``W`` (newest evaluation first) and evaluation sigmas ``xi`` that may differ
+with per-step weights ``W`` (newest evaluation first; learned solvers may also add
+``x_weights[i]`` to the coefficient of ``x_i``) and evaluation sigmas ``xi`` that may differ
 from the step sigmas (LD3's decoupling, Tong et al. 2025). DDIM is ``W = [[1]]``; DPM-Solver++(2M)
 (Lu et al. 2022b, Alg. 2) is :func:`dpmpp_2m_weights`, so an untrained S4S/GS-style solver
 (Frankel et al. 2025) equals it. One generator serves sampling (float sigmas, through the
@@ -31,10 +32,12 @@ AnySteps = Generator[tuple[Tensor, Any], Tensor, Tensor]  # Steps whose sigmas m
 
 
 def lms_core(x: Tensor, sigmas: Sequence[Scalar], eval_sigmas: Sequence[Scalar],
-             weights: Tensor, callback: Callback = None) -> AnySteps:
+             weights: Tensor, x_weights: Tensor | None = None,
+             callback: Callback = None) -> AnySteps:
     """The update above as a generator (``denoised = yield x, xi_i``); ``sigmas`` (n + 1, ending
-    in 0), ``eval_sigmas`` (n) and ``weights`` (n, K) may be floats or tensors with gradients.
-    Step i uses the first ``min(i + 1, K)`` weights of its row."""
+    in 0), ``eval_sigmas`` (n), ``weights`` (n, K) and ``x_weights`` (n; added to the
+    coefficient of ``x_i``, default 0) may be floats or tensors with gradients. Step i uses
+    the first ``min(i + 1, K)`` weights of its row."""
     n = len(sigmas) - 1
     K = weights.shape[1]
     hist: list[Tensor] = []  # newest first
@@ -43,7 +46,8 @@ def lms_core(x: Tensor, sigmas: Sequence[Scalar], eval_sigmas: Sequence[Scalar],
         hist = [denoised, *hist[: K - 1]]
         mix = sum(weights[i, j] * hist[j] for j in range(len(hist)))
         ratio = sigmas[i + 1] / sigmas[i]
-        x = ratio * x + (1 - ratio) * mix
+        a = ratio if x_weights is None else ratio + x_weights[i]
+        x = a * x + (1 - ratio) * mix
         if callback is not None:
             emit(callback, i, x, float(sigmas[i]), float(sigmas[i + 1]), denoised)
     return x
@@ -51,11 +55,13 @@ def lms_core(x: Tensor, sigmas: Sequence[Scalar], eval_sigmas: Sequence[Scalar],
 
 def lms_steps(x: Tensor, sigmas: Tensor, *, weights: Tensor | Sequence[Sequence[float]],
               eval_sigmas: Tensor | Sequence[float] | None = None,
+              x_weights: Tensor | Sequence[float] | None = None,
               callback: Callback = None) -> Steps:
     """The learned multistep solver's generator for the registry's driver: ``weights`` (n, K)
     per-step multistep weights on the data estimates, newest first; ``eval_sigmas`` (n) the
-    sigma each evaluation is made at (default: the step sigmas). Raises ``ValueError`` on
-    shapes that do not match ``sigmas``."""
+    sigma each evaluation is made at (default: the step sigmas); ``x_weights`` (n) added to
+    the coefficient of ``x_i`` (default 0). Raises ``ValueError`` on shapes that do not match
+    ``sigmas``."""
     s = prepare(x, sigmas)
     n = len(s) - 1
     W = torch.as_tensor(weights, dtype=torch.float64)
@@ -65,7 +71,10 @@ def lms_steps(x: Tensor, sigmas: Tensor, *, weights: Tensor | Sequence[Sequence[
     xi = s[:-1] if eval_sigmas is None else [float(v) for v in eval_sigmas]
     if len(xi) != n or any(not v > 0 for v in xi):
         raise ValueError(f"eval_sigmas must hold {n} positive values; got {xi}")
-    return (yield from lms_core(x, s, xi, W, callback))
+    a = None if x_weights is None else torch.as_tensor(x_weights, dtype=torch.float64)
+    if a is not None and a.shape != (n,):
+        raise ValueError(f"x_weights must have shape ({n},); got {tuple(a.shape)}")
+    return (yield from lms_core(x, s, xi, W, a, callback))
 
 
 def drive_differentiable(steps: AnySteps, denoiser: Callable[..., Tensor]) -> Tensor:
@@ -123,9 +132,9 @@ def monotone_logits(sigmas: Tensor, sigma_min: float, floor: float = 1e-6) -> Te
 
 
 def rollout(denoiser: Callable[..., Tensor], x: Tensor, sigmas: Tensor, eval_sigmas: Tensor,
-            weights: Tensor) -> Tensor:
-    """The learned solver's endpoint from ``x`` (at ``sigmas[0]``), differentiable in all
-    three parameter tensors."""
-    return drive_differentiable(lms_core(x, list(sigmas), list(eval_sigmas), weights),
-                                denoiser)
+            weights: Tensor, x_weights: Tensor | None = None) -> Tensor:
+    """The learned solver's endpoint from ``x`` (at ``sigmas[0]``), differentiable in every
+    parameter tensor."""
+    return drive_differentiable(lms_core(x, list(sigmas), list(eval_sigmas), weights,
+                                         x_weights), denoiser)
 
