@@ -200,6 +200,15 @@ def test_cli_sample_with_a_tuned_solver(tmp_path, capsys):
     assert cli.main(["tune", "--teacher", "gmm2", "--method", "nope", "--nfe", "4",
                      "--out", str(tmp_path / "x")]) == 2
     assert "unknown tuning method 'nope'" in capsys.readouterr().err
+    tune_args = ["tune", "--teacher", "gmm2", "--method", "gits", "--nfe", "3", "--n-cal", "4",
+                 "--n-val", "4", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "g")]
+    assert cli.main([*tune_args, "--param", "grid_size"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+    assert cli.main([*tune_args, "--param", "grid_sise=20"]) == 2
+    assert "grid_sise" in capsys.readouterr().err
+    assert cli.main([*tune_args, "--param", "grid_size=20", "--param", "substeps=2"]) == 0
+    assert "gits on dpmpp_2m, NFE 3, teacher gmm2" in capsys.readouterr().out
+    assert tune.load(tmp_path / "g").info["grid_size"] == 20
 
 
 def test_calibration_and_validation_never_overlap(tmp_path):
