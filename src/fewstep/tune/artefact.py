@@ -10,6 +10,7 @@ NFE, :func:`fewstep.solvers.sample` checks the teacher, and the bench runs ``tun
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -165,12 +166,20 @@ def is_tuned_path(name: str) -> bool:
 
 
 def load(path: str | Path) -> TunedSolver:
-    """Read a tuned solver directory (``tuned:`` prefix allowed). Raises ``ValueError`` in one
-    line naming the path when it is not a tuned solver."""
+    """Read a tuned solver directory (``tuned:`` prefix allowed); repeated loads of an unchanged
+    directory are served from memory. Raises ``ValueError`` in one line naming the path when
+    it is not a tuned solver."""
     path = Path(str(path).removeprefix("tuned:"))
     if not (path / _JSON).is_file() or not (path / _TENSORS).is_file():
         raise ValueError(f"{str(path)!r} is not a tuned solver (no {_JSON} and {_TENSORS}); "
                          "make one with `fewstep tune`")
+    stamp = tuple((path / f).stat().st_mtime_ns for f in (_JSON, _TENSORS))
+    return _load(str(path.resolve()), stamp)
+
+
+@functools.lru_cache(maxsize=64)
+def _load(where: str, stamp: tuple[int, ...]) -> TunedSolver:
+    path = Path(where)
     try:
         meta = json.loads((path / _JSON).read_text())
         tensors = load_file(str(path / _TENSORS))
