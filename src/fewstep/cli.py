@@ -264,6 +264,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         students.check(f"student:{args.student}")
         denoiser = students.model(f"student:{args.student}")
         method = students.method_name(args.student)
+        if method in ONE_STEP_METHODS and args.nfe is None:
+            args.nfe = 1  # a one-step student samples in its one step
         if method in ONE_STEP_METHODS and args.nfe != 1:
             raise ValueError(f"--nfe {args.nfe}: {args.student} is a one-step ({method}) "
                              "student; sample it with --nfe 1")
@@ -274,6 +276,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     solver = solver or "dpmpp_2m"
     args.solver = solver
     spec = solvers.get(solver)
+    if spec.tuned is not None:  # a tuned solver: its own teacher, at its own NFE
+        spec.tuned.check_teacher(denoiser, args.teacher)
+        args.nfe = args.nfe or spec.tuned.nfe
+    args.nfe = args.nfe or 10
     x = start_noise(teacher, args.seed, args.n).float()
     knobs: dict = {}
     if spec.kind == "adaptive":
@@ -310,6 +316,38 @@ EPILOG_TRAIN = """examples:
 
 
 FLOW_METHODS = ("rf", "reflow", "rf_distill")  # students are FlowPrecond velocity fields
+EPILOG_TUNE = """examples:
+  fewstep tune --teacher gmm16 --method gits --nfe 5 --out tuned/gmm16-gits-5
+  fewstep tune --teacher moons --method s4s --nfe 4 --param iters=300 --out tuned/moons-s4s-4
+  fewstep sample --teacher moons --solver tuned/moons-s4s-4
+"""
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from . import tune
+
+    options: dict[str, object] = {}
+    for pair in args.param:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--param {pair!r}: expected KEY=VALUE")
+        options[key] = _literal(value)
+    tuned = tune.tune(args.teacher, args.method, args.nfe, base=args.base, n_cal=args.n_cal,
+                      n_val=args.n_val, seed=args.seed, cache=args.cache, **options)
+    path = tuned.save(args.out)
+    print(tuned.describe())
+    print(f"wrote {path} (use it as --solver {path})")
+    return 0
+
+
+def _literal(text: str) -> object:
+    """A ``--param`` value: int, float, or the string itself."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _template(data_name: str, method: str, hidden: int, seed: int):
@@ -570,12 +608,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--teacher", default="gmm2", help="built-in teacher (gmm2, moons, digits, "
                     "...), zoo:NAME, a fewstep train run directory (or checkpoint:PATH), "
                     "diffusers:PATH or python:MODULE:ATTR")
-    sp.add_argument("--solver", default=None, help="registered solver (default dpmpp_2m; "
-                    "consistency for consistency students, ddim for other students)")
+    sp.add_argument("--solver", default=None, help="registered solver or a tuned solver's "
+                    "directory (default dpmpp_2m; consistency for consistency students, ddim "
+                    "for other students)")
     sp.add_argument("--student", default=None, help="a trained student (run directory or "
                     "checkpoint, zoo:NAME or python:MODULE:ATTR) to sample instead of the "
                     "teacher, on the teacher's sigma range")
-    sp.add_argument("--nfe", type=positive_int, default=10)
+    sp.add_argument("--nfe", type=positive_int, default=None,
+                    help="evaluations (default 10; a tuned solver's own NFE)")
     sp.add_argument("--schedule", default="karras")
     sp.add_argument("--sigma-min", type=float, default=None, help="last nonzero sigma of the "
                     "plan (default: the teacher's; 0.821 for the consistency sampler)")
@@ -627,6 +667,23 @@ def build_parser() -> argparse.ArgumentParser:
                     "directory go (default: fewstep-zoo)")
     zb.add_argument("--quiet", action="store_true", help="no progress bar")
     zb.set_defaults(fn=_cmd_zoo_build)
+    tu = sub.add_parser("tune", help="tune a solver's schedule or coefficients to a teacher at "
+                        "one NFE; writes a tuned-solver directory", epilog=EPILOG_TUNE,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    tu.add_argument("--teacher", required=True, help="built-in teacher (gmm16, moons, ...)")
+    tu.add_argument("--method", required=True, help="gits, ays, ld3 or s4s")
+    tu.add_argument("--nfe", type=positive_int, required=True)
+    tu.add_argument("--base", default="dpmpp_2m", help="registered multistep solver to start "
+                    "from (default dpmpp_2m)")
+    tu.add_argument("--n-cal", type=positive_int, default=128, help="calibration start noises")
+    tu.add_argument("--n-val", type=positive_int, default=128, help="validation start noises")
+    tu.add_argument("--seed", type=int, default=0)
+    tu.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="a method option, e.g. --param iters=300 --param init=gits")
+    tu.add_argument("--cache", default=".fewstep-cache/references",
+                    help="reference-solution cache directory")
+    tu.add_argument("--out", required=True, help="output directory of the tuned solver")
+    tu.set_defaults(fn=_cmd_tune)
 
     s = sub.add_parser("solvers", help="list the registered solvers")
     s.set_defaults(fn=_cmd_solvers)

@@ -128,6 +128,8 @@ def _prepare(case: Case, teacher: Teacher, x: Tensor, ref: Tensor | None = None)
         peer = peers.PreparedPeer(case.method, case.nfe, teacher.sigma_min, teacher.sigma_max)
         return _Prepared(lambda eps, x: (peer.sample(eps, x), peer.steps), peer.model)
     spec = solvers.get(case.method)
+    if spec.tuned is not None:
+        spec.tuned.check_teacher(teacher.denoiser, teacher.name)
     plan = solvers.plan(case.method, case.nfe, case.schedule, sigma_min=teacher.sigma_min,
                         sigma_max=teacher.sigma_max, denoise_to_zero=case.denoise_to_zero)
     knobs = dict(plan.knobs)
@@ -380,6 +382,15 @@ def error_row(case: Case, error: str) -> dict[str, Any]:
 
 
 def _notes(case: Case) -> dict[str, Any]:
+    if case.impl == "tuned":  # its one-off cost, outside wall_s and setup_time_s
+        try:
+            tuned = solvers.get(case.method).tuned
+        except ValueError:  # an unreadable artefact fails as the case itself, not here
+            return {}
+        return {"one_off_s": tuned.tuning_seconds, "one_off_teacher_rows": tuned.teacher_rows,
+                "notes": [f"{case.method}: one-off tuning cost {tuned.tuning_seconds:.1f} s "
+                          f"({tuned.teacher_rows} teacher evaluations, {tuned.method} on "
+                          f"{tuned.base}, calibration {tuned.n_cal} start noises)"]}
     note = peers.NOTES.get(case.method.removeprefix("diffusers:")) if case.impl == "diffusers" \
         else None
     return {"notes": [f"{case.method}: {note}"]} if note else {}

@@ -176,6 +176,8 @@ def _unreachable(method: str, nfe: int, teacher: str | None = None) -> str | Non
             return f"{method} at NFE {nfe}: {e}"
         return None if nfe >= peer.min_nfe else f"{method} at NFE {nfe}: below its minimum"
     spec = solvers.get(method)
+    if spec.tuned is not None and nfe != spec.tuned.nfe:
+        return f"{method} at NFE {nfe}: tuned for NFE {spec.tuned.nfe} only"
     if spec.kind == "adaptive":
         return f"{method}: adaptive (NFE follows tolerances), not run on an NFE grid"
     if nfe < spec.min_nfe:

@@ -56,6 +56,7 @@ class SolverSpec:
     alias_of: str | None = None
     requires: str | None = None  # what the denoiser must be, e.g. "consistency" (a student)
     history: int = 1
+    tuned: Any = None  # the fewstep.tune.TunedSolver this spec was loaded from, if any
 
     @property
     def evals_per_step(self) -> int:
@@ -117,10 +118,15 @@ def alias(name: str, target: str) -> SolverSpec:
 
 
 def get(name: str) -> SolverSpec:
-    """Look a solver up by name."""
+    """Look a solver up by name; a tuned solver's directory (``PATH`` or ``tuned:PATH``, made by
+    ``fewstep tune``) loads as its spec."""
     try:
         return _REGISTRY[name]
     except KeyError:
+        from ..tune import artefact
+
+        if artefact.is_tuned_path(name):
+            return artefact.load(name).spec(name)
         raise ValueError(f"unknown solver {name!r}; available: {', '.join(available())}") \
             from None
 
@@ -150,8 +156,11 @@ def plan(name: str, nfe: int, schedule: str = "karras", *, denoise_to_zero: bool
     """The sigmas (and per-step orders, for singlestep solvers) that spend exactly ``nfe``
     network evaluations with solver ``name`` on the named schedule. With ``denoise_to_zero``
     the last evaluation is a first-order step from sigma_min to 0; without it every evaluation
-    steps between the schedule's sigmas and the sample is returned at sigma_min."""
+    steps between the schedule's sigmas and the sample is returned at sigma_min. A tuned
+    solver's plan is its own sigmas at exactly its NFE (``schedule`` is not used)."""
     spec = get(name)
+    if spec.tuned is not None:
+        return spec.tuned.plan(nfe, name)
     if spec.kind == "adaptive":
         raise ValueError(f"solver {name!r} is adaptive: its NFE follows rtol/atol and cannot "
                          "be planned; pass sigmas=[sigma_max, 0] and tolerances instead")
@@ -181,6 +190,8 @@ def sample(denoiser: Denoiser, x: Tensor, solver: str, nfe: int | None = None, *
     NFE budget (planned on ``schedule``) or explicit ``sigmas``; ``cond`` goes to the
     denoiser, ``knobs`` (and ``generator=``, ``callback=``) to the solver."""
     spec = get(solver)
+    if spec.tuned is not None:
+        spec.tuned.check_teacher(denoiser)
     if (nfe is None) == (sigmas is None):
         raise ValueError("give exactly one of nfe= or sigmas=")
     if sigmas is None:

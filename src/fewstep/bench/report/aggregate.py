@@ -63,10 +63,11 @@ def metric_summary(values: Iterable[Any], metric: str) -> Summary:
 
 
 def role(method: str, impl: str | None) -> str:
-    """"baseline", "peer" (another library's implementation) or "own" (fewstep, students)."""
+    """"baseline", "peer" (another library's implementation) or "own" (fewstep, students,
+    tuned solvers)."""
     if method.startswith("baseline:") or impl == "baseline":
         return "baseline"
-    if method.startswith("student:") or impl == "student":
+    if method.startswith(("student:", "tuned:")) or impl in ("student", "tuned"):
         return "own"
     return "peer" if (impl not in (None, "", "fewstep")) or ":" in method else "own"
 

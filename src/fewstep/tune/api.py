@@ -1,0 +1,133 @@
+"""``tune``: one entry point for every tuning method, with its cost counted.
+
+Each method is one function in :data:`METHODS`, ``method(D, calibration, nfe, base, **options)
+-> Result``; :func:`tune` builds the calibration set, runs the method on a counting copy of the
+teacher (float64), validates on the disjoint set and returns the
+:class:`~fewstep.tune.artefact.TunedSolver`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..bench.teachers import Teacher
+from ..bench.teachers import get as get_teacher
+from ..solvers.registry import get as get_solver
+from .artefact import LEARNED_BASE, TunedSolver, fingerprint
+from .calibration import Calibration, CountingDenoiser, calibrate
+from .learned import fit
+from .schedule import ays, base_plan, endpoint_loss, gits
+from .solver import rollout
+
+__all__ = ["METHODS", "tune", "validation_loss"]
+
+# (base, sigmas, eval_sigmas, weights, x_weights, info); the last three only for learned solvers
+Result = tuple[str, Tensor, Tensor | None, Tensor | None, Tensor | None, dict[str, Any]]
+
+
+def _gits(D: Any, c: Calibration, nfe: int, base: str, *, grid_size: int = 100,
+          substeps: int = 4) -> Result:
+    t = c.teacher
+    sigmas, info = gits(D, c.x_cal, c.ref_cal, nfe, t.sigma_min, t.sigma_max,
+                        grid_size=grid_size, substeps=substeps)
+    return base, sigmas, None, None, None, info
+
+
+def _ays(D: Any, c: Calibration, nfe: int, base: str, *, init: str = "karras",
+         sweeps: int = 3) -> Result:
+    t = c.teacher
+    start = _init(D, c, nfe, base, init)
+    sigmas, info = ays(D, c.x_cal.double(), c.ref_cal, base, start, t.sigma_min, sweeps=sweeps)
+    return base, sigmas, None, None, None, {**info, "init": init}
+
+
+def _learned(groups: tuple[str, ...]) -> Callable[..., Result]:
+    def method(D: Any, c: Calibration, nfe: int, base: str, *, init: str = "karras",
+               iters: int = 150, lr: float = 0.05, K: int = 3) -> Result:
+        if base != "dpmpp_2m":
+            raise ValueError(f"learned solvers start from DPM-Solver++(2M); base must be "
+                             f"'dpmpp_2m', got {base!r}")
+        start = _init(D, c, nfe, base, init)
+        p, log = fit(D, c.x_cal, c.ref_cal, start, c.teacher.sigma_min, learn=groups, K=K,
+                     iters=iters, lr=lr)
+        info = {"init": init, "iters": iters, "lr": lr, "K": K, "learned": list(groups),
+                "best_calibration_mse": log["best_calibration_mse"]}
+        return LEARNED_BASE, p.sigmas, p.eval_sigmas, p.weights, p.x_weights, info
+    return method
+
+
+def _init(D: Any, c: Calibration, nfe: int, base: str, init: str) -> Tensor:
+    """The starting schedule: ``base``'s Karras plan or the GITS schedule."""
+    t = c.teacher
+    if init == "karras":
+        return base_plan(base, nfe, t.sigma_min, t.sigma_max)
+    if init == "gits":
+        return gits(D, c.x_cal, c.ref_cal, nfe, t.sigma_min, t.sigma_max)[0]
+    raise ValueError(f"unknown init {init!r}; expected 'karras' or 'gits'")
+
+
+METHODS: dict[str, Callable[..., Result]] = {
+    "gits": _gits,                                    # Chen et al. 2024
+    "ays": _ays,                                      # Sabour et al. 2024 (endpoint objective)
+    "ld3": _learned(("sigmas", "eval")),              # Tong et al. 2025
+    "s4s": _learned(("sigmas", "eval", "weights", "x")),  # Frankel et al. 2025 (S4S-Alt-like)
+}
+
+
+def validation_loss(D: Any, c: Calibration, base: str, sigmas: Tensor,
+                    eval_sigmas: Tensor | None = None, weights: Tensor | None = None,
+                    x_weights: Tensor | None = None) -> float:
+    """ode_rmse of a (tuned or untuned) solver on the validation set."""
+    if weights is None:
+        return endpoint_loss(D, c.x_val.double(), c.ref_val, base, sigmas)
+    assert eval_sigmas is not None
+    with torch.no_grad():
+        out = rollout(D, c.x_val.double(), sigmas, eval_sigmas, weights, x_weights)
+    return float((out - c.ref_val).pow(2).mean().sqrt())
+
+
+def tune(teacher: Teacher | str, method: str, nfe: int, *, base: str = "dpmpp_2m",
+         n_cal: int = 128, n_val: int = 128, seed: int = 0, rtol: float = 1e-6,
+         cache: str | Path = ".fewstep-cache/references", **options: Any) -> TunedSolver:
+    """Tune ``method`` (a key of :data:`METHODS`) for ``teacher`` at exactly ``nfe``
+    evaluations, from the registered multistep solver ``base``; ``options`` go to the method
+    (e.g. ``iters=``, ``init="gits"``). The calibration and validation sets are ``n_cal`` and
+    ``n_val`` start noises of the reserved seeds of ``seed``. ``tuning_seconds`` is the wall
+    time of calibration and search; ``info["cpu_seconds"]`` the process CPU time.
+    Raises ``ValueError`` naming a bad method, base, NFE or option."""
+    if method not in METHODS:
+        raise ValueError(f"unknown tuning method {method!r}; available: {', '.join(METHODS)}")
+    spec = get_solver(base)
+    if spec.kind != "multistep" or spec.stochastic:
+        raise ValueError(f"base solver {base!r} must be a deterministic multistep solver "
+                         f"(one evaluation per step); it is {spec.kind}"
+                         + (", stochastic" if spec.stochastic else ""))
+    if int(nfe) != nfe or nfe < 2:
+        raise ValueError(f"nfe must be an integer >= 2; got {nfe!r}")
+    if isinstance(teacher, str):
+        teacher = get_teacher(teacher)
+    wall, cpu = time.perf_counter(), time.process_time()
+    c = calibrate(teacher, n_cal, n_val, seed=seed, rtol=rtol, cache=cache)
+    D = CountingDenoiser(c.denoiser)
+    try:
+        base_used, sigmas, xi, W, A, info = METHODS[method](D, c, int(nfe), base, **options)
+    except TypeError as e:  # an option the method does not take
+        raise ValueError(f"tuning method {method!r}: {e}") from None
+    rows = D.counter.rows + c.teacher_rows
+    seconds, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    untuned = validation_loss(D.inner, c, base, base_plan(base, int(nfe), teacher.sigma_min,
+                                                          teacher.sigma_max))
+    tuned = validation_loss(D.inner, c, base_used, sigmas, xi, W, A)
+    return TunedSolver(
+        method=method, base=base_used, nfe=int(nfe), sigmas=sigmas.double().detach(),
+        teacher=teacher.name, teacher_fingerprint=fingerprint(teacher.denoiser), n_cal=n_cal,
+        n_val=n_val, val_loss=tuned, base_val_loss=untuned, tuning_seconds=seconds,
+        teacher_rows=rows, eval_sigmas=xi, weights=W, x_weights=A,
+        info={**info, "cpu_seconds": cpu, "from": base, "seeds": list(c.seeds),
+              "reference_rtol": rtol, "options": options})
