@@ -34,6 +34,7 @@ __all__ = [
     "MethodBase",
     "available_methods",
     "edm_weight",
+    "ema_update_",
     "get_method",
     "register_method",
     "split_batch",
@@ -56,6 +57,18 @@ def edm_weight(sigma: Tensor, sigma_data: float) -> Tensor:
     """Loss weight ``lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2`` (Karras et al. 2022,
     Table 1), which gives the preconditioned network a unit-variance target."""
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+@torch.no_grad()
+def ema_update_(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """``theta_ema <- decay theta_ema + (1 - decay) theta`` in place, one fused ``lerp`` over
+    all parameters (buffers are copied); ``ema`` and ``model`` share an architecture."""
+    e, p = list(ema.parameters()), list(model.parameters())
+    if len(e) != len(p):
+        raise ValueError(f"EMA has {len(e)} parameter tensors, the model {len(p)}")
+    torch._foreach_lerp_(e, [t.detach() for t in p], 1 - decay)
+    for eb, b in zip(ema.buffers(), model.buffers(), strict=True):
+        eb.copy_(b)
 
 
 @dataclass
