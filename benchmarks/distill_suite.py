@@ -70,7 +70,7 @@ from torch import Tensor, nn
 from fewstep import data, reference_solution, solvers
 from fewstep._io import atomic_write
 from fewstep.distill import get_method
-from fewstep.metrics import frechet_distance_from_features, prdc, sliced_wasserstein
+from fewstep.metrics import SlicedReference, frechet_distance_from_features, prdc
 from fewstep.metrics.extractors import cache_dir, digits_cnn
 from fewstep.metrics.stats import mean_ci
 from fewstep.nets import ConsistencyPrecond, EDMPrecond, MLPDenoiserNet, UNet
@@ -155,6 +155,9 @@ class Scorer:
                  primary: str):
         self.reference, self.features, self.primary = reference, features, primary
         self.reference_features = self.embed(reference)
+        # The reference's sorted projections, computed once (SW equals sliced_wasserstein's).
+        self.sliced = SlicedReference(reference.double().flatten(1), 256,
+                                      generator=torch.Generator().manual_seed(0))
         self.ref_endpoints: Tensor | None = None
 
     def embed(self, x: Tensor) -> Tensor:
@@ -167,9 +170,7 @@ class Scorer:
         if not torch.isfinite(samples).all():
             return math.nan
         if name == "sw":
-            return sliced_wasserstein(samples.double().flatten(1),
-                                      self.reference.double().flatten(1), n_projections=256,
-                                      generator=torch.Generator().manual_seed(0))
+            return self.sliced.distance(samples.double().flatten(1))
         return frechet_distance_from_features(self.embed(samples), self.reference_features)
 
     def __call__(self, samples: Tensor, rmse: bool = False) -> dict[str, float]:

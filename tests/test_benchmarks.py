@@ -184,3 +184,14 @@ def test_every_student_row_puts_training_cost_beside_sampling_cost():
                                   "coverage": 1.0} for i in range(20)]}
     _, _, rows = ds.report_dataset("moons", runs, floor)
     assert rows[0][1:3] == ["cd", "3"] and rows[0][-3:] == ["20 (+ 4)", "300", "2 (teacher 50)"]
+
+
+def test_scorer_sw_equals_sliced_wasserstein_with_the_reference_prepared_once():
+    from fewstep.metrics import sliced_wasserstein
+
+    g = torch.Generator().manual_seed(3)
+    ref, x = torch.randn(300, 2, generator=g), 1.5 * torch.randn(200, 2, generator=g)
+    scorer = ds.Scorer(ref, None, "sw")
+    direct = sliced_wasserstein(x.double(), ref.double(), n_projections=256,
+                                generator=torch.Generator().manual_seed(0))
+    assert scorer.distance(x) == direct and scorer.distance(x) == scorer.distance(x)
