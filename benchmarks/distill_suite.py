@@ -70,7 +70,7 @@ from torch import Tensor, nn
 from fewstep import data, reference_solution, solvers
 from fewstep._io import atomic_write
 from fewstep.distill import get_method
-from fewstep.metrics import frechet_distance_from_features, prdc, sliced_wasserstein
+from fewstep.metrics import SlicedReference, frechet_distance_from_features, prdc
 from fewstep.metrics.extractors import cache_dir, digits_cnn
 from fewstep.metrics.stats import mean_ci
 from fewstep.nets import ConsistencyPrecond, EDMPrecond, MLPDenoiserNet, UNet
@@ -155,6 +155,9 @@ class Scorer:
                  primary: str):
         self.reference, self.features, self.primary = reference, features, primary
         self.reference_features = self.embed(reference)
+        # The reference's sorted projections, computed once (SW equals sliced_wasserstein's).
+        self.sliced = SlicedReference(reference.double().flatten(1), 256,
+                                      generator=torch.Generator().manual_seed(0))
         self.ref_endpoints: Tensor | None = None
 
     def embed(self, x: Tensor) -> Tensor:
@@ -167,9 +170,7 @@ class Scorer:
         if not torch.isfinite(samples).all():
             return math.nan
         if name == "sw":
-            return sliced_wasserstein(samples.double().flatten(1),
-                                      self.reference.double().flatten(1), n_projections=256,
-                                      generator=torch.Generator().manual_seed(0))
+            return self.sliced.distance(samples.double().flatten(1))
         return frechet_distance_from_features(self.embed(samples), self.reference_features)
 
     def __call__(self, samples: Tensor, rmse: bool = False) -> dict[str, float]:
@@ -628,18 +629,19 @@ def report_dataset(name: str, runs: Sequence[Mapping[str, Any]], floor: Mapping[
             taus = ",".join(str(r["tau"]) for r in recs if "tau" in r) or "-"
             rows.append([m, k, taus, *cells(recs, metrics), str(ratio) if ratio else "diverged"])
             if k == "2":
-                two[m] = (recs, ratio)
+                two[m] = (recs, ratio, training_cost([r[m] for r in have], have))
     lines += [table(["student", "steps", "tau (val.)", *heads, f"{p.upper()} / teacher@50"],
                     rows), "", *notes, ""]
     teacher = positive_interval(per_seed(t50, p))
     excess = positive_interval([v / fl.mean for v in per_seed(t50, p)])
     above = teacher is not None and teacher.n > 1 and teacher.lo > fl.hi
-    method_rows = [[name, m, *cells(recs, [p, "precision", "recall"]),
-                    str(ratio) if ratio else "diverged", target_status(ratio, teacher, fl.hi)]
-                   for m, (recs, ratio) in two.items()]
+    method_rows = [[name, m, str(len(recs)), *cells(recs, [p, "precision", "recall"]),
+                    str(ratio) if ratio else "diverged", target_status(ratio, teacher, fl.hi),
+                    *cost, "2 (teacher 50)"]
+                   for m, (recs, ratio, cost) in two.items()]
     lines.append(f"Teacher at 50 NFE {teacher}; over the floor x{excess} "
                  f"({'clearly above the floor' if above else 'NOT clearly above the floor'}).")
-    lines += [f"- 2-step {r[1]}: ratio {r[5]}: {r[6]}" for r in method_rows]
+    lines += [f"- 2-step {r[1]}: ratio {r[6]}: {r[7]}" for r in method_rows]
     if "cd" in two and "direct_cm" in two:
         cd = [r["cd"]["scores"]["1"] for r in runs if "cd" in r and "direct_cm" in r]
         dc = [r["direct_cm"]["scores"]["1"] for r in runs if "cd" in r and "direct_cm" in r]
@@ -647,7 +649,7 @@ def report_dataset(name: str, runs: Sequence[Mapping[str, Any]], floor: Mapping[
                      f"{fmt(np.mean(per_seed(dc, 'rmse')))} vs "
                      f"{fmt(np.mean(per_seed(cd, 'rmse')))}; {p.upper()} "
                      f"{fmt(np.mean(per_seed(dc, p)))} vs {fmt(np.mean(per_seed(cd, p)))}.")
-    best = select_on_validation({m: recs for m, (recs, _) in two.items()})
+    best = select_on_validation({m: recs for m, (recs, _, _) in two.items()})
     summary = None
     if best is not None:
         status = target_status(two[best][1], teacher, fl.hi)
@@ -656,6 +658,15 @@ def report_dataset(name: str, runs: Sequence[Mapping[str, Any]], floor: Mapping[
         summary = [name, p.upper(), str(len(runs)), str(fl), str(teacher), str(excess),
                    "yes" if above else "no", best, str(two[best][1]), status]
     return "\n".join(lines) + "\n", summary, method_rows
+
+
+def training_cost(students: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str, Any]]
+                  ) -> list[str]:
+    """Two cells: the student's training wall-clock per training seed (mean) with the
+    teacher's own beside it, and the teacher evaluations it spent (full-batch units, mean)."""
+    s = np.mean([r["cost"]["seconds"] for r in students])
+    t = np.mean([r["teacher_cost"]["seconds"] for r in runs])
+    return [f"{s:.0f} (+ {t:.0f})", f"{np.mean([r['cost']['teacher_nfe'] for r in students]):.0f}"]
 
 
 def report(out: Path, names: list[str]) -> str:
@@ -672,8 +683,9 @@ def report(out: Path, names: list[str]) -> str:
             summary.append(row)
     head = ["data", "metric", "seeds", "data floor", "teacher@50", "teacher / floor",
             "above floor", "best 2-step (val.)", "its ratio", "target"]
-    mhead = ["data", "2-step student", "primary", "precision", "recall", "ratio to teacher@50",
-             "target"]
+    mhead = ["data", "2-step student", "seeds", "primary", "precision", "recall",
+             "ratio to teacher@50", "target", "train s/seed (+ teacher)", "teacher evals",
+             "sampling NFE"]
     return ("\n".join(sections) + "\n## Summary: the student chosen on validation\n\n"
             + table(head, summary) + "\n\n## Every 2-step student\n\n" + table(mhead, methods)
             + "\n")

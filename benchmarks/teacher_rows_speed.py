@@ -6,8 +6,8 @@ Times ``LossContext.teacher_solve_rows`` for the targets of CD (Heun, one step f
 N=18 Karras levels) and Direct CM (iPNDM to 0 from each of 10 levels) on the UNet teachers of
 ``distill_suite.py`` (8x8 digits, batch 128; 16x16, batch 64) and on its toy MLP (batch 256),
 with random weights (the cost does not depend on them). "sequential" runs the groups one after
-another, "lockstep" batches them; "auto" says which one ``teacher_solve_rows`` picks by
-default. The two modes alternate and the median of ``--repeats`` is kept.
+another, "lockstep" batches them (``teacher_solve_rows``' default). The two modes alternate
+and the median of ``--repeats`` is kept.
 Results must agree to float32 round-off; the script checks it.
 """
 
@@ -20,7 +20,6 @@ import time
 import torch
 
 from fewstep.distill import LossContext, get_method
-from fewstep.distill.base import _lockstep_pays
 from fewstep.distill.consistency import karras_levels
 from fewstep.nets import EDMPrecond, MLPDenoiserNet, UNet
 
@@ -42,8 +41,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print("| target | teacher | batch | sequential s | lockstep s | speed-up | auto |")
-    print("|---|---|---:|---:|---:|---:|---|")
+    print("| target | teacher | batch | sequential s | lockstep s | speed-up |")
+    print("|---|---|---:|---:|---:|---:|")
     for label_t, shape, batch in (("UNet 8x8", (1, 8, 8), 128), ("UNet 16x16", (1, 16, 16), 64),
                                   ("MLP 2-d", (2,), 256)):
         torch.manual_seed(0)
@@ -67,9 +66,8 @@ def main() -> None:
             torch.testing.assert_close(outs["lockstep"], outs["sequential"], rtol=1e-4,
                                        atol=1e-4)
             s, ls = (statistics.median(times[m]) for m in ("sequential", "lockstep"))
-            auto = "lockstep" if _lockstep_pays(teacher) else "sequential"
-            print(f"| {label} | {label_t} | {batch} | {s:.3f} | {ls:.3f} | {s / ls:.2f}x | "
-                  f"{auto} |", flush=True)
+            print(f"| {label} | {label_t} | {batch} | {s:.3f} | {ls:.3f} | {s / ls:.2f}x |",
+                  flush=True)
 
 
 if __name__ == "__main__":

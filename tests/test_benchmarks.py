@@ -171,3 +171,27 @@ def test_distill_suite_smoke_and_resume(tmp_path):
     assert "[moons seed 1] cd" in second and "| kd " in second
     report = _run(tmp_path, "--report")
     assert report.split("total wall-clock")[0] == (tmp_path / "report.md").read_text() + "\n"
+
+
+def test_every_student_row_puts_training_cost_beside_sampling_cost():
+    """Training seconds per seed (student, + its teacher's), teacher evaluations and the
+    sampling NFE sit in each 2-step student's row; means over training seeds."""
+    runs = [_fake_run(s, {"cd": (0.01, 0.09)}) for s in range(3)]
+    for s, run in enumerate(runs):
+        run["cd"]["cost"] = {"seconds": 10.0 * (s + 1), "teacher_nfe": 300.0}
+        run["teacher_cost"]["seconds"] = 4.0
+    floor = {"n": 4, "subsets": [{"sw": 0.01 + 0.0001 * i, "precision": 1.0, "recall": 1.0,
+                                  "coverage": 1.0} for i in range(20)]}
+    _, _, rows = ds.report_dataset("moons", runs, floor)
+    assert rows[0][1:3] == ["cd", "3"] and rows[0][-3:] == ["20 (+ 4)", "300", "2 (teacher 50)"]
+
+
+def test_scorer_sw_equals_sliced_wasserstein_with_the_reference_prepared_once():
+    from fewstep.metrics import sliced_wasserstein
+
+    g = torch.Generator().manual_seed(3)
+    ref, x = torch.randn(300, 2, generator=g), 1.5 * torch.randn(200, 2, generator=g)
+    scorer = ds.Scorer(ref, None, "sw")
+    direct = sliced_wasserstein(x.double(), ref.double(), n_projections=256,
+                                generator=torch.Generator().manual_seed(0))
+    assert scorer.distance(x) == direct and scorer.distance(x) == scorer.distance(x)

@@ -114,3 +114,22 @@ def test_warm_start_copies_teacher_weights_across_preconditionings():
     assert warm_start(template, fewstep.GaussianMixture(torch.zeros(1, 2), 1.0)) is template
     with pytest.raises(ValueError, match="cannot initialise the student"):
         warm_start(EDMPrecond(MLPDenoiserNet(2, hidden=8, depth=1, emb_dim=8)), teacher)
+
+
+def test_ema_update_blends_every_parameter_and_copies_buffers():
+    """One fused lerp: theta_ema <- decay theta_ema + (1 - decay) theta, buffers copied."""
+    from torch import nn
+
+    from fewstep.distill.base import ema_update_
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    ema = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    model[1].running_mean.fill_(2.0)
+    before = [p.clone() for p in ema.parameters()]
+    ema_update_(ema, model, 0.9)
+    for e, b, p in zip(ema.parameters(), before, model.parameters(), strict=True):
+        torch.testing.assert_close(e, 0.9 * b + 0.1 * p)
+    assert (ema[1].running_mean == 2.0).all()
+    with pytest.raises(ValueError, match="parameter tensors"):
+        ema_update_(ema, nn.Linear(3, 4), 0.9)

@@ -84,28 +84,24 @@ def test_stochastic_solvers_stay_deterministic(mixture):
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
 
 
-def test_lockstep_is_used_when_it_pays(mixture):
-    from fewstep.distill.base import LOCKSTEP_MIN_PARAMS, _lockstep_pays
-    from fewstep.nets import EDMPrecond, MLPDenoiserNet, UNet
+@pytest.mark.parametrize("teacher", ["function", "mixture", "mlp"])
+def test_lockstep_is_the_default_for_every_teacher(teacher, mixture):
+    """Groups are batched by default, also for exact and tiny teachers (the 2-D MLP of
+    ``distill_suite.py`` paid 2.5-5x for group-after-group solves); ``lockstep=False`` runs
+    one group after another."""
+    from fewstep.nets import EDMPrecond, MLPDenoiserNet
 
-    assert not _lockstep_pays(mixture)  # exact teacher: hand-offs cost more than the calls
-    small = EDMPrecond(MLPDenoiserNet(2, hidden=32))
-    big = EDMPrecond(UNet(1, channels=32, channel_mult=(1, 2)))
-    assert sum(p.numel() for p in small.parameters()) < LOCKSTEP_MIN_PARAMS
-    assert not _lockstep_pays(small) and _lockstep_pays(big)
-    calls = []
-
-    def D(x, sigma):
-        calls.append(len(x))
-        return x * 0
-
+    D = {"function": lambda x, sigma: x * 0, "mixture": mixture,
+         "mlp": EDMPrecond(MLPDenoiserNet(4, hidden=32)).eval()}[teacher]
+    counter = CountingDenoiser(D)
     x, which = _x(6), torch.tensor([0, 1, 2, 0, 1, 2])
-    LossContext(D, None, torch.Generator(), 6).teacher_solve_rows("ddim", x, PATHS[which])
-    assert calls == [2] * 9  # a plain function: one group after another, 3 steps each
-    calls.clear()
-    LossContext(D, None, torch.Generator(), 6, lockstep=True).teacher_solve_rows(
+    default = LossContext(counter, None, torch.Generator(), 6).teacher_solve_rows(
         "ddim", x, PATHS[which])
-    assert calls == [6] * 3
+    assert counter.nfe == 3 and counter.rows == 18  # one call of all 6 rows per DDIM step
+    counter = CountingDenoiser(D)
+    sequential = LossContext(counter, None, torch.Generator(), 6, lockstep=False)
+    torch.testing.assert_close(sequential.teacher_solve_rows("ddim", x, PATHS[which]), default)
+    assert counter.nfe == 9 and counter.rows == 18  # 3 groups of 2 rows, 3 steps each
 
 
 def test_no_deadlock_under_repeated_failures_and_finishes():

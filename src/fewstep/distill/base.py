@@ -34,6 +34,7 @@ __all__ = [
     "MethodBase",
     "available_methods",
     "edm_weight",
+    "ema_update_",
     "get_method",
     "register_method",
     "split_batch",
@@ -58,6 +59,18 @@ def edm_weight(sigma: Tensor, sigma_data: float) -> Tensor:
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 
+@torch.no_grad()
+def ema_update_(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """``theta_ema <- decay theta_ema + (1 - decay) theta`` in place, one fused ``lerp`` over
+    all parameters (buffers are copied); ``ema`` and ``model`` share an architecture."""
+    e, p = list(ema.parameters()), list(model.parameters())
+    if len(e) != len(p):
+        raise ValueError(f"EMA has {len(e)} parameter tensors, the model {len(p)}")
+    torch._foreach_lerp_(e, [t.detach() for t in p], 1 - decay)
+    for eb, b in zip(ema.buffers(), model.buffers(), strict=True):
+        eb.copy_(b)
+
+
 @dataclass
 class LossContext:
     """What a loss sees besides the student and the batch.
@@ -76,7 +89,7 @@ class LossContext:
     step: int = 0
     teacher_nfe: float = 0.0
     state: dict[str, Any] = field(default_factory=dict)
-    lockstep: bool | None = None  # batch per-row solves; None: when it pays (see below)
+    lockstep: bool = True  # batch per-row solves into one teacher call per solver step
 
     def count_teacher(self, calls: int, rows: int) -> None:
         """Record ``calls`` teacher evaluations of ``rows`` rows each."""
@@ -114,16 +127,15 @@ class LossContext:
         """Like :meth:`teacher_solve` with a per-row sigma path ``paths`` of shape
         ``(batch, k)``: rows sharing a path are solved together, and the groups' teacher calls
         are batched into one call per solver step (:func:`~fewstep.distill.lockstep.run_lockstep`)
-        when ``lockstep`` says so (by default when :func:`_lockstep_pays`). Stochastic solvers
-        run group after group so their noise stays deterministic.
+        unless ``lockstep`` is False. Stochastic solvers run group after group so their noise
+        stays deterministic.
         ``row_cond`` is per-row conditioning, sliced with the rows."""
         D = teacher if teacher is not None else self.require_teacher()
         unique, inverse = torch.unique(paths, dim=0, return_inverse=True)
         groups = [(inverse == j).nonzero().flatten() for j in range(len(unique))]
         conds = [{k: v[rows] for k, v in (row_cond or {}).items()} for rows in groups]
-        lockstep = _lockstep_pays(D) if self.lockstep is None else self.lockstep
         spec = solvers.get(solver)
-        if spec.stochastic or not lockstep:
+        if spec.stochastic or not self.lockstep:
             parts = [self.teacher_solve(solver, x[rows], path, teacher=D, cond=cond, **knobs)
                      for rows, path, cond in zip(groups, unique, conds, strict=True)]
         else:
@@ -151,20 +163,6 @@ class LossContext:
         """``n`` integers in [0, high) from the loop's generator."""
         g = self.generator
         return torch.randint(high, (n,), generator=g, device=g.device).to(device)
-
-
-LOCKSTEP_MIN_PARAMS = 200_000
-
-
-def _lockstep_pays(D: Denoiser) -> bool:
-    """Whether batching sigma groups beats running them one by one: each round concatenates
-    and splits the groups' rows (and their conditioning), so it pays
-    for accelerator teachers (kernel launches) and CPU networks of at least
-    ``LOCKSTEP_MIN_PARAMS`` parameters, not for exact or tiny teachers."""
-    params = list(D.parameters()) if isinstance(D, nn.Module) else []
-    if any(p.device.type != "cpu" for p in params):
-        return True
-    return sum(p.numel() for p in params) >= LOCKSTEP_MIN_PARAMS
 
 
 @runtime_checkable

@@ -32,7 +32,15 @@ from torch import Tensor, nn
 from ..denoiser import append_dims
 from ..nets.precond import ConsistencyPrecond
 from ..schedules import karras
-from .base import Batch, LossContext, MethodBase, register_method, split_batch, warm_start
+from .base import (
+    Batch,
+    LossContext,
+    MethodBase,
+    ema_update_,
+    register_method,
+    split_batch,
+    warm_start,
+)
 
 __all__ = [
     "DISTANCES",
@@ -175,11 +183,7 @@ class ConsistencyDistillation(MethodBase):
         if target is None:
             ctx.state["target"] = _frozen_copy(student)
             return
-        with torch.no_grad():  # the loop's EMA update, with decay mu
-            for t, p in zip(target.parameters(), student.parameters(), strict=True):
-                t.lerp_(p.detach(), 1 - self.mu)
-            for t, b in zip(target.buffers(), student.buffers(), strict=True):
-                t.copy_(b)
+        ema_update_(target, student, self.mu)  # the loop's EMA update, with decay mu
 
     def loss(self, student: nn.Module, batch: Batch, ctx: LossContext) -> Tensor:
         x0, cond = split_batch(batch)
