@@ -326,7 +326,7 @@ EPILOG_TUNE = """examples:
 def _cmd_tune(args: argparse.Namespace) -> int:
     from . import tune
 
-    options: dict[str, object] = {}
+    options: dict[str, Any] = {}
     for pair in args.param:
         key, sep, value = pair.partition("=")
         if not sep:

@@ -63,7 +63,8 @@ def edm_weight(sigma: Tensor, sigma_data: float) -> Tensor:
 def ema_update_(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """``theta_ema <- decay theta_ema + (1 - decay) theta`` in place, one fused ``lerp`` over
     all parameters (buffers are copied); ``ema`` and ``model`` share an architecture."""
-    e, p = list(ema.parameters()), list(model.parameters())
+    e: list[Tensor] = list(ema.parameters())
+    p: list[Tensor] = list(model.parameters())
     if len(e) != len(p):
         raise ValueError(f"EMA has {len(e)} parameter tensors, the model {len(p)}")
     torch._foreach_lerp_(e, [t.detach() for t in p], 1 - decay)

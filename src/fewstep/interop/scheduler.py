@@ -507,7 +507,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
                 return
             raise RuntimeError("the run stopped at an error in an earlier step(); call "
                                "set_timesteps() again")
-        sigma, planned = self._request[1], plan.evals[i]
+        sigma, planned = float(self._request[1]), plan.evals[i]  # plannable: one sigma
         if abs(sigma - planned) > 1e-4 * planned:
             raise RuntimeError(f"solver {self.spec.name!r} evaluated at sigma={sigma:g} but "
                                f"timesteps[{i}] was published for sigma={planned:g}")
