@@ -54,10 +54,13 @@ def _learned(groups: tuple[str, ...]) -> Callable[..., Result]:
             raise ValueError(f"learned solvers start from DPM-Solver++(2M); base must be "
                              f"'dpmpp_2m', got {base!r}")
         start = _init(D, c, nfe, base, init)
+        # the iterate is chosen on the validation noises, never on calibration (an S4S fit
+        # on checkerboard at NFE 4 reached 1.75 held-out vs 0.166 untuned when it was)
         p, log = fit(D, c.x_cal, c.ref_cal, start, c.teacher.sigma_min, learn=groups, K=K,
-                     iters=iters, lr=lr)
+                     iters=iters, lr=lr, x_val=c.x_val, ref_val=c.ref_val)
         info = {"init": init, "iters": iters, "lr": lr, "K": K, "learned": list(groups),
-                "best_calibration_mse": log["best_calibration_mse"]}
+                "best_validation_mse": log["best_validation_mse"],
+                "final_calibration_mse": log["calibration_mse"][-1]}
         return LEARNED_BASE, p.sigmas, p.eval_sigmas, p.weights, p.x_weights, info
     return method
 

@@ -70,12 +70,15 @@ class _Params(torch.nn.Module):
 def fit(D: Any, x: Tensor, ref: Tensor, init: Tensor, sigma_min: float, *,
         learn: Collection[str], K: int = 3, iters: int = 200, lr: float = 0.02,
         slack: float = 0.5, x_val: Tensor | None = None,
-        ref_val: Tensor | None = None) -> tuple[LearnedSolver, dict[str, Any]]:
+        ref_val: Tensor | None = None, val_every: int = 10
+        ) -> tuple[LearnedSolver, dict[str, Any]]:
     """Fit the parameter groups ``learn`` (a subset of :data:`GROUPS`) from the schedule
     ``init`` (n + 1 sigmas ending in 0, ``init[-2] >= sigma_min``) by Adam on the full
     calibration batch ``x`` (N, ...) against ``ref``; returns the parameters of least
-    calibration loss and a log. With nothing learned the result is DPM-Solver++(2M) on ``init``.
-    Raises ``ValueError`` on an unknown group."""
+    calibration loss and a log. Given a validation batch (``x_val``, ``ref_val``), the
+    parameters are instead chosen on it, among the start and every ``val_every``-th iterate,
+    so an overfitted fit falls back towards its start. With nothing learned the result is
+    DPM-Solver++(2M) on ``init``. Raises ``ValueError`` on an unknown group."""
     bad = sorted(set(learn) - set(GROUPS))
     if bad:
         raise ValueError(f"unknown parameter group(s) {bad}; expected a subset of {GROUPS}")
@@ -88,9 +91,20 @@ def fit(D: Any, x: Tensor, ref: Tensor, init: Tensor, sigma_min: float, *,
         return (rollout(D, x, p.sigmas, p.eval_sigmas, p.weights, p.x_weights)
                 - ref).pow(2).mean()
 
+    validate = x_val is not None and ref_val is not None
+
+    def score(p: LearnedSolver) -> float:  # the selection criterion
+        with torch.no_grad():
+            if validate:
+                return float(loss_of(p, x_val.double(), ref_val.double()))  # type: ignore[union-attr]
+            return float(loss_of(p, x, ref))
+
     with torch.no_grad():
         best, best_loss = params(), float(loss_of(params(), x, ref))
     log: dict[str, Any] = {"calibration_mse": [best_loss]}
+    if validate:
+        best_loss = score(best)
+        log["validation_mse"] = [best_loss]
     if trainable and iters > 0:
         opt = torch.optim.Adam(trainable, lr=lr)
         for _ in range(iters):
@@ -103,9 +117,16 @@ def fit(D: Any, x: Tensor, ref: Tensor, init: Tensor, sigma_min: float, *,
             opt.step()
             value = float(loss.detach())
             log["calibration_mse"].append(value)
-            if value < best_loss:
+            if validate:
+                if (len(log["calibration_mse"]) - 1) % val_every == 0:
+                    current = params()
+                    value = score(current)
+                    log["validation_mse"].append(value)
+                    if value < best_loss:
+                        best, best_loss = _detached(current), value
+            elif value < best_loss:
                 best, best_loss = _detached(p), value
-    log["best_calibration_mse"] = best_loss
+    log["best_validation_mse" if validate else "best_calibration_mse"] = best_loss
     return _detached(best), log
 
 
