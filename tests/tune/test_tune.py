@@ -257,3 +257,14 @@ def test_the_iterate_is_chosen_on_validation_not_calibration():
     assert len(log["validation_mse"]) == 5 and log["best_validation_mse"] < 1e-20
     assert min(log["validation_mse"][1:]) > 0  # every later iterate is worse on validation
     torch.testing.assert_close(p.sigmas, init.double(), rtol=0, atol=1e-12)
+
+
+def test_scheduler_refuses_a_tuned_solver_instead_of_ignoring_its_schedule(tmp_path):
+    """FewstepScheduler plans its own schedule over the model's sigma range; a tuned solver's
+    sigmas belong to the teacher it was tuned on, so it is refused by name, not run on
+    other sigmas."""
+    from fewstep.interop import FewstepScheduler
+
+    path = _artefact("gmm2", nfe=4).save(tmp_path / "t")
+    with pytest.raises(ValueError, match="is a tuned solver"):
+        FewstepScheduler(solver=str(path))

@@ -254,6 +254,10 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
                              "depends on error estimates from the sample, so its timesteps "
                              "cannot be published before sampling; use a multistep or "
                              "singlestep solver")
+        if self.spec.tuned is not None:  # its sigmas belong to the teacher it was tuned on
+            raise ValueError(f"solver {solver!r} is a tuned solver: its schedule was fitted to "
+                             "one teacher, which a scheduler cannot check; sample that teacher "
+                             "with fewstep.solvers.sample (or `fewstep sample --solver PATH`)")
         if use_dynamic_shifting:
             raise ValueError("use_dynamic_shifting=True needs the pipeline's resolution-"
                              "dependent mu; pass a static shift= instead")
