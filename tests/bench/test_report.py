@@ -209,10 +209,11 @@ def test_write_report_contents(report):
 def test_write_report_embeds_and_saves_pngs(report):
     path, text = report
     embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
-    # primary ode_rmse plus sw and fd: three plots each, and the primary's amortised cost.
-    assert len(embedded) == 10
+    # primary ode_rmse plus sw and fd: two plots each (quality vs NFE; Pareto over time), and
+    # the primary's amortised cost.
+    assert len(embedded) == 7
     pngs = sorted(p.name for p in path.parent.glob("*.png"))
-    assert len(pngs) == 10 and "pareto_ode_rmse.png" in pngs and "quality_vs_nfe_sw.png" in pngs
+    assert len(pngs) == 7 and "pareto_ode_rmse.png" in pngs and "quality_vs_nfe_sw.png" in pngs
     assert "amortised_ode_rmse.png" in pngs
     assert all((path.parent / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert not list(path.parent.glob(".*tmp"))
@@ -224,6 +225,7 @@ def test_write_report_from_store_and_empty(tmp_path, rows):
         store.put({**r, "metrics": {"sw": (r["metrics"] or {}).get("sw")}})
     html_path = write_report(store, tmp_path / "out", suite="smoke", metric="sw")
     text = html_path.read_text(encoding="utf-8")
-    assert "Leaderboard (sw" in text and text.count("data:image/png;base64,") == 4
+    # quality vs NFE, Pareto and amortised cost
+    assert "Leaderboard (sw" in text and text.count("data:image/png;base64,") == 3
     empty = write_report([], tmp_path / "empty").read_text(encoding="utf-8")
     assert "No data" in empty and "Notes" in empty

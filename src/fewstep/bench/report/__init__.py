@@ -13,7 +13,7 @@ from .convergence import Convergence, convergence
 from .cost import AMORTISE_OVER, CostPoint, amortised, amortised_fronts, one_off_cost
 from .html import write_report
 from .peers import peer_comparison
-from .plots import plot_amortised, plot_pareto, plot_quality_vs_nfe, plot_quality_vs_time
+from .plots import plot_amortised, plot_pareto, plot_quality_vs_nfe
 from .ranking import (
     ALPHA,
     PEER_TWINS,
@@ -66,7 +66,6 @@ __all__ = [
     "plot_amortised",
     "plot_pareto",
     "plot_quality_vs_nfe",
-    "plot_quality_vs_time",
     "rank",
     "sanity_flags",
     "write_report",

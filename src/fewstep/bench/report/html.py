@@ -40,7 +40,7 @@ from .aggregate import (
 from .convergence import MIN_NFE, PLATEAU_TOL, convergence, nominal_order
 from .cost import AMORTISE_OVER, amortised, amortised_fronts, one_off_cost
 from .peers import peer_comparison
-from .plots import plot_amortised, plot_pareto, plot_quality_vs_nfe, plot_quality_vs_time
+from .plots import plot_amortised, plot_pareto, plot_quality_vs_nfe
 from .ranking import ALPHA, Decision, decide, disagreements, leaderboard
 from .text import (
     NO_DATA,
@@ -290,13 +290,14 @@ def _img(path: Path) -> str:
 
 
 def _plots_section(rows: Sequence[Row], metric: str, out_dir: Path) -> str:
-    """The three plots for one metric, saved next to the report and embedded."""
+    """The two plots for one metric, saved next to the report and embedded: quality vs NFE,
+    and quality vs time per sample with the Pareto front (a plain quality-vs-time plot would
+    repeat the second's axes)."""
     aggs = aggregate(rows, metric)
     if not aggs:
         return f"<h3>{_E(metric)}</h3><p>No data for this metric.</p>"
     s = _slug(metric)
     paths = [plot_quality_vs_nfe(aggs, out_dir / f"quality_vs_nfe_{s}.png"),
-             plot_quality_vs_time(aggs, out_dir / f"quality_vs_time_{s}.png"),
              plot_pareto(aggs, out_dir / f"pareto_{s}.png")]
     return f"<h3>{_E(metric)}</h3>" + "".join(_img(p) for p in paths)
 

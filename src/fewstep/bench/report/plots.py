@@ -29,8 +29,7 @@ from .aggregate import Agg
 from .cost import CostPoint, amortised_fronts
 from .ranking import pareto_front, sanity_flags
 
-__all__ = ["family", "plot_amortised", "plot_pareto", "plot_quality_vs_nfe",
-           "plot_quality_vs_time"]
+__all__ = ["family", "plot_amortised", "plot_pareto", "plot_quality_vs_nfe"]
 
 _DPI = 110
 _GREY = "#c4c4c4"
@@ -244,11 +243,6 @@ def _figure(aggs: Sequence[Agg], path: str | Path, xattr: str, xlabel: str,
 def plot_quality_vs_nfe(aggs: Sequence[Agg], path: str | Path) -> Path:
     """Metric vs measured NFE per teacher: frontier and family bests in colour with bands."""
     return _figure(aggs, path, "nfe", "NFE (measured, per sample)", "quality vs NFE")
-
-
-def plot_quality_vs_time(aggs: Sequence[Agg], path: str | Path) -> Path:
-    """Metric vs wall-clock time per sample per teacher, styled as :func:`plot_quality_vs_nfe`."""
-    return _figure(aggs, path, "time", "time per sample [s]", "quality vs time")
 
 
 def plot_pareto(aggs: Sequence[Agg], path: str | Path) -> Path:
