@@ -120,8 +120,7 @@ class Store:
             raise StoreError(f"{self.path} is a directory, not a results database file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._uri = self.path.resolve().as_uri()
-        with self._db() as con:
-            con.execute("PRAGMA journal_mode=WAL")
+        self._use_wal()
         with self._db(write=True) as con:
             cols = ", ".join(f"{k} {v}" for k, v in COLUMNS.items())
             con.execute(f"CREATE TABLE IF NOT EXISTS cases ({cols})")
@@ -129,6 +128,21 @@ class Store:
             have = {r[1] for r in con.execute("PRAGMA table_info(cases)")}
             for k in COLUMNS.keys() - have:  # migrate an older schema: NULL in old rows
                 con.execute(f"ALTER TABLE cases ADD COLUMN {k} {COLUMNS[k]}")
+
+    def _use_wal(self, tries: int = 600) -> None:
+        """Switch the file to WAL once. Two processes opening a new database at once can both
+        try; the switch takes an exclusive lock that SQLite's busy timeout does not wait for,
+        so the loser retries (every 0.1 s, up to a minute) until it sees WAL."""
+        for attempt in range(tries):
+            try:
+                with self._db() as con:
+                    if con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                        con.execute("PRAGMA journal_mode=WAL")
+                return
+            except StoreError as e:
+                if "locked" not in str(e) or attempt == tries - 1:
+                    raise
+                time.sleep(0.1)
 
     @contextmanager
     def _db(self, write: bool = False) -> Iterator[sqlite3.Connection]:
