@@ -523,7 +523,8 @@ class _Run:
                              "resume=False")
         changes = (_changes("config", _without(info["config"], RESUMABLE_CHANGES),
                             _without(_jsonable(self.config), RESUMABLE_CHANGES))
-                   + _changes("method", info["method"]["params"], _jsonable(self.method))
+                   + _changes("method", {**_defaults(self.method), **info["method"]["params"]},
+                              _jsonable(self.method))
                    + _changes("model", info["model"], _jsonable(model_spec(self.student))))
         if changes:
             raise ValueError(f"cannot resume {path} with changed settings: {'; '.join(changes)}. "
@@ -548,6 +549,13 @@ class _Run:
 
 
 _ABSENT = "(absent)"
+
+
+def _defaults(obj: Any) -> dict[str, Any]:
+    """The JSON defaults of a dataclass's fields: what a record written before a field existed
+    means by leaving it out (a field is only ever added with its old behaviour as default)."""
+    return {f.name: _jsonable(f.default) for f in dataclasses.fields(obj)
+            if f.default is not dataclasses.MISSING}
 
 
 def _without(record: Mapping[str, Any], keys: frozenset[str]) -> dict[str, Any]:

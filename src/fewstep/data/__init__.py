@@ -4,7 +4,7 @@ import torch
 
 from fewstep.data.files import from_image_folder, from_tensor_file
 from fewstep.data.images import image_datasets
-from fewstep.data.registry import Dataset, available, get, register, unregister
+from fewstep.data.registry import NULL_LABEL, Dataset, available, get, register, unregister
 from fewstep.data.signals import signal_datasets
 from fewstep.data.tabular import tabular_datasets
 from fewstep.data.toys import toy_datasets
@@ -19,6 +19,7 @@ for _ds in (*toy_datasets(), *image_datasets(), *tabular_datasets(), *signal_dat
     register(_ds)
 
 __all__ = [
+    "NULL_LABEL",
     "Dataset",
     "available",
     "from_image_folder",

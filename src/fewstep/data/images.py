@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from fewstep.data.registry import Dataset, finite_loader, generated_loader
+from fewstep.data.registry import (
+    Dataset,
+    finite_label_loader,
+    finite_loader,
+    generated_label_loaders,
+)
 
 PATCH = 16
 PATCH_DOWNSCALE = 2
@@ -26,6 +31,13 @@ def digits_array() -> np.ndarray:
 
     images = load_digits().images.astype(np.float32)
     return (images / 8.0 - 1.0)[:, None]
+
+
+def digits_labels() -> np.ndarray:
+    """The class (0-9) of each of :func:`digits_array`'s rows."""
+    from sklearn.datasets import load_digits
+
+    return load_digits().target.astype(np.int64)
 
 
 def image_tiles(img: np.ndarray, size: int = PATCH, factor: int = PATCH_DOWNSCALE) -> np.ndarray:
@@ -92,6 +104,11 @@ def render_shapes(
 
 def sample_shapes(n: int, rng: np.random.Generator) -> np.ndarray:
     """`n` random circles/squares/triangles as (n, 1, 16, 16) float32, background -1."""
+    return sample_labelled_shapes(n, rng)[0]
+
+
+def sample_labelled_shapes(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`sample_shapes` with each image's class: 0 circle, 1 square, 2 triangle."""
     kind = rng.integers(0, 3, n)
     radius = rng.uniform(3.0, 7.0, n)
     cx = rng.uniform(radius, PATCH - radius)
@@ -102,11 +119,12 @@ def sample_shapes(n: int, rng: np.random.Generator) -> np.ndarray:
     for start in range(0, n, 1024):
         sl = slice(start, start + 1024)
         out[sl, 0] = render_shapes(kind[sl], cx[sl], cy[sl], radius[sl], theta[sl], intensity[sl])
-    return out * 2.0 - 1.0
+    return out * 2.0 - 1.0, kind.astype(np.int64)
 
 
 def image_datasets() -> list[Dataset]:
     """The built-in image data sets (nothing is loaded until `.load`)."""
+    shapes_loaders = generated_label_loaders(sample_labelled_shapes, SHAPES_DEFAULT_N)
     photos = "; ".join(f"{k}: {v}" for k, v in PATCH_SOURCES.items())
     return [
         Dataset(
@@ -114,6 +132,8 @@ def image_datasets() -> list[Dataset]:
             kind="image",
             shape=(1, 8, 8),
             loader=finite_loader(digits_array),
+            num_classes=10,
+            labels=finite_label_loader(digits_array, digits_labels),
             licence="UCI ML hand-written digits (Alpaydin & Kaynak 1998) as bundled with "
             "scikit-learn (load_digits, no download); CC BY 4.0",
             description="1797 8x8 hand-written digits; fixed 80/20 seeded train/test split",
@@ -132,7 +152,9 @@ def image_datasets() -> list[Dataset]:
             kind="image",
             shape=(1, PATCH, PATCH),
             finite=False,
-            loader=generated_loader(sample_shapes, SHAPES_DEFAULT_N),
+            loader=shapes_loaders[0],
+            num_classes=3,
+            labels=shapes_loaders[1],
             licence="generated procedurally by fewstep's own code (no external data); Apache-2.0",
             description="anti-aliased circles/squares/triangles, random position/size/"
             "rotation/intensity on a black background",

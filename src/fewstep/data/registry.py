@@ -17,6 +17,7 @@ SPLIT_SEED = 20240229  # fixed seed of every finite set's train/(val/)test split
 TEST_FRACTION = 0.2
 
 Loader = Callable[[str, int | None, int], torch.Tensor]
+NULL_LABEL = -1  # the class label that means "no class" (classifier-free guidance's null label)
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,16 @@ class Dataset:
     finite: bool = True
     description: str = ""
     splits: tuple[str, ...] = ("train", "test")  # the splits it has, mutually disjoint
+    num_classes: int = 0  # > 0: ``labels`` gives each sample's class in [0, num_classes)
+    labels: Loader | None = None  # ``labels(split, n, seed)``: int64 (N,), row-aligned with loader
 
     def __post_init__(self) -> None:
         """Validate the metadata."""
         if self.kind not in KINDS:
             raise ValueError(f"dataset {self.name!r}: kind must be in {KINDS}, got {self.kind!r}")
+        if (self.labels is None) != (self.num_classes == 0) or self.num_classes < 0:
+            raise ValueError(f"dataset {self.name!r}: a labels loader goes with num_classes > 0 "
+                             f"(got num_classes={self.num_classes})")
         for split in self.splits:
             check_split(split)
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
@@ -55,6 +61,21 @@ class Dataset:
                 f"dataset {self.name!r}: loader gave {tuple(x.shape)}, expected (N, *{self.shape})"
             )
         return x.to(torch.float32)
+
+    def load_labelled(self, split: str = "train", n: int | None = None,
+                      seed: int = 0) -> dict[str, torch.Tensor]:
+        """``{"x": samples, "cond": labels}``: the rows of :meth:`load` (same split, n and
+        seed) with their int64 class labels in ``[0, num_classes)``, the dict batch that
+        training and the conditional networks take (``cond=labels``). Raises ValueError for
+        a set without labels."""
+        if self.labels is None:
+            raise ValueError(f"dataset {self.name!r} has no class labels; labelled sets: "
+                             f"{', '.join(d.name for d in _REGISTRY.values() if d.num_classes)}")
+        x = self.load(split, n, seed)
+        y = self.labels(split, n, seed).to(torch.int64)
+        if y.shape != x.shape[:1]:
+            raise RuntimeError(f"dataset {self.name!r}: {len(y)} labels for {len(x)} samples")
+        return {"x": x, "cond": y}
 
 
 _REGISTRY: dict[str, Dataset] = {}
@@ -156,6 +177,42 @@ def finite_loader(
         return subsample(splits()[split], n, seed)
 
     return load
+
+
+def finite_label_loader(
+    full: Callable[[], np.ndarray], full_labels: Callable[[], np.ndarray],
+    test_fraction: float = TEST_FRACTION, val_fraction: float = 0.0,
+) -> Loader:
+    """Labels of a :func:`finite_loader` set: the same split (computed on the samples) and the
+    same seeded subsample, so ``labels(split, n, seed)[i]`` is the class of row i."""
+
+    @cache
+    def splits() -> dict[str, torch.Tensor]:
+        x, y = np.asarray(full(), dtype=np.float32), np.asarray(full_labels(), dtype=np.int64)
+        idx = split_indices(x, test_fraction, val_fraction=val_fraction)
+        return {s: torch.from_numpy(np.ascontiguousarray(y[i])) for s, i in idx.items()}
+
+    def load(split: str, n: int | None, seed: int) -> torch.Tensor:
+        return subsample(splits()[split], n, seed)
+
+    return load
+
+
+Labelled = Callable[[int, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+
+def generated_label_loaders(sample: Labelled, default_n: dict[str, int]) -> tuple[Loader, Loader]:
+    """``(samples, labels)`` loaders of a generated set whose sampler draws both at once from
+    the per-(split, seed) stream: the same call gives row-aligned samples and labels."""
+
+    def part(k: int) -> Loader:
+        def load(split: str, n: int | None, seed: int) -> torch.Tensor:
+            count = default_n[split] if n is None else n
+            out = sample(count, split_rng(split, seed))[k]
+            return torch.from_numpy(np.ascontiguousarray(out))
+        return load
+
+    return part(0), part(1)
 
 
 def generated_loader(

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fewstep.data.registry import Dataset, generated_loader
+from fewstep.data.registry import Dataset, generated_label_loaders, generated_loader
 
 TOY_DEFAULT_N = {"train": 20_000, "test": 5_000}
 TOY_LICENCE = "generated procedurally by fewstep's own code (no external data); Apache-2.0"
@@ -21,9 +21,15 @@ def checkerboard(n: int, rng: np.random.Generator) -> np.ndarray:
 
 def eight_gaussians(n: int, rng: np.random.Generator) -> np.ndarray:
     """Mixture of eight isotropic Gaussians evenly spaced on a circle."""
-    angles = 2 * np.pi * rng.integers(0, 8, n) / 8
+    return labelled_eight_gaussians(n, rng)[0]
+
+
+def labelled_eight_gaussians(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`eight_gaussians` with each point's mode (0-7, counter-clockwise from angle 0)."""
+    mode = rng.integers(0, 8, n)
+    angles = 2 * np.pi * mode / 8
     centres = 1.4 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
-    return centres + 0.15 * rng.standard_normal((n, 2))
+    return centres + 0.15 * rng.standard_normal((n, 2)), mode.astype(np.int64)
 
 
 def swiss_roll(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -72,17 +78,18 @@ TOYS: dict[str, tuple[Callable[[int, np.random.Generator], np.ndarray], str]] = 
 }
 
 
+# toys with class labels: (labelled sampler, number of classes); same stream as the plain one
+LABELLED_TOYS = {"8gaussians": (labelled_eight_gaussians, 8)}
+
+
 def toy_datasets() -> list[Dataset]:
     """One Dataset per 2-D toy (generated: test draws from its own seed stream)."""
-    return [
-        Dataset(
-            name=name,
-            kind="vector",
-            shape=(2,),
-            licence=TOY_LICENCE,
-            loader=generated_loader(fn, TOY_DEFAULT_N),
-            finite=False,
-            description=desc,
-        )
-        for name, (fn, desc) in TOYS.items()
-    ]
+    out = []
+    for name, (fn, desc) in TOYS.items():
+        labelled = LABELLED_TOYS.get(name)
+        loader, labels = (generated_label_loaders(labelled[0], TOY_DEFAULT_N) if labelled
+                          else (generated_loader(fn, TOY_DEFAULT_N), None))
+        out.append(Dataset(name=name, kind="vector", shape=(2,), licence=TOY_LICENCE,
+                           loader=loader, finite=False, description=desc,
+                           num_classes=labelled[1] if labelled else 0, labels=labels))
+    return out

@@ -36,9 +36,10 @@ class SinusoidalEmbedding(nn.Module):
 
 
 class CondEmbedding(nn.Module):
-    """Embed a second conditioning input: a class label (``num_classes`` > 0, with label
-    ``num_classes`` reserved as the null label for classifier-free guidance) or, with
-    ``num_classes = 0``, a scalar such as a guidance scale w (Meng et al. 2023, Sec. 3)."""
+    """Embed a second conditioning input: a class label (``num_classes`` > 0; the null label
+    of classifier-free guidance is -1, ``fewstep.data.NULL_LABEL``, and ``num_classes``
+    means the same) or, with ``num_classes = 0``, a scalar such as a guidance scale w (Meng
+    et al. 2023, Sec. 3). Raises ValueError for a label above ``num_classes``."""
 
     def __init__(self, dim: int, num_classes: int = 0):
         super().__init__()
@@ -50,5 +51,9 @@ class CondEmbedding(nn.Module):
 
     def forward(self, cond: Tensor) -> Tensor:
         if self.num_classes > 0:
-            return self.embed(cond.long())
+            label = cond.long()
+            if bool((label > self.num_classes).any()) or bool((label < -1).any()):
+                raise ValueError(f"class labels must lie in [-1, {self.num_classes}] (-1: the "
+                                 f"null label); got {sorted(set(label.tolist()))}")
+            return self.embed(torch.where(label < 0, self.num_classes, label))
         return self.embed(cond.float())
