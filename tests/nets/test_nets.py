@@ -153,3 +153,46 @@ def test_every_backbone_and_precond_runs_in_half_precision(backbone, precond, dt
     if precond == "consistency":  # the boundary condition stays exact in half precision
         xs = x.to(dtype)
         assert torch.equal(half(xs, torch.full((shape[0],), 0.002, dtype=dtype), **cond), xs)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: MLPDenoiserNet(dim=2, hidden=16, depth=1, emb_dim=16, cond_type="label",
+                           num_classes=3, w_embedding=True),
+    lambda: UNet(in_channels=1, channels=8, channel_mult=(1, 2), emb_dim=16,
+                 cond_type="label", num_classes=3, w_embedding=True),
+], ids=["mlp", "unet"])
+def test_a_w_conditioned_net_takes_a_guidance_scale(make):
+    """A w-embedded student (guided distillation / LCM) maps (x, sigma, label, w); w changes
+    the output, a batch-1 w broadcasts, it survives the spec round trip, and w is required
+    exactly when the net was built for it."""
+    net = make()
+    for p in net.embed.w.parameters():  # as after training (the embedding starts at zero)
+        torch.nn.init.normal_(p)
+    shape = (4, 2) if isinstance(net, MLPDenoiserNet) else (4, 1, 8, 8)
+    x, c = torch.randn(shape), torch.randn(4)
+    labels = torch.tensor([0, 1, 2, -1])
+    out1, out3 = net(x, c, cond=labels, w=torch.full((4,), 1.0)), net(x, c, cond=labels,
+                                                                      w=torch.full((4,), 3.0))
+    assert not torch.allclose(out1, out3)
+    torch.testing.assert_close(net(x, c, cond=labels, w=torch.tensor([3.0])), out3)
+    rebuilt = build_model(model_spec(net))
+    rebuilt.load_state_dict(net.state_dict())
+    torch.testing.assert_close(rebuilt(x, c, cond=labels, w=torch.full((4,), 3.0)), out3)
+    with pytest.raises(ValueError, match="guidance scale w="):
+        net(x, c, cond=labels)
+    plain = MLPDenoiserNet(dim=2, hidden=16, depth=1, emb_dim=16)
+    with pytest.raises(ValueError, match="guidance scale w="):
+        plain(torch.randn(4, 2), c, w=torch.ones(4))
+
+
+def test_a_w_student_warm_started_from_its_teacher_equals_it_at_every_w():
+    teacher = MLPDenoiserNet(dim=2, hidden=16, depth=1, emb_dim=16, cond_type="label",
+                             num_classes=3)
+    student = MLPDenoiserNet(dim=2, hidden=16, depth=1, emb_dim=16, cond_type="label",
+                             num_classes=3, w_embedding=True)
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("embed.w.") for k in missing)
+    x, c, y = torch.randn(4, 2), torch.randn(4), torch.tensor([0, 1, 2, -1])
+    for w in (0.0, 2.0, 7.5):
+        torch.testing.assert_close(student(x, c, cond=y, w=torch.full((4,), w)),
+                                   teacher(x, c, cond=y))

@@ -16,10 +16,15 @@ MAX_FREQ = 4.0
 
 
 class NoiseEmbedding(nn.Module):
-    """``c_noise`` (plus an optional label / scalar input) -> an embedding vector."""
+    """``c_noise`` (plus an optional label / scalar input, and with ``w_embedding`` a
+    guidance scale ``w``) -> an embedding vector. A w-conditioned student (guided distillation,
+    Meng et al. 2023, Sec. 4.1; latent consistency models, Luo et al. 2023, Sec. 4.2) takes w
+    as the keyword ``w`` beside its class label ``cond``; its embedding is added like the
+    label's and starts at zero, so ``warm_start`` / ``load_state_dict(strict=False)`` from a
+    teacher without it gives a student equal to the teacher at every w."""
 
     def __init__(self, dim: int, cond_type: str = "none", num_classes: int = 0,
-                 max_freq: float = MAX_FREQ):
+                 max_freq: float = MAX_FREQ, w_embedding: bool = False):
         super().__init__()
         if cond_type not in COND_TYPES:
             raise ValueError(f"unknown cond_type {cond_type!r}; expected one of {COND_TYPES}")
@@ -28,9 +33,20 @@ class NoiseEmbedding(nn.Module):
         self.noise = nn.Sequential(SinusoidalEmbedding(dim, max_freq), nn.Linear(dim, dim),
                                    nn.SiLU(), nn.Linear(dim, dim))
         self.cond = None if cond_type == "none" else CondEmbedding(dim, num_classes)
+        self.w = CondEmbedding(dim) if w_embedding else None
+        if self.w is not None:  # zero at init: a student warm-started from a teacher built
+            last = list(self.w.modules())[-1]  # without w starts equal to it for every w
+            for p in last.parameters():
+                nn.init.zeros_(p)
 
-    def forward(self, c_noise: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(self, c_noise: Tensor, cond: Tensor | None = None,
+                w: Tensor | None = None) -> Tensor:
         e = self.noise(c_noise)
+        if (self.w is None) != (w is None):
+            raise ValueError("this network takes a guidance scale w= exactly when built with "
+                             f"w_embedding=True (it was built with {self.w is not None})")
+        if self.w is not None and w is not None:
+            e = e + self.w(w.to(c_noise.dtype).expand(c_noise.shape))
         if self.cond is None:
             if cond is not None:
                 raise ValueError("this network takes no conditioning input (cond_type='none')")
@@ -56,19 +72,21 @@ class _Block(nn.Module):
 class MLPDenoiserNet(nn.Module):
     """Residual MLP ``F(x_in, c_noise, cond=None)`` with a sinusoidal embedding of ``c_noise``
     added in every block; ``cond_type`` 'label' (``num_classes``) or 'scalar' (e.g. a guidance
-    scale w) adds an embedding of a second input."""
+    scale w) adds an embedding of a second input; ``w_embedding`` adds one of a guidance scale
+    passed as ``w=`` (a w-conditioned student)."""
 
     def __init__(self, dim: int, hidden: int = 256, depth: int = 3, emb_dim: int = 128,
-                 cond_type: str = "none", num_classes: int = 0):
+                 cond_type: str = "none", num_classes: int = 0, w_embedding: bool = False):
         super().__init__()
         self.dim = dim
-        self.embed = NoiseEmbedding(emb_dim, cond_type, num_classes)
+        self.embed = NoiseEmbedding(emb_dim, cond_type, num_classes, w_embedding=w_embedding)
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(_Block(hidden, emb_dim) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))
 
-    def forward(self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None = None) -> Tensor:
-        e = self.embed(c_noise, cond)
+    def forward(self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None = None,
+                w: Tensor | None = None) -> Tensor:
+        e = self.embed(c_noise, cond, w)
         h = self.inp(x_in)
         for block in self.blocks:
             h = block(h, e)

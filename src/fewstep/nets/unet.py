@@ -59,9 +59,9 @@ class UNet(nn.Module):
     def __init__(self, in_channels: int = 1, channels: int = 32,
                  channel_mult: Sequence[int] = (1, 2), num_res_blocks: int = 1,
                  emb_dim: int = 128, cond_type: str = "none", num_classes: int = 0,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, w_embedding: bool = False):
         super().__init__()
-        self.embed = NoiseEmbedding(emb_dim, cond_type, num_classes)
+        self.embed = NoiseEmbedding(emb_dim, cond_type, num_classes, w_embedding=w_embedding)
         self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
         widths = [channels * m for m in channel_mult]
         self.down, skips, c = nn.ModuleList(), [channels], channels
@@ -86,11 +86,12 @@ class UNet(nn.Module):
         self.out = nn.Sequential(_norm(c), nn.SiLU(), nn.Conv2d(c, in_channels, 3, padding=1))
         self.factor = 2 ** (len(widths) - 1)
 
-    def forward(self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None = None,
+                w: Tensor | None = None) -> Tensor:
         if x_in.shape[-1] % self.factor or x_in.shape[-2] % self.factor:
             raise ValueError(f"image size {tuple(x_in.shape[-2:])} is not divisible by "
                              f"{self.factor}")
-        e = self.embed(c_noise, cond)
+        e = self.embed(c_noise, cond, w)
         h = self.conv_in(x_in)
         hs = [h]
         for layer in self.down:
