@@ -157,12 +157,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     metric_registry.get(args.metric)  # an unknown metric fails before any case runs
     shard = parse_shard(args.shard)
     if args.ray is not None:
-        from .bench.distributed import RAY_MISSING, require_ray
+        from .bench.distributed import RAY_MISSING, check_reachable, require_ray
 
         try:
             require_ray()
         except ImportError:
             raise ValueError(RAY_MISSING) from None
+        check_reachable(args.ray)  # before the suite loads: ray.init would wait without limit
         if args.data:
             raise ValueError(f"--data {args.data!r} with --ray: Ray workers cannot see a "
                              "folder registered in this process; run without --ray")
