@@ -255,3 +255,17 @@ def test_an_unreadable_image_is_named(tmp_path):
             read(bad)
     with pytest.raises(ValueError, match=r"bad\.png"):
         from_image_folder("folder:bad", tmp_path, size=8)
+
+
+@pytest.mark.parametrize("teacher", ["gmm2", "zoo:digits-edm"])
+def test_sample_refuses_a_zoo_student_of_another_teacher(teacher, tmp_path, capsys):
+    """A 2-D teacher used to sample it silently, an image teacher died in a traceback."""
+    out = tmp_path / "s"
+    assert main(["sample", "--teacher", teacher, "--student", "zoo:checkerboard-cd", "--n", "4",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"fewstep sample: error: student:zoo:checkerboard-cd: a student of "
+                   f"zoo:checkerboard-edm, not run on {teacher} (--teacher)"]
+    assert not out.exists()
+    assert main(["sample", "--teacher", "zoo:checkerboard-edm", "--student",
+                 "zoo:checkerboard-cd", "--nfe", "2", "--n", "4", "--out", str(out)]) == 0

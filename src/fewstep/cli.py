@@ -263,6 +263,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         from .bench import students
 
         students.check(f"student:{args.student}")
+        if why := students.wrong_teacher(f"student:{args.student}", args.teacher):
+            raise ValueError(f"{why} (--teacher)")
         denoiser = students.model(f"student:{args.student}")
         method = students.method_name(args.student)
         if method in ONE_STEP_METHODS and args.nfe is None:
