@@ -132,6 +132,7 @@ USER_ERRORS = [
     (["sample", "--n", "0"], "--n"),
     (["sample", "--nfe", "0"], "--nfe"),
     (["sample", "--teacher", "moons", "--student", "{root}/kd", "--nfe", "4"], "--nfe 4"),
+    (["sample", "--solver", "rk45", "--nfe", "5"], "--nfe 5: solver 'rk45' is adaptive"),
     (["edit", "inpaint", "{root}/digit.png", "--model", "digits", "--samples", "0"],
      "--samples"),
     (["edit", "inpaint", "{root}/bad.png", "--model", "digits"], "{root}/bad.png"),
@@ -269,3 +270,9 @@ def test_sample_refuses_a_zoo_student_of_another_teacher(teacher, tmp_path, caps
     assert not out.exists()
     assert main(["sample", "--teacher", "zoo:checkerboard-edm", "--student",
                  "zoo:checkerboard-cd", "--nfe", "2", "--n", "4", "--out", str(out)]) == 0
+
+
+def test_sample_with_an_adaptive_solver_states_its_nfe(tmp_path, capsys):
+    assert main(["sample", "--solver", "rk45", "--n", "8", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"solver 'rk45' is adaptive: it spent [0-9.]+ evaluations per sample", out)

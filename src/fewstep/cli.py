@@ -259,6 +259,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         args.teacher = f"checkpoint:{args.teacher}"
     teacher = teachers.get(args.teacher)
     denoiser, solver = teacher.denoiser, args.solver
+    nfe_given = args.nfe is not None
     if args.student:
         from .bench import students
 
@@ -282,11 +283,16 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if spec.tuned is not None:  # a tuned solver: its own teacher, at its own NFE
         spec.tuned.check_teacher(denoiser, args.teacher)
         args.nfe = args.nfe or spec.tuned.nfe
+    if spec.kind == "adaptive" and nfe_given:
+        raise ValueError(f"--nfe {args.nfe}: solver {solver!r} is adaptive, its NFE follows "
+                         "its error tolerances; leave --nfe out")
     args.nfe = args.nfe or 10
     x = start_noise(teacher, args.seed, args.n).float()
     knobs: dict = {}
-    if spec.kind == "adaptive":
+    info: dict = {}
+    if spec.kind == "adaptive":  # it reports the evaluations it spent
         sigmas = torch.tensor([teacher.sigma_max, teacher.sigma_min, 0.0])
+        knobs["info"] = info
     else:
         sigma_min = args.sigma_min if args.sigma_min is not None else (
             RENOISE_SIGMA_MIN if solver == "consistency" else teacher.sigma_min)
@@ -301,6 +307,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             out = _sample_own_grid(args, denoiser, x, teacher.sigma_max)
         else:
             out = spec(denoiser, x, sigmas, **knobs)
+    if info:
+        args.nfe = f"{info['nfe']:.3g} (adaptive)"
+        print(f"solver {solver!r} is adaptive: it spent {info['nfe']:.3g} evaluations per "
+              "sample (mean)")
     paths = save_samples(out, args.out, kind=teacher.kind,
                          title=f"{args.teacher} / {args.solver} / NFE {args.nfe}")
     for path in paths:
@@ -618,7 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "checkpoint, zoo:NAME or python:MODULE:ATTR) to sample instead of the "
                     "teacher, on the teacher's sigma range")
     sp.add_argument("--nfe", type=positive_int, default=None,
-                    help="evaluations (default 10; a tuned solver's own NFE)")
+                    help="evaluations (default 10; a tuned solver's own NFE; not for adaptive "
+                    "solvers, whose NFE follows their tolerances and is printed)")
     sp.add_argument("--schedule", default="karras")
     sp.add_argument("--sigma-min", type=float, default=None, help="last nonzero sigma of the "
                     "plan (default: the teacher's; 0.821 for the consistency sampler)")

@@ -1,5 +1,7 @@
 """Every registered solver: plan spends exactly the NFE it promises, counted."""
 
+import re
+
 import pytest
 import torch
 
@@ -60,6 +62,23 @@ def test_adaptive_solvers_report_their_count(name, mixture):
     assert info["nfe"] == counter.rows / x.shape[0] > 0  # evaluations per sample
     with pytest.raises(ValueError, match="adaptive"):
         solvers.plan(name, 10)
+
+
+@pytest.mark.parametrize("name", solvers.available(kind="adaptive"))
+def test_adaptive_plan_error_suggests_what_is_accepted(name, mixture):
+    """The error's suggested sigmas, filled in, run (it used to suggest [sigma_max, 0], which
+    the ODE and SDE solvers refuse); it names the solver's own tolerance knobs."""
+    with pytest.raises(ValueError) as e:
+        fewstep.sample(mixture, torch.randn(2, 4, dtype=torch.float64), name, nfe=10)
+    suggested = re.search(r"sigmas=(\[[a-z_, 0-9]+\])", str(e.value)).group(1)
+    sigmas = eval(suggested, {"sigma_max": 20.0, "sigma_min": 0.01})
+    tolerances = [k for k in solvers.get(name).fn.knobs if k in ("rtol", "atol", "tol")]
+    assert tolerances and f"follows {'/'.join(tolerances)}" in str(e.value)
+    spec = solvers.get(name)
+    knobs = {"generator": solvers.generators([0, 1])} if spec.stochastic else {}
+    out = fewstep.sample(mixture, 20.0 * torch.randn(2, 4, dtype=torch.float64), name,
+                         sigmas=sigmas, **knobs)
+    assert torch.isfinite(out).all()
 
 
 def test_sample_convenience(mixture):

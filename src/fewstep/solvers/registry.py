@@ -162,8 +162,10 @@ def plan(name: str, nfe: int, schedule: str = "karras", *, denoise_to_zero: bool
     if spec.tuned is not None:
         return spec.tuned.plan(nfe, name)
     if spec.kind == "adaptive":
-        raise ValueError(f"solver {name!r} is adaptive: its NFE follows rtol/atol and cannot "
-                         "be planned; pass sigmas=[sigma_max, 0] and tolerances instead")
+        tolerances = "/".join(k for k in spec.fn.knobs if k in ("rtol", "atol", "tol"))
+        raise ValueError(f"solver {name!r} is adaptive: its NFE follows {tolerances} and cannot "
+                         "be planned; pass sigmas=[sigma_max, sigma_min, 0] (sigma_min > 0) "
+                         "instead of nfe")
     if int(nfe) != nfe or nfe < spec.min_nfe:
         raise ValueError(f"nfe={nfe!r} is below the minimum of {spec.min_nfe} for solver "
                          f"{name!r} (order {spec.order}, {spec.kind})")
