@@ -281,7 +281,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     args.solver = solver
     spec = solvers.get(solver)
     if spec.tuned is not None:  # a tuned solver: its own teacher, at its own NFE
-        spec.tuned.check_teacher(denoiser, args.teacher)
+        spec.tuned.check_teacher(teacher.denoiser, args.teacher)  # not a student's weights
         args.nfe = args.nfe or spec.tuned.nfe
     if spec.kind == "adaptive" and nfe_given:
         raise ValueError(f"--nfe {args.nfe}: solver {solver!r} is adaptive, its NFE follows "
