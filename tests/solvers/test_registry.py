@@ -98,3 +98,9 @@ def test_singlestep_orders_cover_the_budget():
     for nfe in range(1, 30):
         for k in (1, 2, 3):
             assert sum(solvers.singlestep_orders(nfe, k)) == nfe
+
+
+def test_unknown_schedule_kwarg_is_named():
+    with pytest.raises(ValueError, match="schedule 'karras' has no option 'sigma_mx'; it accepts "
+                                         "sigma_min, sigma_max, rho, final_zero"):
+        solvers.plan("ddim", 5, sigma_mx=20.0)

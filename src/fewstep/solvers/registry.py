@@ -19,7 +19,7 @@ from typing import Any
 from torch import Tensor
 
 from ..denoiser import Denoiser
-from ..schedules import get_schedule
+from ..schedules import check_schedule_kwargs, get_schedule
 from .common import Callback, Generator, singlestep_orders
 from .driver import SolverFunction, Steps, drive
 
@@ -177,6 +177,7 @@ def plan(name: str, nfe: int, schedule: str = "karras", *, denoise_to_zero: bool
             int(nfe), spec.order, denoise_to_zero)
         knobs["orders"] = tuple(orders)
         steps = len(orders)
+    check_schedule_kwargs(schedule, schedule_kwargs)
     if denoise_to_zero:
         sigmas = get_schedule(schedule)(steps, **schedule_kwargs)
     else:
