@@ -132,6 +132,7 @@ USER_ERRORS = [
     (["sample", "--n", "0"], "--n"),
     (["sample", "--nfe", "0"], "--nfe"),
     (["sample", "--teacher", "moons", "--student", "{root}/kd", "--nfe", "4"], "--nfe 4"),
+    (["sample", "--solver", "rk45", "--nfe", "5"], "--nfe 5: solver 'rk45' is adaptive"),
     (["edit", "inpaint", "{root}/digit.png", "--model", "digits", "--samples", "0"],
      "--samples"),
     (["edit", "inpaint", "{root}/bad.png", "--model", "digits"], "{root}/bad.png"),
@@ -255,3 +256,23 @@ def test_an_unreadable_image_is_named(tmp_path):
             read(bad)
     with pytest.raises(ValueError, match=r"bad\.png"):
         from_image_folder("folder:bad", tmp_path, size=8)
+
+
+@pytest.mark.parametrize("teacher", ["gmm2", "zoo:digits-edm"])
+def test_sample_refuses_a_zoo_student_of_another_teacher(teacher, tmp_path, capsys):
+    """A 2-D teacher used to sample it silently, an image teacher died in a traceback."""
+    out = tmp_path / "s"
+    assert main(["sample", "--teacher", teacher, "--student", "zoo:checkerboard-cd", "--n", "4",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"fewstep sample: error: student:zoo:checkerboard-cd: a student of "
+                   f"zoo:checkerboard-edm, not run on {teacher} (--teacher)"]
+    assert not out.exists()
+    assert main(["sample", "--teacher", "zoo:checkerboard-edm", "--student",
+                 "zoo:checkerboard-cd", "--nfe", "2", "--n", "4", "--out", str(out)]) == 0
+
+
+def test_sample_with_an_adaptive_solver_states_its_nfe(tmp_path, capsys):
+    assert main(["sample", "--solver", "rk45", "--n", "8", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"solver 'rk45' is adaptive: it spent [0-9.]+ evaluations per sample", out)

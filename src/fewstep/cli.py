@@ -157,12 +157,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     metric_registry.get(args.metric)  # an unknown metric fails before any case runs
     shard = parse_shard(args.shard)
     if args.ray is not None:
-        from .bench.distributed import RAY_MISSING, require_ray
+        from .bench.distributed import RAY_MISSING, check_reachable, require_ray
 
         try:
             require_ray()
         except ImportError:
             raise ValueError(RAY_MISSING) from None
+        check_reachable(args.ray)  # before the suite loads: ray.init would wait without limit
         if args.data:
             raise ValueError(f"--data {args.data!r} with --ray: Ray workers cannot see a "
                              "folder registered in this process; run without --ray")
@@ -258,10 +259,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         args.teacher = f"checkpoint:{args.teacher}"
     teacher = teachers.get(args.teacher)
     denoiser, solver = teacher.denoiser, args.solver
+    nfe_given = args.nfe is not None
     if args.student:
         from .bench import students
 
         students.check(f"student:{args.student}")
+        if why := students.wrong_teacher(f"student:{args.student}", args.teacher):
+            raise ValueError(f"{why} (--teacher)")
         denoiser = students.model(f"student:{args.student}")
         method = students.method_name(args.student)
         if method in ONE_STEP_METHODS and args.nfe is None:
@@ -277,13 +281,18 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     args.solver = solver
     spec = solvers.get(solver)
     if spec.tuned is not None:  # a tuned solver: its own teacher, at its own NFE
-        spec.tuned.check_teacher(denoiser, args.teacher)
+        spec.tuned.check_teacher(teacher.denoiser, args.teacher)  # not a student's weights
         args.nfe = args.nfe or spec.tuned.nfe
+    if spec.kind == "adaptive" and nfe_given:
+        raise ValueError(f"--nfe {args.nfe}: solver {solver!r} is adaptive, its NFE follows "
+                         "its error tolerances; leave --nfe out")
     args.nfe = args.nfe or 10
     x = start_noise(teacher, args.seed, args.n).float()
     knobs: dict = {}
-    if spec.kind == "adaptive":
+    info: dict = {}
+    if spec.kind == "adaptive":  # it reports the evaluations it spent
         sigmas = torch.tensor([teacher.sigma_max, teacher.sigma_min, 0.0])
+        knobs["info"] = info
     else:
         sigma_min = args.sigma_min if args.sigma_min is not None else (
             RENOISE_SIGMA_MIN if solver == "consistency" else teacher.sigma_min)
@@ -298,6 +307,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             out = _sample_own_grid(args, denoiser, x, teacher.sigma_max)
         else:
             out = spec(denoiser, x, sigmas, **knobs)
+    if info:
+        args.nfe = f"{info['nfe']:.3g} (adaptive)"
+        print(f"solver {solver!r} is adaptive: it spent {info['nfe']:.3g} evaluations per "
+              "sample (mean)")
     paths = save_samples(out, args.out, kind=teacher.kind,
                          title=f"{args.teacher} / {args.solver} / NFE {args.nfe}")
     for path in paths:
@@ -615,7 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "checkpoint, zoo:NAME or python:MODULE:ATTR) to sample instead of the "
                     "teacher, on the teacher's sigma range")
     sp.add_argument("--nfe", type=positive_int, default=None,
-                    help="evaluations (default 10; a tuned solver's own NFE)")
+                    help="evaluations (default 10; a tuned solver's own NFE; not for adaptive "
+                    "solvers, whose NFE follows their tolerances and is printed)")
     sp.add_argument("--schedule", default="karras")
     sp.add_argument("--sigma-min", type=float, default=None, help="last nonzero sigma of the "
                     "plan (default: the teacher's; 0.821 for the consistency sampler)")

@@ -5,8 +5,10 @@ takes ``n`` steps). ``final_zero=False`` drops the trailing 0 and returns ``n`` 
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -16,6 +18,7 @@ from .process import NoiseProcess, VPDiscrete
 __all__ = [
     "DEFAULT_SCHEDULES",
     "SCHEDULES",
+    "check_schedule_kwargs",
     "default_schedule",
     "explicit",
     "get_schedule",
@@ -185,6 +188,17 @@ def get_schedule(name: str) -> Callable[..., Tensor]:
         return SCHEDULES[name]
     except KeyError:
         raise ValueError(f"unknown schedule {name!r}; available: {sorted(SCHEDULES)}") from None
+
+
+def check_schedule_kwargs(name: str, kwargs: Mapping[str, Any],
+                          fn: Callable[..., Tensor] | None = None) -> None:
+    """Raise ``ValueError`` naming the first key of ``kwargs`` that schedule ``name`` (or its
+    function ``fn``, for schedules outside :data:`SCHEDULES`) does not take, and the ones it
+    does (every parameter after the step count ``n``)."""
+    accepted = list(inspect.signature(fn or get_schedule(name)).parameters)[1:]
+    if unknown := sorted(set(kwargs) - set(accepted)):
+        raise ValueError(f"schedule {name!r} has no option {unknown[0]!r}; it accepts "
+                         f"{', '.join(accepted)}")
 
 
 # The schedule FewstepScheduler uses unless told otherwise, per process kind, chosen from

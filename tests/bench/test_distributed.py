@@ -1,10 +1,13 @@
 """Cases as Ray tasks: the same rows as a serial run, through the same store."""
 
+import socket
 import sys
 import time
+import types
 
 import pytest
 
+from fewstep.bench.distributed import check_reachable
 from fewstep.bench.runner import run_suite
 from fewstep.bench.store import Store
 from fewstep.bench.suite import load_suite
@@ -47,6 +50,40 @@ def test_without_ray_one_clear_line(suite_file, tmp_path, monkeypatch, capsys):
     with pytest.raises(ImportError, match="fewstep\\[ray\\]"):
         run_suite(load_suite(suite_file), out, ray="local", progress=False)
     assert not out.exists()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:  # a port just freed: nothing listens on it
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("address", ["nowhere:1", "ray://127.0.0.1:{port}", "127.0.0.1:{port}"])
+def test_unreachable_cluster_fails_fast_in_one_line(address, suite_file, tmp_path, monkeypatch,
+                                                    capsys):
+    """ray.init waits without limit for a head nobody runs; the address is probed first. A
+    stand-in ``ray`` module fails the test if ray.init is reached (no cluster needed)."""
+    def init(**kwargs):
+        raise AssertionError(f"ray.init({kwargs}) reached: it would hang")
+
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(
+        is_initialized=lambda: False, init=init))
+    address = address.format(port=_closed_port())
+    out = tmp_path / "out"
+    t0 = time.perf_counter()
+    assert main(["bench", "--suite", str(suite_file), "--out", str(out), "--ray", address,
+                 "--quiet"]) == 2
+    assert time.perf_counter() - t0 < 15
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"fewstep bench: error: no Ray cluster answers at {address!r}"), err
+    assert not out.exists()  # the store is not opened
+
+
+@pytest.mark.parametrize("address", ["nowhere", "head:port", ":10001"])
+def test_malformed_address_is_named(address):
+    with pytest.raises(ValueError, match=f"Ray address {address!r} is not 'local', 'auto'"):
+        check_reachable(address)
 
 
 def _start_local_ray(ray, attempts: int = 2) -> None:

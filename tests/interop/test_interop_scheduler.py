@@ -298,6 +298,12 @@ def test_errors(pipes):
         FewstepScheduler.from_config(config, solver="nope")
     with pytest.raises(ValueError, match="unknown schedule"):
         FewstepScheduler.from_config(config, schedule="cosine")
+    with pytest.raises(ValueError, match="schedule 'karras' has no option 'rhoo'; it accepts "
+                                         "sigma_min, sigma_max, rho, final_zero"):
+        FewstepScheduler.from_config(config, schedule="karras", schedule_kwargs={"rhoo": 7.0})
+    with pytest.raises(ValueError, match="schedule 'trailing' has no option 'sigma_max'; it "
+                                         "accepts process, shift, final_zero"):
+        FewstepScheduler.from_config(config, schedule_kwargs={"sigma_max": 40.0})
     with pytest.raises(ValueError, match="mu"):
         FewstepScheduler.from_config(
             diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True).config)

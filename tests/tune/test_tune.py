@@ -4,6 +4,7 @@ plan/sample/CLI/bench) and disjoint calibration sets."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -173,8 +174,11 @@ def test_tuned_solver_spends_exactly_its_nfe(tmp_path, learned):
 
 
 def test_bad_path_and_mismatched_teacher_are_one_clear_line(tmp_path):
-    with pytest.raises(ValueError, match="is not a tuned solver"):
+    with pytest.raises(ValueError, match=f"tuned solver '{tmp_path / 'missing'}' does not exist"):
         solvers.get(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=f"'{tmp_path / 'empty'}' is not a tuned solver"):
+        solvers.get(str(tmp_path / "empty"))
     path = _artefact("gmm2").save(tmp_path / "t")
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "tuned.json").write_text("{")
@@ -205,7 +209,9 @@ def test_cli_sample_with_a_tuned_solver(tmp_path, capsys):
     assert cli.main([*tune_args, "--param", "grid_size"]) == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err
     assert cli.main([*tune_args, "--param", "grid_sise=20"]) == 2
-    assert "grid_sise" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "tuning method 'gits' has no option 'grid_sise'; it accepts grid_size, substeps" \
+        in err and "_gits" not in err  # the option's name and the method's, not a function's
     assert cli.main([*tune_args, "--param", "grid_size=20", "--param", "substeps=2"]) == 0
     assert "gits on dpmpp_2m, NFE 3, teacher gmm2" in capsys.readouterr().out
     assert tune.load(tmp_path / "g").info["grid_size"] == 20
@@ -268,3 +274,22 @@ def test_scheduler_refuses_a_tuned_solver_instead_of_ignoring_its_schedule(tmp_p
     path = _artefact("gmm2", nfe=4).save(tmp_path / "t")
     with pytest.raises(ValueError, match="is a tuned solver"):
         FewstepScheduler(solver=str(path))
+
+
+def test_cli_student_with_a_tuned_solver_is_checked_against_its_teacher(tmp_path, capsys):
+    """The teacher's fingerprint is checked and named, not the student's weights'."""
+    from fewstep import zoo
+
+    if not zoo.built("checkerboard-cd"):
+        pytest.skip("zoo entry checkerboard-cd is not built")
+    teacher = "zoo:checkerboard-edm"
+    argv = ["sample", "--teacher", teacher, "--student", "zoo:checkerboard-cd", "--n", "4",
+            "--out", str(tmp_path / "o")]
+    other = _artefact("gmm2", nfe=3).save(tmp_path / "gmm2")
+    assert cli.main([*argv, "--solver", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert f"this teacher {teacher!r} has fingerprint " \
+           f"{tune.fingerprint(get_teacher(teacher).denoiser)}" in err, err
+    own = dataclasses.replace(_artefact("gmm2", nfe=3), teacher=teacher,
+                              teacher_fingerprint=tune.fingerprint(get_teacher(teacher).denoiser))
+    assert cli.main([*argv, "--solver", str(own.save(tmp_path / "own"))]) == 0

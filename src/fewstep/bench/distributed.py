@@ -15,16 +15,18 @@ under the same ``--out`` path on its own disk.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from .suite import Case
 
-__all__ = ["RAY_MISSING", "ray_rows", "require_ray"]
+__all__ = ["RAY_MISSING", "check_reachable", "connect", "ray_rows", "require_ray"]
 
 RAY_MISSING = "--ray needs Ray, an optional extra: pip install 'fewstep[ray]'"
 
+CONNECT_TIMEOUT_S = 10.0  # how long a cluster address may take to accept a connection
 _CONTEXTS: dict[tuple[str, str], Any] = {}  # per worker process: (out_dir, device) -> context
 
 
@@ -47,13 +49,35 @@ def _case_task(case: Case, out_dir: str, device: str) -> dict[str, Any]:
     return run_case(case, _CONTEXTS[key])
 
 
-def _connect(ray: Any, address: str) -> None:
-    """Start or join the Ray runtime at ``address`` ("local": this machine) unless this
-    process is already connected."""
-    if ray.is_initialized():
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast on a cluster address nothing answers at: ``ray.init`` waits without limit
+    for an unreachable head. ``"local"`` and ``"auto"`` (which Ray itself resolves at once)
+    pass; ``[ray://]HOST:PORT`` must accept a TCP connection within ``timeout`` seconds.
+    Raises ValueError for an address of another form, ConnectionError when unreachable."""
+    if address in ("local", "auto"):
         return
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"Ray address {address!r} is not 'local', 'auto' or [ray://]HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConnectionError(f"no Ray cluster answers at {address!r} (within {timeout:g} s: "
+                              f"{e.strerror or e})") from None
+
+
+def connect(address: str) -> Any:
+    """Start or join the Ray runtime at ``address`` ("local": this machine) unless this
+    process is already connected; returns the ``ray`` module. Raises ImportError
+    (:data:`RAY_MISSING`) without Ray, ConnectionError for an unreachable address
+    (:func:`check_reachable`)."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return ray
+    check_reachable(address)
     ray.init(address=None if address == "local" else address, include_dashboard=False,
              log_to_driver=False, configure_logging=False)
+    return ray
 
 
 def ray_rows(cases: Sequence[Case], out_dir: str | Path, device: str,
@@ -62,8 +86,7 @@ def ray_rows(cases: Sequence[Case], out_dir: str | Path, device: str,
     (case, row) as each task finishes; a task that dies gives an error row (a rerun retries
     it). Closing the iterator early cancels the tasks still pending. Raises ImportError
     (:data:`RAY_MISSING`) without Ray installed."""
-    ray = require_ray()
-    _connect(ray, address)
+    ray = connect(address)
     task = ray.remote(num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0,
                       max_retries=0)(_case_task)
     pending = {task.remote(c, str(out_dir), device): c for c in cases}

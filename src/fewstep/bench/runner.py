@@ -404,11 +404,12 @@ def run_suite(suite: Suite, out_dir: str | Path, *, shard: tuple[int, int] = (0,
     share the work instead of repeating it; an interruption releases this run's claims.
     ``ray``: a Ray address ("local" for this machine) to run the claimed cases as Ray tasks
     (:mod:`fewstep.bench.distributed`); this process alone writes their rows, as they finish.
-    Raises ImportError when ``ray`` is given and Ray is not installed."""
+    Raises ImportError when ``ray`` is given and Ray is not installed, ConnectionError when
+    nothing answers at its address."""
     if ray is not None:
-        from .distributed import require_ray
+        from .distributed import connect
 
-        require_ray()  # before the store is opened: without Ray nothing is touched
+        connect(ray)  # before the store is opened: without Ray or its cluster, nothing is touched
     out_dir = Path(out_dir)
     store = Store(out_dir / "results.sqlite")
     cases = [c for c in suite.cases() if int(c.key, 16) % shard[1] == shard[0]]

@@ -39,7 +39,7 @@ from torch import Tensor
 from .. import solvers
 
 __all__ = ["CONSISTENCY_METHODS", "EXTERNAL", "RENOISE_SIGMA_MIN", "check", "label", "model",
-           "run_student", "training_cost", "unreachable"]
+           "run_student", "training_cost", "unreachable", "wrong_teacher"]
 
 CONSISTENCY_METHODS = ("cd", "ct", "ect", "direct_cm")
 ONE_STEP_METHODS = ("kd", "rf_distill")
@@ -113,12 +113,20 @@ def check(method: str) -> str:
     return name
 
 
+def wrong_teacher(method: str, teacher: str) -> str | None:
+    """Why the student ``method`` cannot run on ``teacher`` (a zoo student records its own
+    teacher, whose data and scale it learnt), or None."""
+    own = info(_path(method))["teacher"]
+    if own is not None and teacher != own:
+        return f"{method}: a student of {own}, not run on {teacher}"
+    return None
+
+
 def unreachable(method: str, nfe: int, teacher: str | None = None) -> str | None:
     """Why ``method`` cannot spend ``nfe`` evaluations (on ``teacher``, if given), or None."""
     name = check(method)
-    own = info(_path(method))["teacher"]
-    if teacher is not None and own is not None and teacher != own:
-        return f"{method}: a student of {own}, not run on {teacher}"
+    if teacher is not None and (why := wrong_teacher(method, teacher)):
+        return why
     if name in ONE_STEP_METHODS and nfe != 1:
         return f"{method} at NFE {nfe}: a one-step ({name.upper()}) student"
     if name in OWN_GRID_METHODS and nfe != own_grid(method)[0]:

@@ -82,7 +82,7 @@ from torch import Tensor
 
 from .. import solvers
 from ..denoiser import NonFiniteError
-from ..schedules import SCHEDULES, default_schedule
+from ..schedules import SCHEDULES, check_schedule_kwargs, default_schedule
 from ..solvers.driver import Request, Steps, drive
 from .diffusers import (
     Coefficients,
@@ -271,6 +271,9 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         if self.schedule_name not in (*_SCHEDULES, SOURCE):
             raise ValueError(f"unknown schedule {self.schedule_name!r}; available: "
                              f"{sorted([*_SCHEDULES, SOURCE])}")
+        if self.schedule_name != SOURCE:  # a typo fails here, named, not in set_timesteps
+            check_schedule_kwargs(self.schedule_name, schedule_kwargs or {},
+                                  _SCHEDULES[self.schedule_name])
         if self.schedule_name == SOURCE and (
                 source_config is None or scheduler_class(source_config) is None):
             raise ValueError("schedule='source' needs the source scheduler's class: build with "

@@ -19,7 +19,7 @@ from typing import Any
 from torch import Tensor
 
 from ..denoiser import Denoiser
-from ..schedules import get_schedule
+from ..schedules import check_schedule_kwargs, get_schedule
 from .common import Callback, Generator, singlestep_orders
 from .driver import SolverFunction, Steps, drive
 
@@ -162,8 +162,10 @@ def plan(name: str, nfe: int, schedule: str = "karras", *, denoise_to_zero: bool
     if spec.tuned is not None:
         return spec.tuned.plan(nfe, name)
     if spec.kind == "adaptive":
-        raise ValueError(f"solver {name!r} is adaptive: its NFE follows rtol/atol and cannot "
-                         "be planned; pass sigmas=[sigma_max, 0] and tolerances instead")
+        tolerances = "/".join(k for k in spec.fn.knobs if k in ("rtol", "atol", "tol"))
+        raise ValueError(f"solver {name!r} is adaptive: its NFE follows {tolerances} and cannot "
+                         "be planned; pass sigmas=[sigma_max, sigma_min, 0] (sigma_min > 0) "
+                         "instead of nfe")
     if int(nfe) != nfe or nfe < spec.min_nfe:
         raise ValueError(f"nfe={nfe!r} is below the minimum of {spec.min_nfe} for solver "
                          f"{name!r} (order {spec.order}, {spec.kind})")
@@ -175,6 +177,7 @@ def plan(name: str, nfe: int, schedule: str = "karras", *, denoise_to_zero: bool
             int(nfe), spec.order, denoise_to_zero)
         knobs["orders"] = tuple(orders)
         steps = len(orders)
+    check_schedule_kwargs(schedule, schedule_kwargs)
     if denoise_to_zero:
         sigmas = get_schedule(schedule)(steps, **schedule_kwargs)
     else:

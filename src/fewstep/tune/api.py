@@ -8,6 +8,7 @@ teacher (float64), validates on the disjoint set and returns the
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -113,15 +114,17 @@ def tune(teacher: Teacher | str, method: str, nfe: int, *, base: str = "dpmpp_2m
                          + (", stochastic" if spec.stochastic else ""))
     if int(nfe) != nfe or nfe < 2:
         raise ValueError(f"nfe must be an integer >= 2; got {nfe!r}")
+    accepted = [n for n, p in inspect.signature(METHODS[method]).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    if unknown := sorted(set(options) - set(accepted)):
+        raise ValueError(f"tuning method {method!r} has no option {unknown[0]!r}; it accepts "
+                         f"{', '.join(accepted)}")
     if isinstance(teacher, str):
         teacher = get_teacher(teacher)
     wall, cpu = time.perf_counter(), time.process_time()
     c = calibrate(teacher, n_cal, n_val, seed=seed, rtol=rtol, cache=cache)
     D = CountingDenoiser(c.denoiser)
-    try:
-        base_used, sigmas, xi, W, A, info = METHODS[method](D, c, int(nfe), base, **options)
-    except TypeError as e:  # an option the method does not take
-        raise ValueError(f"tuning method {method!r}: {e}") from None
+    base_used, sigmas, xi, W, A, info = METHODS[method](D, c, int(nfe), base, **options)
     rows = D.counter.rows + c.teacher_rows
     seconds, cpu = time.perf_counter() - wall, time.process_time() - cpu
     untuned = validation_loss(D.inner, c, base, base_plan(base, int(nfe), teacher.sigma_min,

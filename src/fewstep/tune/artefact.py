@@ -168,8 +168,11 @@ def is_tuned_path(name: str) -> bool:
 def load(path: str | Path) -> TunedSolver:
     """Read a tuned solver directory (``tuned:`` prefix allowed); repeated loads of an unchanged
     directory are served from memory. Raises ``ValueError`` in one line naming the path when
-    it is not a tuned solver."""
+    it does not exist or is not a tuned solver."""
     path = Path(str(path).removeprefix("tuned:"))
+    if not path.exists():
+        raise ValueError(f"tuned solver {str(path)!r} does not exist; make one with "
+                         "`fewstep tune`")
     if not (path / _JSON).is_file() or not (path / _TENSORS).is_file():
         raise ValueError(f"{str(path)!r} is not a tuned solver (no {_JSON} and {_TENSORS}); "
                          "make one with `fewstep tune`")
