@@ -2,6 +2,14 @@
 loop in :mod:`fewstep.train`."""
 
 from . import consistency, direct, knowledge, progressive, rectified, teacher  # noqa: F401  (registry)
+from .adversarial import (
+    AdversarialPair,
+    check_pair,
+    discriminator_loss,
+    frozen,
+    generator_loss,
+    r1_penalty,
+)
 from .base import (
     Batch,
     LossContext,
@@ -29,6 +37,7 @@ from .rectified import (
 from .teacher import EDMLoss
 
 __all__ = [
+    "AdversarialPair",
     "Batch",
     "DirectCM",
     "EDMLoss",
@@ -41,9 +50,14 @@ __all__ = [
     "RectifiedFlowLoss",
     "Reflow",
     "available_methods",
+    "check_pair",
+    "discriminator_loss",
     "draw_couplings",
     "edm_weight",
+    "frozen",
+    "generator_loss",
     "get_method",
+    "r1_penalty",
     "rectified_flows",
     "register_method",
     "rf_sigmas",
