@@ -32,3 +32,18 @@ def test_gan_students_run_at_their_native_nfe(tmp_path, name):
     head, steps = students.run_student(method, D, x[:2], 2, 80.0, seed=3)
     torch.testing.assert_close(head, full[:2])
     assert steps == 2
+
+
+def test_cli_distills_and_samples_a_ddgan_student(tmp_path, capsys):
+    from fewstep.cli import main
+
+    out = tmp_path / "ddgan"
+    assert main(["distill", "--method", "ddgan", "--data", "moons", "--hidden", "16",
+                 "--batch-size", "32", "--steps", "2", "--param", "T=2", "--quiet",
+                 "--out", str(out)]) == 0
+    assert main(["sample", "--teacher", "moons", "--student", str(out), "--n", "8",
+                 "--out", str(tmp_path / "s")]) == 0  # NFE defaults to T
+    assert (tmp_path / "s" / "samples.png").exists()
+    assert main(["sample", "--teacher", "moons", "--student", str(out), "--nfe", "3",
+                 "--n", "8", "--out", str(tmp_path / "s3")]) == 2
+    assert "a 2-step DDGAN student" in capsys.readouterr().err
