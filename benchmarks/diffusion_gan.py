@@ -3,7 +3,7 @@ training seeds, training cost, and the fraction of runs that diverge. CPU only.
 
     nice -n 10 .venv/bin/python benchmarks/diffusion_gan.py --out runs/gan \
         [--data moons,digits] [--methods ddgan,siddm] [--T 4] [--seeds 0,1,2] \
-        [--sample-seeds 2] [--scale 1.0] [--threads 1]
+        [--sample-seeds 2] [--scale 1.0] [--threads 1] [--quick]
     .venv/bin/python benchmarks/diffusion_gan.py --out runs/gan --report   # tables only
 
 Protocol: the splits, scorers, start noises, data floor and statistics of
@@ -64,7 +64,7 @@ EMA_DECAY = 0.999
 
 def run_one(name: str, method: str, T: int, seed: int, args: argparse.Namespace) -> dict:
     """Train one student and score it on the test split at every sampling seed."""
-    gs, setup = SETUPS[name], ds.SETUPS[name]
+    gs, setup = SETUPS[name], _setup(name, args)
     sp = ds.splits(name, setup, seed)
     shape = tuple(sp.train.shape[1:])
     out = Path(args.out) / name / f"{method}-T{T}"
@@ -94,6 +94,10 @@ def run_one(name: str, method: str, T: int, seed: int, args: argparse.Namespace)
             if bad else None, "cost": dataclasses.asdict(res.cost), "test": scores,
             "gaussian": gauss, "seconds_this_run": time.perf_counter() - t0,
             "params": sum(p.numel() for p in res.ema.generator.parameters())}
+
+
+def _setup(name: str, args: argparse.Namespace) -> ds.Setup:
+    return ds.quick(ds.SETUPS[name]) if args.quick else ds.SETUPS[name]
 
 
 def gaussian_baseline(train_data: torch.Tensor, n: int, scorer: ds.Scorer) -> float:
@@ -152,6 +156,7 @@ def main() -> None:
     p.add_argument("--sample-seeds", type=int, default=2)
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="smoke test: 200 evaluation samples")
     p.add_argument("--report", action="store_true")
     args = p.parse_args()
     out = Path(args.out)
@@ -163,9 +168,9 @@ def main() -> None:
     for name in names:
         if name not in SETUPS:
             p.error(f"--data {name!r}: this benchmark has setups for {', '.join(SETUPS)}")
-        ds.run_floor(name, ds.SETUPS[name], out)
-        for method in args.methods.split(","):
-            for seed in args.seeds:
+        ds.run_floor(name, _setup(name, args), out)
+        for seed in args.seeds:  # seed-major: an interrupted sweep has both methods
+            for method in args.methods.split(","):
                 path = out / name / f"{method}-T{args.T}" / f"seed{seed}.json"
                 if path.exists():
                     continue
