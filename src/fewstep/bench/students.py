@@ -20,7 +20,10 @@ Samplers by training method:
 - knowledge-distilled students (kd): one step, ``x0 = D(sigma_max z, sigma_max)``;
 - progressive-distillation students (pd): DDIM on their own training grid
   ``method.sigmas(k)``, only at NFE ``k``, the step count of the checkpoint's round (point at
-  an intermediate ``checkpoints/step_*`` directory for the earlier, longer students).
+  an intermediate ``checkpoints/step_*`` directory for the earlier, longer students);
+- diffusion-GAN students (ddgan, siddm): the method's own sampler (posterior steps on its own
+  grid, a fresh latent per step), only at NFE ``T``; the case's start noise ``sigma_max z``
+  starts it as ``sigma_T z`` (the same ``z``).
 
 Each row carries the student's one-off training cost: ``train_seconds`` (wall-clock) and
 ``train_teacher_nfe`` (teacher network evaluations, counted per sample row: full-batch
@@ -44,8 +47,9 @@ __all__ = ["CONSISTENCY_METHODS", "EXTERNAL", "RENOISE_SIGMA_MIN", "check", "lab
 CONSISTENCY_METHODS = ("cd", "ct", "ect", "direct_cm")
 ONE_STEP_METHODS = ("kd", "rf_distill")
 OWN_GRID_METHODS = ("pd",)
+GAN_METHODS = ("ddgan", "siddm")  # sampled by the method's own ``sample`` at NFE T
 EXTERNAL = "external"  # a python:MODULE:ATTR consistency function
-METHODS = CONSISTENCY_METHODS + ONE_STEP_METHODS + OWN_GRID_METHODS
+METHODS = CONSISTENCY_METHODS + ONE_STEP_METHODS + OWN_GRID_METHODS + GAN_METHODS
 RENOISE_SIGMA_MIN = 0.821  # Song et al. 2023's two-step re-noise level
 
 
@@ -97,6 +101,15 @@ def own_grid(method: str) -> tuple[int, Tensor]:
     return k, pd.sigmas(k)
 
 
+@functools.cache
+def gan_method(method: str) -> Any:
+    """The recorded method (hyper-parameters) of a diffusion-GAN student."""
+    from ..distill import get_method
+
+    rec = info(_path(method))["method"]
+    return get_method(rec["name"])(**rec["params"])
+
+
 def check(method: str) -> str:
     """The training method of a ``student:...`` entry, or a clear error (ValueError)."""
     source = _path(method)
@@ -131,6 +144,8 @@ def unreachable(method: str, nfe: int, teacher: str | None = None) -> str | None
         return f"{method} at NFE {nfe}: a one-step ({name.upper()}) student"
     if name in OWN_GRID_METHODS and nfe != own_grid(method)[0]:
         return f"{method} at NFE {nfe}: a {own_grid(method)[0]}-step PD student (its own grid)"
+    if name in GAN_METHODS and nfe != gan_method(method).T:
+        return f"{method} at NFE {nfe}: a {gan_method(method).T}-step {name.upper()} student"
     if name == EXTERNAL and (allowed := getattr(model(method), "nfe", None)) is not None \
             and nfe not in tuple(allowed):
         return f"{method} at NFE {nfe}: it declares nfe={tuple(allowed)}"
@@ -194,6 +209,10 @@ def run_student(method: str, D: Any, x: Tensor, nfe: int, sigma_max: float, seed
     name = check(method)
     if name in ONE_STEP_METHODS:
         return solvers.get("ddim")(D, x, torch.tensor([sigma_max, 0.0])), 1
+    if name in GAN_METHODS:
+        gan = gan_method(method)
+        return gan.sample(D, x / sigma_max, solvers.sample_generators(seed, x.shape[0],
+                                                                     x.device)), gan.T
     if name in OWN_GRID_METHODS:
         k, sigmas = own_grid(method)
         if not math.isclose(float(sigmas[0]), sigma_max, rel_tol=1e-6):

@@ -1,7 +1,15 @@
 """Training and distillation methods: small loss objects behind one registry, run by the shared
 loop in :mod:`fewstep.train`."""
 
-from . import consistency, direct, knowledge, progressive, rectified, teacher  # noqa: F401  (registry)
+from . import consistency, diffusion_gan, direct, knowledge, progressive, rectified, teacher  # noqa: F401  (registry)
+from .adversarial import (
+    AdversarialPair,
+    check_pair,
+    discriminator_loss,
+    frozen,
+    generator_loss,
+    r1_penalty,
+)
 from .base import (
     Batch,
     LossContext,
@@ -14,6 +22,7 @@ from .base import (
     split_batch,
     warm_start,
 )
+from .diffusion_gan import DDGAN, SIDDM, DiffusionGAN, gan_pair
 from .direct import DirectCM
 from .knowledge import KnowledgeDistillation
 from .progressive import ProgressiveDistillation
@@ -29,7 +38,11 @@ from .rectified import (
 from .teacher import EDMLoss
 
 __all__ = [
+    "DDGAN",
+    "SIDDM",
+    "AdversarialPair",
     "Batch",
+    "DiffusionGAN",
     "DirectCM",
     "EDMLoss",
     "KnowledgeDistillation",
@@ -41,9 +54,15 @@ __all__ = [
     "RectifiedFlowLoss",
     "Reflow",
     "available_methods",
+    "check_pair",
+    "discriminator_loss",
     "draw_couplings",
     "edm_weight",
+    "frozen",
+    "gan_pair",
+    "generator_loss",
     "get_method",
+    "r1_penalty",
     "rectified_flows",
     "register_method",
     "rf_sigmas",
