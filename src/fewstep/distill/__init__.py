@@ -1,7 +1,17 @@
 """Training and distillation methods: small loss objects behind one registry, run by the shared
 loop in :mod:`fewstep.train`."""
 
-from . import consistency, direct, knowledge, progressive, rectified, teacher  # noqa: F401  (registry)
+from . import (  # noqa: F401  (registry)
+    add,
+    consistency,
+    direct,
+    knowledge,
+    progressive,
+    rectified,
+    teacher,
+    ufogen,
+)
+from .add import ADD
 from .base import (
     Batch,
     LossContext,
@@ -27,8 +37,10 @@ from .rectified import (
     straightness,
 )
 from .teacher import EDMLoss
+from .ufogen import UFOGen
 
 __all__ = [
+    "ADD",
     "Batch",
     "DirectCM",
     "EDMLoss",
@@ -40,6 +52,7 @@ __all__ = [
     "RectifiedFlowDistill",
     "RectifiedFlowLoss",
     "Reflow",
+    "UFOGen",
     "available_methods",
     "draw_couplings",
     "edm_weight",
