@@ -17,7 +17,9 @@ Samplers by training method:
 - consistency students (cd, ct, ect, direct_cm, external): the ``consistency`` sampler,
   re-noising down to ``RENOISE_SIGMA_MIN`` (the plan's own sigma_min would waste an
   evaluation, since f(x, sigma_min) = x);
-- knowledge-distilled students (kd): one step, ``x0 = D(sigma_max z, sigma_max)``;
+- one-step students (kd, rf_distill, ufogen): one step, ``x0 = D(sigma_max z, sigma_max)``;
+- ADD students (add): the consistency sampler over ``k`` of their own student levels
+  (``method.sampling_sigmas(k)``), at NFE 1 up to their ``num_student_steps``;
 - progressive-distillation students (pd): DDIM on their own training grid
   ``method.sigmas(k)``, only at NFE ``k``, the step count of the checkpoint's round (point at
   an intermediate ``checkpoints/step_*`` directory for the earlier, longer students).
@@ -42,10 +44,11 @@ __all__ = ["CONSISTENCY_METHODS", "EXTERNAL", "RENOISE_SIGMA_MIN", "check", "lab
            "run_student", "training_cost", "unreachable"]
 
 CONSISTENCY_METHODS = ("cd", "ct", "ect", "direct_cm")
-ONE_STEP_METHODS = ("kd", "rf_distill")
+ONE_STEP_METHODS = ("kd", "rf_distill", "ufogen")
 OWN_GRID_METHODS = ("pd",)
+OWN_LEVELS_METHODS = ("add",)  # re-noise over k of the student's levels, k <= its level count
 EXTERNAL = "external"  # a python:MODULE:ATTR consistency function
-METHODS = CONSISTENCY_METHODS + ONE_STEP_METHODS + OWN_GRID_METHODS
+METHODS = CONSISTENCY_METHODS + ONE_STEP_METHODS + OWN_GRID_METHODS + OWN_LEVELS_METHODS
 RENOISE_SIGMA_MIN = 0.821  # Song et al. 2023's two-step re-noise level
 
 
@@ -97,6 +100,15 @@ def own_grid(method: str) -> tuple[int, Tensor]:
     return k, pd.sigmas(k)
 
 
+@functools.cache
+def own_levels(method: str) -> Any:
+    """The training method object of an ADD-like student (it knows its sampling grids)."""
+    from ..distill import get_method
+
+    rec = info(_path(method))
+    return get_method(rec["method"]["name"])(**rec["method"]["params"])
+
+
 def check(method: str) -> str:
     """The training method of a ``student:...`` entry, or a clear error (ValueError)."""
     source = _path(method)
@@ -121,6 +133,9 @@ def unreachable(method: str, nfe: int, teacher: str | None = None) -> str | None
         return f"{method}: a student of {own}, not run on {teacher}"
     if name in ONE_STEP_METHODS and nfe != 1:
         return f"{method} at NFE {nfe}: a one-step ({name.upper()}) student"
+    if name in OWN_LEVELS_METHODS and not 1 <= nfe <= own_levels(method).num_student_steps:
+        n = own_levels(method).num_student_steps
+        return f"{method} at NFE {nfe}: an {name.upper()} student samples in 1..{n} steps"
     if name in OWN_GRID_METHODS and nfe != own_grid(method)[0]:
         return f"{method} at NFE {nfe}: a {own_grid(method)[0]}-step PD student (its own grid)"
     if name == EXTERNAL and (allowed := getattr(model(method), "nfe", None)) is not None \
@@ -180,6 +195,13 @@ def model(method: str) -> Any:
     return load_checkpoint(source)
 
 
+def _check_start(method: str, name: str, sigmas: Tensor, sigma_max: float) -> None:
+    """A student on its own grid starts where it was trained: the teacher's sigma_max."""
+    if not math.isclose(float(sigmas[0]), sigma_max, rel_tol=1e-6):
+        raise ValueError(f"{method}: the {name.upper()} student was trained from sigma_max="
+                         f"{float(sigmas[0]):g}, the teacher starts at {sigma_max:g}")
+
+
 def run_student(method: str, D: Any, x: Tensor, nfe: int, sigma_max: float, seed: int,
                 schedule: str = "karras") -> tuple[Tensor, int]:
     """Sample the student ``D`` (its model, possibly wrapped); returns (samples, steps)."""
@@ -188,10 +210,13 @@ def run_student(method: str, D: Any, x: Tensor, nfe: int, sigma_max: float, seed
         return solvers.get("ddim")(D, x, torch.tensor([sigma_max, 0.0])), 1
     if name in OWN_GRID_METHODS:
         k, sigmas = own_grid(method)
-        if not math.isclose(float(sigmas[0]), sigma_max, rel_tol=1e-6):
-            raise ValueError(f"{method}: the PD student was trained from sigma_max="
-                             f"{float(sigmas[0]):g}, the teacher starts at {sigma_max:g}")
+        _check_start(method, name, sigmas, sigma_max)
         return solvers.get("ddim")(D, x, sigmas), k
+    if name in OWN_LEVELS_METHODS:
+        sigmas = own_levels(method).sampling_sigmas(nfe)
+        _check_start(method, name, sigmas, sigma_max)
+        gens = solvers.sample_generators(seed, x.shape[0], x.device)
+        return solvers.get("consistency")(D, x, sigmas, sigma_min=0.0, generator=gens), nfe
     p = solvers.plan("consistency", nfe, schedule, sigma_min=min(RENOISE_SIGMA_MIN, sigma_max),
                      sigma_max=sigma_max)
     gens = solvers.sample_generators(seed, x.shape[0], x.device)

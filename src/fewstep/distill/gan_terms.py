@@ -13,12 +13,14 @@ settings (the loop's global gradient clipping then acts on both together).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import relu, softplus
 
 from ..nets.backbone_disc import WithDiscriminator, backbone_of
@@ -110,7 +112,9 @@ def adversarial_terms(D: nn.Module, real: Tensor, fake: Tensor, kind: str, r1_ga
     against ``D(fake, ...)``: D sees detached fakes, G sees a frozen D (see the module
     docstring), so their sum trains both players in one backward pass."""
     real = real.detach().requires_grad_(r1_gamma > 0)
-    d_real = D(real, *args, **kwargs)
+    # R1 differentiates a gradient: attention must use the twice-differentiable math kernel
+    with sdpa_kernel(SDPBackend.MATH) if r1_gamma > 0 else contextlib.nullcontext():
+        d_real = D(real, *args, **kwargs)
     d_term, g_term = gan_loss(kind, d_real, D(fake.detach(), *args, **kwargs),
                               frozen_call(D, fake, *args, **kwargs))
     if r1_gamma > 0:
