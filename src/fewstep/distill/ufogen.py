@@ -46,11 +46,11 @@ class UFOGen(MethodBase):
     The teacher is used only to initialise both players."""
 
     name: ClassVar[str] = "ufogen"
-    num_scales: int = 4
+    num_scales: int = 1
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     rho: float = 7.0
-    rec_weight: float = 1.0
+    rec_weight: float = 0.1
     gan_loss: str = "nonsaturating"
     r1_gamma: float = 0.05
     head_hidden: int = 64
