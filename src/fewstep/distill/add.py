@@ -109,6 +109,8 @@ class ADD(MethodBase):
     def init_student(self, teacher_model: nn.Module | None, template: nn.Module) -> nn.Module:
         """The teacher's weights in the student; the discriminator's frozen ``F`` per
         ``features``, its heads fresh (seed ``head_seed``)."""
+        if isinstance(template, WithDiscriminator):  # already built (e.g. by the CLI)
+            return template
         generator = warm_start(template, teacher_model)
         if self.features == "teacher" and backbone_of(teacher_model) is None:
             raise ValueError("add with features='teacher' reads the teacher's backbone; this "

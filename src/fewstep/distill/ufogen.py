@@ -73,6 +73,8 @@ class UFOGen(MethodBase):
 
     def init_student(self, teacher_model: nn.Module | None, template: nn.Module) -> nn.Module:
         """The teacher's weights in the generator and, with new heads, in the discriminator."""
+        if isinstance(template, WithDiscriminator):  # already built (e.g. by the CLI)
+            return template
         generator = warm_start(template, teacher_model)
         net, sigma_data = backbone_copy(teacher_model, generator, "ufogen")
         disc = seeded(self.head_seed, lambda: NoisyDiscriminator(net, sigma_data,
