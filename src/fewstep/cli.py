@@ -19,6 +19,7 @@ from typing import Any
 from .bench.students import (
     CONSISTENCY_METHODS,
     EXTERNAL,
+    GAN_METHODS,
     ONE_STEP_METHODS,
     OWN_GRID_METHODS,
     OWN_LEVELS_METHODS,
@@ -267,6 +268,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         method = students.method_name(args.student)
         if method in ONE_STEP_METHODS + OWN_LEVELS_METHODS and args.nfe is None:
             args.nfe = 1  # a one-step (or ADD) student samples in its one step
+        if method in GAN_METHODS and args.nfe is None:  # its T posterior steps
+            args.nfe = students.gan_method(f"student:{args.student}").T
         if method in ONE_STEP_METHODS and args.nfe != 1:
             raise ValueError(f"--nfe {args.nfe}: {args.student} is a one-step ({method}) "
                              "student; sample it with --nfe 1")
@@ -294,8 +297,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if spec.stochastic:
         knobs["generator"] = solvers.sample_generators(args.seed, args.n)
     with torch.no_grad():
-        if args.student and method in OWN_GRID_METHODS + ONE_STEP_METHODS + \
-                OWN_LEVELS_METHODS and solver == "ddim":
+        if args.student and method in OWN_GRID_METHODS + ONE_STEP_METHODS + GAN_METHODS \
+                + OWN_LEVELS_METHODS and solver == "ddim":
             out = _sample_own_grid(args, denoiser, x, teacher.sigma_max)
         else:
             out = spec(denoiser, x, sigmas, **knobs)
@@ -361,6 +364,11 @@ def _template(data_name: str, method: str, hidden: int, seed: int):
 
     ds = data.get(data_name)
     torch.manual_seed(seed)
+    if method in GAN_METHODS:  # a generator and its discriminator
+        from .distill import gan_pair
+
+        return gan_pair(tuple(ds.shape), method,
+                        width=hidden if ds.kind == "vector" else max(16, hidden // 8))
     net: Any
     if ds.kind == "vector":
         net = nets.MLPDenoiserNet(ds.shape[0], hidden=hidden)

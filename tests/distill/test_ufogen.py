@@ -8,7 +8,8 @@ import torch
 
 from fewstep import GaussianMixture, edit
 from fewstep.distill import LossContext, UFOGen
-from fewstep.nets import EDMPrecond, MLPDenoiserNet, NoisyDiscriminator, WithDiscriminator
+from fewstep.distill.adversarial import AdversarialPair
+from fewstep.nets import EDMPrecond, MLPDenoiserNet, NoisyDiscriminator
 from fewstep.train import TrainConfig, train
 
 GM = GaussianMixture.random(2, 3, spread=1.0, std=0.3, seed=0).float()
@@ -34,7 +35,7 @@ def test_levels_run_from_sigma_max_to_sigma_min():
 def test_both_players_start_from_the_teacher():
     teacher, template = _net(0), _net(1)
     pair = UFOGen().init_student(teacher, template)
-    assert isinstance(pair, WithDiscriminator)
+    assert isinstance(pair, AdversarialPair)
     x, sigma = torch.randn(6, 2), torch.rand(6) * 5 + 0.01
     assert torch.equal(pair(x, sigma), teacher(x, sigma))  # the one-step generator at start
     disc = pair.discriminator
@@ -43,6 +44,7 @@ def test_both_players_start_from_the_teacher():
         assert torch.equal(disc.net.state_dict()[k], v), k
     assert all(p.requires_grad for p in disc.parameters())  # UFOGen's D trains its backbone
     again = UFOGen().init_student(teacher, template)  # fresh heads are seeded: same every run
+    assert UFOGen().init_student(teacher, pair) is pair  # a built pair is trained as given
     for a, b in zip(pair.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
@@ -114,7 +116,8 @@ def test_errors_are_clear():
         UFOGen(gan_loss="lsgan")
     with pytest.raises(ValueError, match="rec_weight and r1_gamma must be >= 0"):
         UFOGen(rec_weight=-1.0)
-    with pytest.raises(TypeError, match=r"must come from ufogen.init_student \(got a EDMPrecond"):
+    with pytest.raises(TypeError, match=r"'ufogen' trains a generator and a discriminator.*got "
+                                        r"EDMPrecond"):
         UFOGen().loss(_net(0), DATA[:4], _ctx())
     with pytest.raises(TypeError, match="builds its discriminator on a denoiser backbone"):
         UFOGen().init_student(None, torch.nn.Linear(2, 2))

@@ -22,7 +22,10 @@ Samplers by training method:
   (``method.sampling_sigmas(k)``), at NFE 1 up to their ``num_student_steps``;
 - progressive-distillation students (pd): DDIM on their own training grid
   ``method.sigmas(k)``, only at NFE ``k``, the step count of the checkpoint's round (point at
-  an intermediate ``checkpoints/step_*`` directory for the earlier, longer students).
+  an intermediate ``checkpoints/step_*`` directory for the earlier, longer students);
+- diffusion-GAN students (ddgan, siddm): the method's own sampler (posterior steps on its own
+  grid, a fresh latent per step), only at NFE ``T``; the case's start noise ``sigma_max z``
+  starts it as ``sigma_T z`` (the same ``z``).
 
 Each row carries the student's one-off training cost: ``train_seconds`` (wall-clock) and
 ``train_teacher_nfe`` (teacher network evaluations, counted per sample row: full-batch
@@ -47,8 +50,10 @@ CONSISTENCY_METHODS = ("cd", "ct", "ect", "direct_cm")
 ONE_STEP_METHODS = ("kd", "rf_distill", "ufogen")
 OWN_GRID_METHODS = ("pd",)
 OWN_LEVELS_METHODS = ("add",)  # re-noise over k of the student's levels, k <= its level count
+GAN_METHODS = ("ddgan", "siddm")  # sampled by the method's own ``sample`` at NFE T
 EXTERNAL = "external"  # a python:MODULE:ATTR consistency function
-METHODS = CONSISTENCY_METHODS + ONE_STEP_METHODS + OWN_GRID_METHODS + OWN_LEVELS_METHODS
+METHODS = (CONSISTENCY_METHODS + ONE_STEP_METHODS + OWN_GRID_METHODS + OWN_LEVELS_METHODS
+           + GAN_METHODS)
 RENOISE_SIGMA_MIN = 0.821  # Song et al. 2023's two-step re-noise level
 
 
@@ -101,12 +106,13 @@ def own_grid(method: str) -> tuple[int, Tensor]:
 
 
 @functools.cache
-def own_levels(method: str) -> Any:
-    """The training method object of an ADD-like student (it knows its sampling grids)."""
+def gan_method(method: str) -> Any:
+    """The recorded method (hyper-parameters) of a diffusion-GAN or ADD student: it knows its
+    own sampling grids."""
     from ..distill import get_method
 
-    rec = info(_path(method))
-    return get_method(rec["method"]["name"])(**rec["method"]["params"])
+    rec = info(_path(method))["method"]
+    return get_method(rec["name"])(**rec["params"])
 
 
 def check(method: str) -> str:
@@ -133,11 +139,13 @@ def unreachable(method: str, nfe: int, teacher: str | None = None) -> str | None
         return f"{method}: a student of {own}, not run on {teacher}"
     if name in ONE_STEP_METHODS and nfe != 1:
         return f"{method} at NFE {nfe}: a one-step ({name.upper()}) student"
-    if name in OWN_LEVELS_METHODS and not 1 <= nfe <= own_levels(method).num_student_steps:
-        n = own_levels(method).num_student_steps
+    if name in OWN_LEVELS_METHODS and not 1 <= nfe <= gan_method(method).num_student_steps:
+        n = gan_method(method).num_student_steps
         return f"{method} at NFE {nfe}: an {name.upper()} student samples in 1..{n} steps"
     if name in OWN_GRID_METHODS and nfe != own_grid(method)[0]:
         return f"{method} at NFE {nfe}: a {own_grid(method)[0]}-step PD student (its own grid)"
+    if name in GAN_METHODS and nfe != gan_method(method).T:
+        return f"{method} at NFE {nfe}: a {gan_method(method).T}-step {name.upper()} student"
     if name == EXTERNAL and (allowed := getattr(model(method), "nfe", None)) is not None \
             and nfe not in tuple(allowed):
         return f"{method} at NFE {nfe}: it declares nfe={tuple(allowed)}"
@@ -208,12 +216,16 @@ def run_student(method: str, D: Any, x: Tensor, nfe: int, sigma_max: float, seed
     name = check(method)
     if name in ONE_STEP_METHODS:
         return solvers.get("ddim")(D, x, torch.tensor([sigma_max, 0.0])), 1
+    if name in GAN_METHODS:
+        gan = gan_method(method)
+        return gan.sample(D, x / sigma_max, solvers.sample_generators(seed, x.shape[0],
+                                                                     x.device)), gan.T
     if name in OWN_GRID_METHODS:
         k, sigmas = own_grid(method)
         _check_start(method, name, sigmas, sigma_max)
         return solvers.get("ddim")(D, x, sigmas), k
     if name in OWN_LEVELS_METHODS:
-        sigmas = own_levels(method).sampling_sigmas(nfe)
+        sigmas = gan_method(method).sampling_sigmas(nfe)
         _check_start(method, name, sigmas, sigma_max)
         gens = solvers.sample_generators(seed, x.shape[0], x.device)
         return solvers.get("consistency")(D, x, sigmas, sigma_min=0.0, generator=gens), nfe

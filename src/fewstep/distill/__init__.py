@@ -4,6 +4,7 @@ loop in :mod:`fewstep.train`."""
 from . import (  # noqa: F401  (registry)
     add,
     consistency,
+    diffusion_gan,
     direct,
     knowledge,
     progressive,
@@ -12,6 +13,14 @@ from . import (  # noqa: F401  (registry)
     ufogen,
 )
 from .add import ADD
+from .adversarial import (
+    AdversarialPair,
+    check_pair,
+    discriminator_loss,
+    frozen,
+    generator_loss,
+    r1_penalty,
+)
 from .base import (
     Batch,
     LossContext,
@@ -24,6 +33,7 @@ from .base import (
     split_batch,
     warm_start,
 )
+from .diffusion_gan import DDGAN, SIDDM, DiffusionGAN, gan_pair
 from .direct import DirectCM
 from .knowledge import KnowledgeDistillation
 from .progressive import ProgressiveDistillation
@@ -41,7 +51,11 @@ from .ufogen import UFOGen
 
 __all__ = [
     "ADD",
+    "DDGAN",
+    "SIDDM",
+    "AdversarialPair",
     "Batch",
+    "DiffusionGAN",
     "DirectCM",
     "EDMLoss",
     "KnowledgeDistillation",
@@ -54,9 +68,15 @@ __all__ = [
     "Reflow",
     "UFOGen",
     "available_methods",
+    "check_pair",
+    "discriminator_loss",
     "draw_couplings",
     "edm_weight",
+    "frozen",
+    "gan_pair",
+    "generator_loss",
     "get_method",
+    "r1_penalty",
     "rectified_flows",
     "register_method",
     "rf_sigmas",

@@ -11,11 +11,12 @@ import torch
 from torch import Tensor, nn
 
 from ..denoiser import append_dims
-from ..nets.backbone_disc import FrozenFeatureDiscriminator, WithDiscriminator, backbone_of
+from ..nets.backbone_disc import FrozenFeatureDiscriminator, backbone_of
 from ..process import VPDiscrete
 from ..schedules import karras
+from .adversarial import AdversarialPair, check_pair
 from .base import Batch, LossContext, MethodBase, register_method, split_batch, warm_start
-from .gan_terms import adversarial_terms, backbone_copy, check_gan_loss, seeded, unwrap_pair
+from .gan_terms import adversarial_terms, backbone_copy, check_gan_loss, seeded
 
 __all__ = ["ADD", "FEATURES"]
 
@@ -109,7 +110,7 @@ class ADD(MethodBase):
     def init_student(self, teacher_model: nn.Module | None, template: nn.Module) -> nn.Module:
         """The teacher's weights in the student; the discriminator's frozen ``F`` per
         ``features``, its heads fresh (seed ``head_seed``)."""
-        if isinstance(template, WithDiscriminator):  # already built (e.g. by the CLI)
+        if isinstance(template, AdversarialPair):  # already built (e.g. by the CLI)
             return template
         generator = warm_start(template, teacher_model)
         if self.features == "teacher" and backbone_of(teacher_model) is None:
@@ -123,7 +124,7 @@ class ADD(MethodBase):
             F = net if self.features == "teacher" else _reinitialised(net)
             return FrozenFeatureDiscriminator(F, self.feature_sigma, sigma_data, self.head_hidden)
 
-        return WithDiscriminator(generator, seeded(self.head_seed, build))
+        return AdversarialPair(generator, seeded(self.head_seed, build))
 
     def distill_sigma(self, n: int, like: Tensor, ctx: LossContext) -> Tensor:
         """``n`` teacher levels ``t``: DDPM's 1000 levels, uniform, clamped to the range."""
@@ -131,7 +132,7 @@ class ADD(MethodBase):
         return table[ctx.randint(len(table), n)].to(like)
 
     def loss(self, student: nn.Module, batch: Batch, ctx: LossContext) -> Tensor:
-        pair = unwrap_pair(student, "add")
+        pair = check_pair(student, self.name)
         x0, cond = split_batch(batch)
         levels = self.student_levels().to(x0)
         s = levels[ctx.randint(len(levels), x0.shape[0], device=x0.device)]

@@ -1,15 +1,8 @@
-"""Adversarial terms for methods that train a generator and its discriminator as one module
-(:class:`~fewstep.nets.backbone_disc.WithDiscriminator`) under fewstep's single optimiser.
-
-One backward pass of ``loss = g_term + d_term`` gives each player its own gradient:
-
-- the generator's term calls the discriminator through :func:`frozen_call` (detached
-  parameters), so it moves only the generator;
-- the discriminator's term sees detached fakes, so it moves only the discriminator.
-
-Adam's per-parameter statistics make one optimiser over both the same as two with equal
-settings (the loop's global gradient clipping then acts on both together).
-"""
+"""What UFOGen and ADD add to the shared adversarial pieces of
+:mod:`fewstep.distill.adversarial` (the pair, ``frozen``, the non-saturating losses, R1): a
+registry of GAN losses with the hinge loss ADD uses, :func:`adversarial_terms` (both players'
+terms for one backward pass, with R1), and the discriminator's initialisation from the
+teacher's backbone."""
 
 from __future__ import annotations
 
@@ -21,24 +14,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.functional import relu, softplus
+from torch.nn.functional import relu
 
-from ..nets.backbone_disc import WithDiscriminator, backbone_of
+from ..nets.backbone_disc import backbone_of
+from .adversarial import discriminator_loss, frozen, generator_loss, r1_penalty
 
-__all__ = ["GAN_LOSSES", "adversarial_terms", "backbone_copy", "check_gan_loss", "frozen_call",
-           "gan_loss", "r1_penalty", "seeded", "unwrap_pair"]
-
-
-def frozen_call(module: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
-    """``module(*args, **kwargs)`` with every parameter detached: gradients reach the inputs,
-    never the module."""
-    params = {n: p.detach() for n, p in module.named_parameters()}
-    return torch.func.functional_call(module, params, args, kwargs)
+__all__ = ["GAN_LOSSES", "adversarial_terms", "backbone_copy", "check_gan_loss", "gan_loss",
+           "seeded"]
 
 
 def _nonsaturating(real: Tensor, fake: Tensor, fake_g: Tensor) -> tuple[Tensor, Tensor]:
-    # D: -log sigmoid(D(x)) - log(1 - sigmoid(D(G))); G: -log sigmoid(D(G)) (Goodfellow 2014)
-    return softplus(-real).mean() + softplus(fake).mean(), softplus(-fake_g).mean()
+    return discriminator_loss(real, fake), generator_loss(fake_g)
 
 
 def _hinge(real: Tensor, fake: Tensor, fake_g: Tensor) -> tuple[Tensor, Tensor]:
@@ -52,13 +38,6 @@ GAN_LOSSES: dict[str, Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]]
 }
 
 
-def gan_loss(kind: str, real: Tensor, fake: Tensor, fake_g: Tensor) -> tuple[Tensor, Tensor]:
-    """``(discriminator term, generator term)`` of the GAN loss ``kind`` from the logits of
-    real samples, of detached fakes (``fake``, for D) and of fakes through a frozen D
-    (``fake_g``, for G); each ``(batch,)``."""
-    return GAN_LOSSES[check_gan_loss(kind)](real, fake, fake_g)
-
-
 def check_gan_loss(kind: str) -> str:
     """``kind`` if it names a GAN loss, else a ValueError listing them."""
     if kind not in GAN_LOSSES:
@@ -66,22 +45,27 @@ def check_gan_loss(kind: str) -> str:
     return kind
 
 
-def r1_penalty(logits: Tensor, real: Tensor) -> Tensor:
-    """``E ||grad_x D(x)||^2 / 2`` over real samples ``real`` (which must require grad) with
-    ``logits = D(real)`` (Mescheder et al. 2018, Eq. 9 without gamma); differentiable in D's
-    parameters."""
-    (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
-    return grad.flatten(1).pow(2).sum(1).mean() / 2
+def gan_loss(kind: str, real: Tensor, fake: Tensor, fake_g: Tensor) -> tuple[Tensor, Tensor]:
+    """``(discriminator term, generator term)`` of the GAN loss ``kind`` from the logits of
+    real samples, of detached fakes (``fake``, for D) and of fakes through a frozen D
+    (``fake_g``, for G); each ``(batch,)``."""
+    return GAN_LOSSES[check_gan_loss(kind)](real, fake, fake_g)
 
 
-def unwrap_pair(student: nn.Module, method: str) -> WithDiscriminator:
-    """The :class:`WithDiscriminator` a GAN method trains (unwrapping a distributed wrapper's
-    ``.module``), or a clear error naming ``method``."""
-    pair = getattr(student, "module", student)
-    if not isinstance(pair, WithDiscriminator):
-        raise TypeError(f"{method} trains a generator with its discriminator: the student must "
-                        f"come from {method}.init_student (got a {type(pair).__name__})")
-    return pair
+def adversarial_terms(D: nn.Module, real: Tensor, fake: Tensor, kind: str, r1_gamma: float,
+                      *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    """``(discriminator term + r1_gamma / 2 R1, generator term)`` of ``D(real, *args,
+    **kwargs)`` against ``D(fake, ...)``: D sees detached fakes, G sees ``frozen(D)``, so their
+    sum trains both players in one backward pass (:mod:`fewstep.distill.adversarial`)."""
+    real = real.detach().requires_grad_(r1_gamma > 0)
+    # R1 differentiates a gradient: attention must use the twice-differentiable math kernel
+    with sdpa_kernel(SDPBackend.MATH) if r1_gamma > 0 else contextlib.nullcontext():
+        d_real = D(real, *args, **kwargs)
+    d_term, g_term = gan_loss(kind, d_real, D(fake.detach(), *args, **kwargs),
+                              frozen(D)(fake, *args, **kwargs))
+    if r1_gamma > 0:
+        d_term = d_term + r1_gamma / 2 * r1_penalty(d_real, real)
+    return d_term, g_term
 
 
 def backbone_copy(teacher_model: nn.Module | None, generator: nn.Module,
@@ -104,19 +88,3 @@ def seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build()
-
-
-def adversarial_terms(D: nn.Module, real: Tensor, fake: Tensor, kind: str, r1_gamma: float,
-                      *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
-    """``(discriminator term + r1_gamma R1, generator term)`` of ``D(real, *args, **kwargs)``
-    against ``D(fake, ...)``: D sees detached fakes, G sees a frozen D (see the module
-    docstring), so their sum trains both players in one backward pass."""
-    real = real.detach().requires_grad_(r1_gamma > 0)
-    # R1 differentiates a gradient: attention must use the twice-differentiable math kernel
-    with sdpa_kernel(SDPBackend.MATH) if r1_gamma > 0 else contextlib.nullcontext():
-        d_real = D(real, *args, **kwargs)
-    d_term, g_term = gan_loss(kind, d_real, D(fake.detach(), *args, **kwargs),
-                              frozen_call(D, fake, *args, **kwargs))
-    if r1_gamma > 0:
-        d_term = d_term + r1_gamma * r1_penalty(d_real, real)
-    return d_term, g_term

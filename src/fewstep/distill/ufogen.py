@@ -10,10 +10,11 @@ from typing import ClassVar
 from torch import Tensor, nn
 
 from ..denoiser import append_dims
-from ..nets.backbone_disc import NoisyDiscriminator, WithDiscriminator
+from ..nets.backbone_disc import NoisyDiscriminator
 from ..schedules import karras
+from .adversarial import AdversarialPair, check_pair
 from .base import Batch, LossContext, MethodBase, register_method, split_batch, warm_start
-from .gan_terms import adversarial_terms, backbone_copy, check_gan_loss, seeded, unwrap_pair
+from .gan_terms import adversarial_terms, backbone_copy, check_gan_loss, seeded
 
 __all__ = ["UFOGen"]
 
@@ -39,11 +40,11 @@ class UFOGen(MethodBase):
     - the reconstruction term ``rec_weight ||x0' - x0||^2`` (the KL term of SIDDM's bound,
       ``gamma_t = 1`` here) pulls ``x0'`` to the data point.
 
-    The generator and discriminator are one module (:class:`WithDiscriminator`), trained by one
-    backward pass (:mod:`~fewstep.distill.gan_terms`). Sampling is one evaluation
-    ``x0 = G(sigma_max z, sigma_max)``; image-to-image is one evaluation from a noised input,
-    ``G(x_in + t z, t)`` (:func:`fewstep.edit.stroke_guided` with ``solver="ddim", nfe=1``).
-    The teacher is used only to initialise both players."""
+    The generator and discriminator are one module, an
+    :class:`~fewstep.distill.adversarial.AdversarialPair`, trained by one backward pass.
+    Sampling is one evaluation ``x0 = G(sigma_max z, sigma_max)``; image-to-image is one
+    evaluation from a noised input, ``G(x_in + t z, t)`` (:func:`fewstep.edit.stroke_guided`
+    with ``solver="ddim", nfe=1``). The teacher is used only to initialise both players."""
 
     name: ClassVar[str] = "ufogen"
     num_scales: int = 1
@@ -73,16 +74,16 @@ class UFOGen(MethodBase):
 
     def init_student(self, teacher_model: nn.Module | None, template: nn.Module) -> nn.Module:
         """The teacher's weights in the generator and, with new heads, in the discriminator."""
-        if isinstance(template, WithDiscriminator):  # already built (e.g. by the CLI)
+        if isinstance(template, AdversarialPair):  # already built (e.g. by the CLI)
             return template
         generator = warm_start(template, teacher_model)
         net, sigma_data = backbone_copy(teacher_model, generator, "ufogen")
         disc = seeded(self.head_seed, lambda: NoisyDiscriminator(net, sigma_data,
                                                                  self.head_hidden))
-        return WithDiscriminator(generator, disc)
+        return AdversarialPair(generator, disc)
 
     def loss(self, student: nn.Module, batch: Batch, ctx: LossContext) -> Tensor:
-        pair = unwrap_pair(student, "ufogen")
+        pair = check_pair(student, self.name)
         x0, cond = split_batch(batch)
         levels = self.levels().to(x0)
         i = ctx.randint(self.num_scales, x0.shape[0], device=x0.device)

@@ -5,7 +5,6 @@ from .backbone_disc import (
     FeatureHeads,
     FrozenFeatureDiscriminator,
     NoisyDiscriminator,
-    WithDiscriminator,
 )
 from .embedding import CondEmbedding, SinusoidalEmbedding
 from .mlp import COND_TYPES, MLPDenoiserNet, NoiseEmbedding
@@ -33,7 +32,6 @@ __all__ = [
     "NoisyDiscriminator",
     "SinusoidalEmbedding",
     "UNet",
-    "WithDiscriminator",
     "build_model",
     "buildable",
     "consistency_scalings",

@@ -25,8 +25,7 @@ from ..denoiser import as_batch_sigma
 from .precond import edm_scalings
 from .spec import buildable
 
-__all__ = ["FeatureHeads", "FrozenFeatureDiscriminator", "NoisyDiscriminator",
-           "WithDiscriminator", "backbone_of"]
+__all__ = ["FeatureHeads", "FrozenFeatureDiscriminator", "NoisyDiscriminator", "backbone_of"]
 
 
 def backbone_of(model: Any) -> nn.Module | None:
@@ -110,17 +109,3 @@ class FrozenFeatureDiscriminator(nn.Module):
         return self.heads(self.net.features(c_in.reshape(-1, *[1] * (x.ndim - 1)) * x,
                                             c_noise, **cond))
 
-
-@buildable
-class WithDiscriminator(nn.Module):
-    """A generator and its discriminator trained as one module (fewstep's loop has one
-    optimiser over ``student.parameters()``): calling it is calling the generator, so the
-    trained pair is a denoiser ``D(x, sigma, **cond)`` wherever one is expected; the
-    discriminator rides along in checkpoints (exact resumption) and is ignored by samplers."""
-
-    def __init__(self, generator: nn.Module, discriminator: nn.Module):
-        super().__init__()
-        self.generator, self.discriminator = generator, discriminator
-
-    def forward(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
-        return self.generator(x, sigma, **cond)
