@@ -172,7 +172,7 @@ def report_dataset(name: str, runs: list[dict[str, Any]], floor: dict | None,
              f"Training seeds {seeds} x {st['sample_seeds']} sampling seeds; {st['n_eval']} "
              f"samples vs {st['n_test']} test samples; {st['steps']} steps x batch "
              f"{st['batch']}, Adam lr {st['lr']} betas {tuple(st['betas'])}; teacher "
-             f"{st['teacher']}.{fl}", ""]
+             f"{st['teacher'].replace(f'seed{seeds[0]}', 'seed<s>')}.{fl}", ""]
     rows = [["start (teacher, 1 step)", "1", *ds.cells([r["start"] for r in runs], metrics),
              "-", "-", "-"]]
     base = {k: _suite_rows(teachers, name, seeds, k) for k in ("kd", "cd")}
