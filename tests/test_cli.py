@@ -54,6 +54,25 @@ def test_train_distill_and_sample_a_student(tmp_path, capsys):
     assert (tmp_path / "s" / "samples.png").exists()
 
 
+@pytest.mark.parametrize("method,nfe,bad_nfe", [("ufogen", 1, 2), ("add", 2, 5)])
+def test_distill_and_sample_a_gan_student(tmp_path, capsys, method, nfe, bad_nfe):
+    """The CLI builds the generator-discriminator pair once; sampling uses the native sampler
+    (UFOGen: one step; ADD: its own levels, 1..4) and refuses other budgets."""
+    teacher, student = tmp_path / "teacher", tmp_path / method
+    common = ["--data", "moons", "--hidden", "32", "--batch-size", "32", "--quiet"]
+    assert main(["train", "--out", str(teacher), "--steps", "3", *common]) == 0
+    assert main(["distill", "--method", method, "--teacher", str(teacher), "--out",
+                 str(student), "--steps", "2", *common]) == 0
+    for n in (None, nfe):
+        assert main(["sample", "--teacher", "moons", "--student", str(student), "--n", "8",
+                     "--out", str(tmp_path / f"s{n}"), *(["--nfe", str(n)] if n else [])]) == 0
+        assert (tmp_path / f"s{n}" / "samples.png").exists()
+    capsys.readouterr()
+    assert main(["sample", "--teacher", "moons", "--student", str(student), "--nfe",
+                 str(bad_nfe), "--out", str(tmp_path / "bad")]) == 2
+    assert re.search(rf"(--nfe|NFE) {bad_nfe}\b", capsys.readouterr().err)
+
+
 def test_unknown_method_is_a_clear_error(tmp_path, capsys):
     assert main(["distill", "--method", "magic", "--data", "moons", "--out",
                  str(tmp_path)]) == 2

@@ -47,6 +47,8 @@ METHODS = {
     "kd": lambda: get_method("kd")(num_pairs=64, nfe=6),
     "direct_cm": lambda: get_method("direct_cm")(num_scales=4, nfe=3),
     "cd": lambda: get_method("cd")(N=6, mu=0.9),  # the EMA target is checkpointed state
+    "ufogen": lambda: get_method("ufogen")(),  # the discriminator rides in the student
+    "add": lambda: get_method("add")(features="random"),  # GM has no backbone to read
 }
 
 

@@ -22,6 +22,7 @@ from .bench.students import (
     GAN_METHODS,
     ONE_STEP_METHODS,
     OWN_GRID_METHODS,
+    OWN_LEVELS_METHODS,
     RENOISE_SIGMA_MIN,
 )
 
@@ -235,8 +236,8 @@ def _register_teachers(specs: list[str], data_dir: str | None) -> list[str]:
 
 
 def _sample_own_grid(args: argparse.Namespace, D, x, sigma_max: float):
-    """A PD student with DDIM on its own training grid, at exactly its step count; a KD
-    student in its one step."""
+    """A PD student with DDIM on its own training grid, at exactly its step count; a KD or
+    UFOGen student in its one step; an ADD student re-noising over its own levels."""
     from .bench import students
 
     entry = f"student:{args.student}"
@@ -269,8 +270,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             raise ValueError(f"{why} (--teacher)")
         denoiser = students.model(f"student:{args.student}")
         method = students.method_name(args.student)
-        if method in ONE_STEP_METHODS and args.nfe is None:
-            args.nfe = 1  # a one-step student samples in its one step
+        if method in ONE_STEP_METHODS + OWN_LEVELS_METHODS and args.nfe is None:
+            args.nfe = 1  # a one-step (or ADD) student samples in its one step
         if method in GAN_METHODS and args.nfe is None:  # its T posterior steps
             args.nfe = students.gan_method(f"student:{args.student}").T
         if method in ONE_STEP_METHODS and args.nfe != 1:
@@ -306,7 +307,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         knobs["generator"] = solvers.sample_generators(args.seed, args.n)
     with torch.no_grad():
         if args.student and method in OWN_GRID_METHODS + ONE_STEP_METHODS + GAN_METHODS \
-                and solver == "ddim":
+                + OWN_LEVELS_METHODS and solver == "ddim":
             out = _sample_own_grid(args, denoiser, x, teacher.sigma_max)
         else:
             out = spec(denoiser, x, sigmas, **knobs)

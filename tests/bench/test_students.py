@@ -14,7 +14,7 @@ from fewstep.train import TrainConfig, train
 
 @pytest.fixture(scope="module")
 def students_dir(tmp_path_factory):
-    """A (barely) trained CD and KD student of the gmm2 teacher."""
+    """(Barely) trained CD, KD, PD, UFOGen and ADD students of the gmm2 teacher."""
     root = tmp_path_factory.mktemp("students")
     teacher = teachers.get("gmm2").denoiser
     data = teachers.get("gmm2").reference_samples(512, 0)
@@ -30,7 +30,29 @@ def students_dir(tmp_path_factory):
     train(pd, nets.EDMPrecond(nets.MLPDenoiserNet(2, hidden=32)), data,
           TrainConfig(out_dir=str(root / "pd"), checkpoint_every=2, keep_checkpoints=2,
                       **{**cfg, "steps": pd.total_steps}), teacher=teacher)
+    smax = teachers.get("gmm2").sigma_max
+    for name, params in (("ufogen", {"sigma_max": smax}),
+                         ("add", {"sigma_max": smax, "features": "random",
+                                  "num_student_steps": 2})):
+        train(get_method(name)(**params), nets.EDMPrecond(nets.MLPDenoiserNet(2, hidden=32)),
+              data, TrainConfig(out_dir=str(root / name), **cfg), teacher=teacher)
     return root
+
+
+def test_gan_students_run_at_their_native_budgets(students_dir, tmp_path):
+    """UFOGen samples in one step; ADD re-noises over its own levels, up to their count."""
+    ufo, add = (f"student:{students_dir / n}" for n in ("ufogen", "add"))
+    suite = Suite(name="gan", teachers=["gmm2"], methods=[ufo, add], nfe=[1, 2, 3], seeds=[0],
+                  n_samples=32, reference_rtol=1e-4)
+    suite.cases()
+    assert sum("one-step (UFOGEN) student" in why for why in suite.skipped) == 2
+    assert sum("ADD student samples in 1..2 steps" in why for why in suite.skipped) == 1
+    summary = run_suite(suite, tmp_path, progress=False)
+    assert summary.failed == 0 and summary.total == 3
+    rows = Store(tmp_path / "results.sqlite").rows()
+    assert sorted((r["method"] == add, r["nfe"]) for r in rows) == [(False, 1), (True, 1),
+                                                                   (True, 2)]
+    assert all(r["train_seconds"] > 0 for r in rows)
 
 
 def test_students_are_bench_methods(students_dir, tmp_path):

@@ -17,7 +17,9 @@ Samplers by training method:
 - consistency students (cd, ct, ect, direct_cm, external): the ``consistency`` sampler,
   re-noising down to ``RENOISE_SIGMA_MIN`` (the plan's own sigma_min would waste an
   evaluation, since f(x, sigma_min) = x);
-- knowledge-distilled students (kd): one step, ``x0 = D(sigma_max z, sigma_max)``;
+- one-step students (kd, rf_distill, ufogen): one step, ``x0 = D(sigma_max z, sigma_max)``;
+- ADD students (add): the consistency sampler over ``k`` of their own student levels
+  (``method.sampling_sigmas(k)``), at NFE 1 up to their ``num_student_steps``;
 - progressive-distillation students (pd): DDIM on their own training grid
   ``method.sigmas(k)``, only at NFE ``k``, the step count of the checkpoint's round (point at
   an intermediate ``checkpoints/step_*`` directory for the earlier, longer students);
@@ -45,11 +47,13 @@ __all__ = ["CONSISTENCY_METHODS", "EXTERNAL", "RENOISE_SIGMA_MIN", "check", "lab
            "run_student", "training_cost", "unreachable", "wrong_teacher"]
 
 CONSISTENCY_METHODS = ("cd", "ct", "ect", "direct_cm")
-ONE_STEP_METHODS = ("kd", "rf_distill")
+ONE_STEP_METHODS = ("kd", "rf_distill", "ufogen")
 OWN_GRID_METHODS = ("pd",)
+OWN_LEVELS_METHODS = ("add",)  # re-noise over k of the student's levels, k <= its level count
 GAN_METHODS = ("ddgan", "siddm")  # sampled by the method's own ``sample`` at NFE T
 EXTERNAL = "external"  # a python:MODULE:ATTR consistency function
-METHODS = CONSISTENCY_METHODS + ONE_STEP_METHODS + OWN_GRID_METHODS + GAN_METHODS
+METHODS = (CONSISTENCY_METHODS + ONE_STEP_METHODS + OWN_GRID_METHODS + OWN_LEVELS_METHODS
+           + GAN_METHODS)
 RENOISE_SIGMA_MIN = 0.821  # Song et al. 2023's two-step re-noise level
 
 
@@ -103,7 +107,8 @@ def own_grid(method: str) -> tuple[int, Tensor]:
 
 @functools.cache
 def gan_method(method: str) -> Any:
-    """The recorded method (hyper-parameters) of a diffusion-GAN student."""
+    """The recorded method (hyper-parameters) of a diffusion-GAN or ADD student: it knows its
+    own sampling grids."""
     from ..distill import get_method
 
     rec = info(_path(method))["method"]
@@ -142,6 +147,9 @@ def unreachable(method: str, nfe: int, teacher: str | None = None) -> str | None
         return why
     if name in ONE_STEP_METHODS and nfe != 1:
         return f"{method} at NFE {nfe}: a one-step ({name.upper()}) student"
+    if name in OWN_LEVELS_METHODS and not 1 <= nfe <= gan_method(method).num_student_steps:
+        n = gan_method(method).num_student_steps
+        return f"{method} at NFE {nfe}: an {name.upper()} student samples in 1..{n} steps"
     if name in OWN_GRID_METHODS and nfe != own_grid(method)[0]:
         return f"{method} at NFE {nfe}: a {own_grid(method)[0]}-step PD student (its own grid)"
     if name in GAN_METHODS and nfe != gan_method(method).T:
@@ -203,6 +211,13 @@ def model(method: str) -> Any:
     return load_checkpoint(source)
 
 
+def _check_start(method: str, name: str, sigmas: Tensor, sigma_max: float) -> None:
+    """A student on its own grid starts where it was trained: the teacher's sigma_max."""
+    if not math.isclose(float(sigmas[0]), sigma_max, rel_tol=1e-6):
+        raise ValueError(f"{method}: the {name.upper()} student was trained from sigma_max="
+                         f"{float(sigmas[0]):g}, the teacher starts at {sigma_max:g}")
+
+
 def run_student(method: str, D: Any, x: Tensor, nfe: int, sigma_max: float, seed: int,
                 schedule: str = "karras") -> tuple[Tensor, int]:
     """Sample the student ``D`` (its model, possibly wrapped); returns (samples, steps)."""
@@ -215,10 +230,13 @@ def run_student(method: str, D: Any, x: Tensor, nfe: int, sigma_max: float, seed
                                                                      x.device)), gan.T
     if name in OWN_GRID_METHODS:
         k, sigmas = own_grid(method)
-        if not math.isclose(float(sigmas[0]), sigma_max, rel_tol=1e-6):
-            raise ValueError(f"{method}: the PD student was trained from sigma_max="
-                             f"{float(sigmas[0]):g}, the teacher starts at {sigma_max:g}")
+        _check_start(method, name, sigmas, sigma_max)
         return solvers.get("ddim")(D, x, sigmas), k
+    if name in OWN_LEVELS_METHODS:
+        sigmas = gan_method(method).sampling_sigmas(nfe)
+        _check_start(method, name, sigmas, sigma_max)
+        gens = solvers.sample_generators(seed, x.shape[0], x.device)
+        return solvers.get("consistency")(D, x, sigmas, sigma_min=0.0, generator=gens), nfe
     p = solvers.plan("consistency", nfe, schedule, sigma_min=min(RENOISE_SIGMA_MIN, sigma_max),
                      sigma_max=sigma_max)
     gens = solvers.sample_generators(seed, x.shape[0], x.device)

@@ -1,7 +1,18 @@
 """Training and distillation methods: small loss objects behind one registry, run by the shared
 loop in :mod:`fewstep.train`."""
 
-from . import consistency, diffusion_gan, direct, knowledge, progressive, rectified, teacher  # noqa: F401  (registry)
+from . import (  # noqa: F401  (registry)
+    add,
+    consistency,
+    diffusion_gan,
+    direct,
+    knowledge,
+    progressive,
+    rectified,
+    teacher,
+    ufogen,
+)
+from .add import ADD
 from .adversarial import (
     AdversarialPair,
     check_pair,
@@ -36,8 +47,10 @@ from .rectified import (
     straightness,
 )
 from .teacher import EDMLoss
+from .ufogen import UFOGen
 
 __all__ = [
+    "ADD",
     "DDGAN",
     "SIDDM",
     "AdversarialPair",
@@ -53,6 +66,7 @@ __all__ = [
     "RectifiedFlowDistill",
     "RectifiedFlowLoss",
     "Reflow",
+    "UFOGen",
     "available_methods",
     "check_pair",
     "discriminator_loss",

@@ -40,6 +40,7 @@ from ..denoiser import append_dims
 from ..nets import MLPDenoiserNet, UNet
 from ..nets.gan import ConvDiscriminator, LatentPrecond, MLPDiscriminator, vp_scale
 from ..process import VPContinuous
+from ..solvers.common import Generator as GeneratorArg
 from .adversarial import (
     AdversarialPair,
     check_pair,
@@ -138,7 +139,7 @@ class DiffusionGAN(MethodBase):
         return loss_D + loss_G
 
     @torch.no_grad()
-    def sample(self, G: Any, z: Tensor, generator: solvers.Generator = None) -> Tensor:
+    def sample(self, G: Any, z: Tensor, generator: GeneratorArg = None) -> Tensor:
         """``T`` steps from ``x_T = sigma_T z``: ``x0' = G(x_t, sigma_t, z=fresh noise)`` then
         ``x_{t-1} ~ q(x_{t-1} | x_t, x0')`` (Xiao et al. 2022, Sec. 3.3), i.e. DDIM with
         ``eta = 1`` on :meth:`sigmas`; ``generator`` (one per row, or one) draws both noises.

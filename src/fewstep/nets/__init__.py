@@ -1,6 +1,11 @@
 """Small backbones ``F(x_in, c_noise, cond=None)`` and the preconditioning that turns them into
 sigma-space denoisers (EDM) or consistency functions."""
 
+from .backbone_disc import (
+    FeatureHeads,
+    FrozenFeatureDiscriminator,
+    NoisyDiscriminator,
+)
 from .embedding import CondEmbedding, SinusoidalEmbedding
 from .mlp import COND_TYPES, MLPDenoiserNet, NoiseEmbedding
 from .precond import (
@@ -19,9 +24,12 @@ __all__ = [
     "CondEmbedding",
     "ConsistencyPrecond",
     "EDMPrecond",
+    "FeatureHeads",
     "FlowPrecond",
+    "FrozenFeatureDiscriminator",
     "MLPDenoiserNet",
     "NoiseEmbedding",
+    "NoisyDiscriminator",
     "SinusoidalEmbedding",
     "UNet",
     "build_model",

@@ -84,10 +84,23 @@ class MLPDenoiserNet(nn.Module):
         self.blocks = nn.ModuleList(_Block(hidden, emb_dim) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))
 
-    def forward(self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None = None,
-                w: Tensor | None = None) -> Tensor:
+    @property
+    def feature_channels(self) -> list[int]:
+        """Widths of the tensors :meth:`features` returns."""
+        return [self.inp.out_features] * len(self.blocks)
+
+    def features(self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None = None,
+                 w: Tensor | None = None) -> list[Tensor]:
+        """The hidden state ``(batch, hidden)`` after every block (for discriminators built on
+        the backbone, e.g. UFOGen's and ADD's)."""
         e = self.embed(c_noise, cond, w)
         h = self.inp(x_in)
+        hs = []
         for block in self.blocks:
             h = block(h, e)
-        return self.out(h)
+            hs.append(h)
+        return hs
+
+    def forward(self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None = None,
+                w: Tensor | None = None) -> Tensor:
+        return self.out(self.features(x_in, c_noise, cond, w)[-1])

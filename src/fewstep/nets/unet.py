@@ -65,11 +65,13 @@ class UNet(nn.Module):
         self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
         widths = [channels * m for m in channel_mult]
         self.down, skips, c = nn.ModuleList(), [channels], channels
+        self.widths, self.level_ends = widths, []  # skips index of each level's last block
         for level, w in enumerate(widths):
             for _ in range(num_res_blocks):
                 self.down.append(_ResBlock(c, w, emb_dim, dropout))
                 c = w
                 skips.append(c)
+            self.level_ends.append(len(skips) - 1)
             if level < len(widths) - 1:
                 self.down.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
                 skips.append(c)
@@ -86,8 +88,14 @@ class UNet(nn.Module):
         self.out = nn.Sequential(_norm(c), nn.SiLU(), nn.Conv2d(c, in_channels, 3, padding=1))
         self.factor = 2 ** (len(widths) - 1)
 
-    def forward(self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None = None,
-                w: Tensor | None = None) -> Tensor:
+    @property
+    def feature_channels(self) -> list[int]:
+        """Channels of the maps :meth:`features` returns."""
+        return [*self.widths, self.widths[-1]]
+
+    def _encode(self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None,
+                w: Tensor | None = None) -> tuple[Tensor, list[Tensor], Tensor]:
+        """The down path and the middle: ``(h, skips, embedding)``."""
         if x_in.shape[-1] % self.factor or x_in.shape[-2] % self.factor:
             raise ValueError(f"image size {tuple(x_in.shape[-2:])} is not divisible by "
                              f"{self.factor}")
@@ -99,6 +107,18 @@ class UNet(nn.Module):
             hs.append(h)
         for layer in self.mid:
             h = layer(h, e) if isinstance(layer, _ResBlock) else layer(h)
+        return h, hs, e
+
+    def features(self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None = None,
+                 w: Tensor | None = None) -> list[Tensor]:
+        """The encoder's maps ``(batch, C, H', W')``: each level's last residual block, then the
+        middle (for discriminators built on the backbone, e.g. UFOGen's and ADD's)."""
+        h, hs, _ = self._encode(x_in, c_noise, cond, w)
+        return [*(hs[i] for i in self.level_ends), h]
+
+    def forward(self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None = None,
+                w: Tensor | None = None) -> Tensor:
+        h, hs, e = self._encode(x_in, c_noise, cond, w)
         for layer in self.up:
             h = layer(torch.cat([h, hs.pop()], 1), e) if isinstance(layer, _ResBlock) else layer(h)
         return self.out(h)
