@@ -298,7 +298,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             out = _sample_own_grid(args, denoiser, x, teacher.sigma_max)
         else:
             out = spec(denoiser, x, sigmas, **knobs)
-    paths = save_samples(out, args.out, kind=teacher.kind,
+    paths = save_samples(teacher.to_data(out), args.out, kind=teacher.kind,
                          title=f"{args.teacher} / {args.solver} / NFE {args.nfe}")
     for path in paths:
         print(f"wrote {path}")

@@ -1,7 +1,16 @@
 """Training and distillation methods: small loss objects behind one registry, run by the shared
 loop in :mod:`fewstep.train`."""
 
-from . import consistency, direct, knowledge, progressive, rectified, teacher  # noqa: F401  (registry)
+from . import (  # noqa: F401  (registry)
+    autoencoder,
+    consistency,
+    direct,
+    knowledge,
+    progressive,
+    rectified,
+    teacher,
+)
+from .autoencoder import AutoencoderLoss
 from .base import (
     Batch,
     LossContext,
@@ -29,6 +38,7 @@ from .rectified import (
 from .teacher import EDMLoss
 
 __all__ = [
+    "AutoencoderLoss",
     "Batch",
     "DirectCM",
     "EDMLoss",

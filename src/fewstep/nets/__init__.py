@@ -1,6 +1,7 @@
 """Small backbones ``F(x_in, c_noise, cond=None)`` and the preconditioning that turns them into
 sigma-space denoisers (EDM) or consistency functions."""
 
+from .autoencoder import ConvAutoencoder, kl_normal
 from .embedding import CondEmbedding, SinusoidalEmbedding
 from .mlp import COND_TYPES, MLPDenoiserNet, NoiseEmbedding
 from .precond import (
@@ -18,6 +19,7 @@ __all__ = [
     "COND_TYPES",
     "CondEmbedding",
     "ConsistencyPrecond",
+    "ConvAutoencoder",
     "EDMPrecond",
     "FlowPrecond",
     "MLPDenoiserNet",
@@ -29,5 +31,6 @@ __all__ = [
     "consistency_scalings",
     "edm_scalings",
     "flow_scalings",
+    "kl_normal",
     "model_spec",
 ]
