@@ -195,3 +195,16 @@ def test_zoo_builds_a_latent_teacher_with_its_scale(tmp_path):
     z = torch.randn(4, *space.shape)
     assert D(z, torch.ones(4), cond=torch.tensor([0, 1, -1, 9])).shape == z.shape
     assert space.decode(z).shape == (4, 1, 8, 8)
+
+
+def test_committed_latent_teacher_is_a_bench_teacher_that_decodes():
+    from fewstep.bench import teachers
+
+    t = teachers.get("zoo:digits-latent-edm")
+    assert t.sample_shape == (2, 4, 4) and t.kind == "image" and t.decode is not None
+    assert t.extra["extractor"] == "digits_cnn"
+    z = runner.start_noise(t, 0, 4).float()
+    out = t.denoiser(z, torch.full((4,), 80.0))  # the null label is supplied
+    assert out.shape == z.shape and t.to_data(out).shape == (4, 1, 8, 8)
+    e = zoo.entry("digits-latent-edm")
+    assert e.latent["autoencoder"] == "digits-vae" and e.cost.steps == 800
