@@ -43,11 +43,13 @@ from fewstep.train import TrainConfig, train
 
 TEACHERS = ("zoo:digits-latent-edm", "zoo:digits-edm")
 METHODS = ("heun", "dpmpp_2m")
-NFES = (5, 9, 17, 33)  # Heun's budgets (2 evaluations per step, a final Euler step)
+NFES = (9, 17)  # Heun's budgets (2 evaluations per step, a final Euler step)
 
 
 def _ci(values: list[float], fmt: str = ".3g") -> str:
     s = mean_ci(values)
+    if s.n == 1:
+        return f"{s.mean:{fmt}} (one seed: no interval)"
     return f"{s.mean:{fmt}} [{s.lo:{fmt}}, {s.hi:{fmt}}]"
 
 
@@ -88,7 +90,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/latent_diffusion.md")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--n", type=int, default=256)
-    p.add_argument("--shapes-steps", type=int, default=600)
+    p.add_argument("--shapes-steps", type=int, default=300)
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -106,7 +108,7 @@ def main() -> None:
 
     seeds = [int(s) for s in a.seeds.split(",")]
     suite = Suite(name="latent", teachers=list(TEACHERS), methods=list(METHODS), nfe=list(NFES),
-                  seeds=seeds, n_samples=a.n, reference_rtol=1e-4)
+                  seeds=seeds, n_samples=a.n, reference_rtol=1e-3, timing_repeats=1)
     suite.validate()
     summary = runner.run_suite(suite, work / "bench", progress=False)
     rows = Store(work / "bench" / "results.sqlite").rows(suite="latent")
@@ -129,10 +131,15 @@ def main() -> None:
     for name, f in floors.items():
         lines.append(f"| {name} | {_ci(f['rmse'])} | {f['fd_recon']:.3g} | {f['fd_half']:.3g} "
                      f"| {f['sw_recon']:.3g} |")
-    lines += ["", "FD: digits in the bench's digits-CNN feature space, shapes in pixels. The "
-              "half-vs-half column is the sampling floor of the test split's own size; the "
-              "reconstruction FD above it is what the autoencoder adds, and no latent "
-              "generator scores better than its decoder allows.", "",
+    lines += ["", "FD: digits in the bench's digits-CNN feature space, shapes in pixels. "
+              "FD(recon, test) pairs each test image with its own reconstruction (the same "
+              "rows), so it has no finite-sample bias: it is the distance the decoder adds. "
+              "FD(test half, other half) compares two independent halves of the test split "
+              "(179 digits, 1000 shapes): it is the finite-sample level of an FD between "
+              "independent sets of that size, which is why generators' FDs below, on 128 "
+              "samples against the test split, sit far above the reconstruction FD. Neither is "
+              "a bound on the other; both are floors a latent generator cannot go under "
+              "(the first by construction, the second by sample size).", "",
               "## Latent teacher vs pixel teacher (bench rows)", "",
               "| teacher | solver | NFE | FD (feature space) | SW (pixels) | wall s / sample |",
               "|---|---|---|---|---|---|"]
