@@ -315,7 +315,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         args.nfe = f"{info['nfe']:.3g} (adaptive)"
         print(f"solver {solver!r} is adaptive: it spent {info['nfe']:.3g} evaluations per "
               "sample (mean)")
-    paths = save_samples(out, args.out, kind=teacher.kind,
+    paths = save_samples(teacher.to_data(out), args.out, kind=teacher.kind,
                          title=f"{args.teacher} / {args.solver} / NFE {args.nfe}")
     for path in paths:
         print(f"wrote {path}")

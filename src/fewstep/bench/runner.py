@@ -232,8 +232,8 @@ def _score(case: Case, teacher: Teacher, out: Tensor, ref: Tensor, held: _HeldOu
            extractor: Any = None) -> dict[str, float | None]:
     out64 = out.double()
     m: dict[str, float | None] = {"ode_rmse": float((out64 - ref).pow(2).mean().sqrt())}
-    if held is not None:
-        m.update(_distribution_metrics(case, teacher, out64, held, extractor))
+    if held is not None:  # scored in data space: a latent teacher's samples decoded
+        m.update(_distribution_metrics(case, teacher, teacher.to_data(out64), held, extractor))
     if teacher.log_prob is not None:
         m["nll"] = metrics.nll(out64.float(), teacher.log_prob)
     if teacher.modes is not None:
@@ -361,7 +361,8 @@ def _run_case(case: Case, ctx: _Context) -> dict[str, Any]:
             metrics=_score(case, teacher, out.cpu(), ref, held, extractor))
         row["train_seconds"], row["train_teacher_nfe"] = students.training_cost(case.method)
         if held is not None and inception is not None:
-            row["metrics"].update(_inception_metrics(case, inception, out.cpu(), held.samples))
+            row["metrics"].update(_inception_metrics(case, inception, teacher.to_data(out.cpu()),
+                                                     held.samples))
     except Exception as e:
         row.update(status="error", error=f"{type(e).__name__}: {e}", metrics={})
     return row

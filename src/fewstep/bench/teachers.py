@@ -36,14 +36,18 @@ from ..analytic import EmpiricalDenoiser, GaussianMixture
 from ..denoiser import Denoiser
 
 __all__ = ["PREFIXES", "Teacher", "available", "checkpoint_teacher", "get", "import_attr",
-           "python_teacher", "register", "trained_teacher", "zoo_teacher"]
+           "latent_teacher", "python_teacher", "register", "trained_teacher", "zoo_teacher"]
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0  # EDM's range: every fewstep-trained model's
 
 
 @dataclass(frozen=True)
 class Teacher:
-    """A denoiser with its sigma range and a source of reference samples to score against."""
+    """A denoiser with its sigma range and a source of reference samples to score against.
+
+    ``decode`` maps the denoiser's samples to the space of the reference samples before they
+    are scored (a latent teacher's autoencoder decoder, :mod:`fewstep.latent`); None: the
+    samples are data already. The ODE error is measured on the undecoded samples."""
 
     name: str
     denoiser: Denoiser
@@ -56,6 +60,11 @@ class Teacher:
     modes: tuple[Tensor, Tensor] | None = None  # (means (K, d), stds (K,)) for mode coverage
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    decode: Callable[[Tensor], Tensor] | None = None
+
+    def to_data(self, samples: Tensor) -> Tensor:
+        """``samples`` in data space: decoded, for a latent teacher; unchanged otherwise."""
+        return samples if self.decode is None else self.decode(samples)
 
 
 _BUILDERS: dict[str, Callable[[], Teacher]] = {}
@@ -155,11 +164,34 @@ def zoo_teacher(entry: str) -> Teacher:
 
     e = zoo.entry(entry)
     if e.recipe.role != "teacher":
-        raise ValueError(f"zoo:{entry} is a {e.recipe.method} student, not a teacher; bench it "
-                         f"as the method student:zoo:{entry} on zoo:{e.recipe.teacher}")
-    return trained_teacher(f"zoo:{entry}", zoo.load(entry), e.recipe.data, description=(
-        f"{e.recipe.description}; {e.recipe.steps} steps, {e.cost.seconds:.0f} s to train "
-        f"(fewstep.zoo recipe {entry}); weights sha256 {e.sha256[:12]}"))
+        raise ValueError(f"zoo:{entry} is a {e.recipe.method} {e.recipe.role}, not a teacher"
+                         + (f"; bench it as the method student:zoo:{entry} on "
+                            f"zoo:{e.recipe.teacher}" if e.recipe.teacher else ""))
+    description = (f"{e.recipe.description}; {e.recipe.steps} steps, {e.cost.seconds:.0f} s to "
+                   f"train (fewstep.zoo recipe {entry}); weights sha256 {e.sha256[:12]}")
+    D = zoo.load(entry)
+    if e.method["params"].get("label_dropout"):  # class-conditional: sampled unconditionally
+        from ..latent import NullLabel
+
+        D = NullLabel(D)
+    if e.latent is None:
+        return trained_teacher(f"zoo:{entry}", D, e.recipe.data, description=description)
+    from ..latent import space
+
+    return latent_teacher(f"zoo:{entry}", D, space(entry), e.recipe.data,
+                          description=description)
+
+
+def latent_teacher(name: str, denoiser: Denoiser, latent: Any, data_name: str, *,
+                   description: str = "") -> Teacher:
+    """A denoiser in the latent space ``latent`` (a :class:`fewstep.latent.LatentSpace`, or
+    anything with ``shape``, one latent's shape, and ``decode``) as a teacher: it samples
+    latents of that shape, which are decoded before they are scored against the test split of
+    ``data_name``."""
+    pixel = trained_teacher(name, denoiser, data_name, description=description)
+    return dataclasses.replace(pixel, sample_shape=tuple(latent.shape), decode=latent.decode,
+                               description=f"{pixel.description}; latent samples "
+                               f"{tuple(latent.shape)}, decoded before scoring")
 
 
 def checkpoint_teacher(path: str) -> Teacher:

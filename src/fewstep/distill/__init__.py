@@ -3,6 +3,7 @@ loop in :mod:`fewstep.train`."""
 
 from . import (  # noqa: F401  (registry)
     add,
+    autoencoder,
     consistency,
     diffusion_gan,
     direct,
@@ -21,6 +22,7 @@ from .adversarial import (
     generator_loss,
     r1_penalty,
 )
+from .autoencoder import AutoencoderLoss
 from .base import (
     Batch,
     LossContext,
@@ -54,6 +56,7 @@ __all__ = [
     "DDGAN",
     "SIDDM",
     "AdversarialPair",
+    "AutoencoderLoss",
     "Batch",
     "DiffusionGAN",
     "DirectCM",

@@ -1,6 +1,7 @@
 """Small backbones ``F(x_in, c_noise, cond=None)`` and the preconditioning that turns them into
 sigma-space denoisers (EDM) or consistency functions."""
 
+from .autoencoder import ConvAutoencoder, kl_normal
 from .backbone_disc import (
     FeatureHeads,
     FrozenFeatureDiscriminator,
@@ -23,6 +24,7 @@ __all__ = [
     "COND_TYPES",
     "CondEmbedding",
     "ConsistencyPrecond",
+    "ConvAutoencoder",
     "EDMPrecond",
     "FeatureHeads",
     "FlowPrecond",
@@ -37,5 +39,6 @@ __all__ = [
     "consistency_scalings",
     "edm_scalings",
     "flow_scalings",
+    "kl_normal",
     "model_spec",
 ]

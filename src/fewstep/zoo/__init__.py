@@ -64,6 +64,7 @@ class Entry:
     cost: Cost
     weights: Path
     environment: dict[str, Any]  # torch version and threads of the build
+    latent: dict[str, Any] | None = None  # a latent teacher's {"autoencoder", "scale"}
 
     @property
     def parameters(self) -> int:
@@ -103,7 +104,8 @@ def entry(name: str, root: Path | None = None) -> Entry:
                          f"`fewstep zoo build {name}`")
     rec = json.loads((root / f"{name}.json").read_text())
     return Entry(name, Recipe(**rec["recipe"]), rec["model"], rec["method"], rec["sha256"],
-                 Cost(**rec["cost"]), root / f"{name}.safetensors", rec.get("environment", {}))
+                 Cost(**rec["cost"]), root / f"{name}.safetensors", rec.get("environment", {}),
+                 rec.get("latent"))
 
 
 @functools.cache
@@ -139,6 +141,8 @@ def _template(r: Recipe) -> nn.Module:
 
     torch.manual_seed(r.seed)
     net = build_model(dict(r.backbone))
+    if r.role == "autoencoder":
+        return net
     return ConsistencyPrecond(net, SIGMA_MIN, r.sigma_data) if r.method in CONSISTENCY else \
         EDMPrecond(net, r.sigma_data)
 
@@ -176,8 +180,9 @@ def build(name: str | Recipe, out: str | Path, *, teacher_root: Path | None = No
                          out_dir=str(out / "runs" / r.name), checkpoint_every=100,
                          keep_checkpoints=1, progress=progress)
     with _one_thread():
+        data, latent = _training_data(r, teacher_root)
         student = method.init_student(teacher, _template(r))
-        result = train(method, student, r.data, config, teacher=teacher)
+        result = train(method, student, data, config, teacher=teacher)
     weights = out / f"{r.name}.safetensors"
     state = {k: v.detach().cpu().contiguous() for k, v in result.ema.state_dict().items()}
     atomic_write(weights, lambda tmp: save_file(state, tmp))
@@ -186,11 +191,25 @@ def build(name: str | Recipe, out: str | Path, *, teacher_root: Path | None = No
               "method": {"name": method.name, "params": _jsonable(method)},
               "sha256": sha256(weights), "cost": cost,
               "environment": {"torch": torch.__version__, "threads": 1, "device": "cpu"}}
+    if latent is not None:
+        record["latent"] = latent
     text = json.dumps(record, indent=1, sort_keys=True) + "\n"
     atomic_write(out / f"{r.name}.json", lambda tmp: tmp.write_text(text))
     entry.cache_clear()
     load.cache_clear()
     return entry(r.name, out)
+
+
+def _training_data(r: Recipe, root: Path | None) -> tuple[Any, dict[str, Any] | None]:
+    """A recipe's training data: its data set's name, or for a latent teacher the train split
+    encoded by its zoo autoencoder in ``root`` (labels kept), with the record's ``latent``
+    field ``{"autoencoder", "scale"}``."""
+    if r.autoencoder is None:
+        return r.data, None
+    from ..latent import encode_data, space
+
+    latent = space(r.autoencoder, root)
+    return encode_data(latent, r.data), {"autoencoder": r.autoencoder, "scale": latent.scale}
 
 
 def _jsonable(obj: Any) -> Any:

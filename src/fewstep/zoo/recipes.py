@@ -28,8 +28,11 @@ class Recipe:
 
     ``backbone`` is a :func:`fewstep.nets.spec.model_spec` of the raw network, wrapped in
     ``EDMPrecond`` (teachers, PD and KD students) or ``ConsistencyPrecond`` (consistency
-    students) with ``sigma_data``. ``params`` are the method's hyper-parameters; for iCT
-    ``total_steps`` defaults to ``steps``, and PD's ``steps`` must equal its rounds' total.
+    students) with ``sigma_data``; an autoencoder (method ``autoencoder``) is the backbone
+    itself. A latent teacher names the zoo ``autoencoder`` whose latents (of ``data``'s train
+    split, labels kept, scaled to unit std) it is trained on (:mod:`fewstep.latent`).
+    ``params`` are the method's hyper-parameters; for iCT ``total_steps`` defaults to
+    ``steps``, and PD's ``steps`` must equal its rounds' total.
     """
 
     name: str
@@ -47,11 +50,13 @@ class Recipe:
     warmup_steps: int = 0
     data_n: int | None = None  # samples drawn from an infinite (2-D toy) data set
     description: str = ""
+    autoencoder: str | None = None  # a latent teacher's zoo autoencoder
 
     @property
     def role(self) -> str:
-        """"teacher" (an EDM denoiser trained on data) or "student"."""
-        return "teacher" if self.method == "edm" else "student"
+        """"teacher" (an EDM denoiser trained on data or latents), "autoencoder" or
+        "student"."""
+        return {"edm": "teacher", "autoencoder": "autoencoder"}.get(self.method, "student")
 
 
 def _mlp(hidden: int = 128, depth: int = 3) -> dict[str, Any]:
@@ -92,6 +97,24 @@ _DIGITS = Recipe("digits-edm", "digits", "edm", _unet(1, 16), steps=600, batch_s
                  warmup_steps=100,
                  description="EDM teacher, UNet (16/32 channels, 2 levels) on digits 8x8")
 
+# Latent diffusion on digits: a VAE (8x8 -> 2x4x4, KL weight 1e-3) and a class-conditional
+# EDM teacher on its scaled latents, label dropout 0.1 for classifier-free guidance.
+_DIGITS_VAE = Recipe("digits-vae", "digits", "autoencoder",
+                     {"class": "ConvAutoencoder", "kwargs": {"in_channels": 1,
+                                                             "latent_channels": 2,
+                                                             "channels": 32, "levels": 1}},
+                     steps=800, batch_size=64, lr=2e-3, params={"kl_weight": 1e-3},
+                     ema_decay=0.998, warmup_steps=100,
+                     description="VAE (8x8 -> 2x4x4 latent, KL weight 1e-3) on digits")
+_DIGITS_LATENT = Recipe("digits-latent-edm", "digits", "edm",
+                        {**_unet(2, 32), "kwargs": {**_unet(2, 32)["kwargs"],
+                                                    "cond_type": "label", "num_classes": 10}},
+                        steps=800, batch_size=64, lr=2e-3, sigma_data=1.0,
+                        params={"sigma_data": 1.0, "label_dropout": 0.1}, ema_decay=0.998,
+                        warmup_steps=100, autoencoder="digits-vae",
+                        description="class-conditional latent EDM teacher (label dropout 0.1), "
+                        "UNet (32/64 channels) on digits-vae's 2x4x4 latents")
+
 _TOY_STUDENTS = _students(
     _CHECKERBOARD,
     steps={"cd": 300, "ct": 300, "ect": 200, "pd": 150, "kd": 200, "direct_cm": 150},
@@ -112,7 +135,7 @@ _DIGITS_STUDENTS = _students(
             "direct_cm": {"num_scales": 8, "solver": "ipndm", "nfe": 6}})
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
-    _CHECKERBOARD, *_TOY_STUDENTS, _DIGITS, *_DIGITS_STUDENTS,
+    _CHECKERBOARD, *_TOY_STUDENTS, _DIGITS, *_DIGITS_STUDENTS, _DIGITS_VAE, _DIGITS_LATENT,
     *(_toy_teacher(d) for d in ("moons", "8gaussians", "swissroll", "rings", "pinwheel")))}
 
 
