@@ -123,7 +123,9 @@ def report(out: Path) -> str:
             v = [r[metric] for r in floor["subsets"]]
             lines.append(f"Data floor ({len(v)} train subsets of {floor['n']}): "
                          f"{np.mean(v):.4g} (range {min(v):.4g}-{max(v):.4g}).")
-        head = ["method", "NFE", "seeds", "diverged", f"{metric} [95%]", "precision", "recall",
+        lines.append("'failed': non-finite, or no better than the moment-matched Gaussian "
+                     "(diverged or not yet learnt); quality intervals are over the other seeds.")
+        head = ["method", "NFE", "seeds", "failed", f"{metric} [95%]", "precision", "recall",
                 "moment-matched Gaussian", "train steps", "train s/seed"]
         rows = []
         for run in sorted(p for p in d.iterdir() if p.is_dir()):
