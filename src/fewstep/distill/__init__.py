@@ -1,7 +1,7 @@
 """Training and distillation methods: small loss objects behind one registry, run by the shared
 loop in :mod:`fewstep.train`."""
 
-from . import consistency, direct, knowledge, progressive, rectified, teacher  # noqa: F401  (registry)
+from . import consistency, direct, knowledge, lcm, progressive, rectified, teacher  # noqa: F401  (registry)
 from .base import (
     Batch,
     LossContext,
@@ -16,6 +16,7 @@ from .base import (
 )
 from .direct import DirectCM
 from .knowledge import KnowledgeDistillation
+from .lcm import LatentConsistencyDistillation, LatentConsistencyFineTuning
 from .progressive import ProgressiveDistillation
 from .rectified import (
     RectifiedFlowDistill,
@@ -33,6 +34,8 @@ __all__ = [
     "DirectCM",
     "EDMLoss",
     "KnowledgeDistillation",
+    "LatentConsistencyDistillation",
+    "LatentConsistencyFineTuning",
     "LossContext",
     "Method",
     "MethodBase",
