@@ -4,7 +4,8 @@ the 4-step LCM against the guided teacher's 20-NFE Frechet distance at the same 
 Stages (each resumable; run directories under --work):
 1. a class-conditional EDM teacher (UNet 16/32 channels, label dropout 0.1) on digits' train split;
 2. LCD: a w-conditioned consistency student warm-started from it, w ~ U[w_min, w_max];
-3. Frechet distance in the digits-CNN feature space against the test split, for the guided
+3. Frechet distance in the digits-CNN feature space against the test split (and the CNN's
+   accuracy on the requested labels: how well samples follow their class), for the guided
    teacher (DPM-Solver++(2M), 20 guided evaluations = 40 network rows per sample) and the LCM at
    1, 2, 4 steps (bench student ``student:RUN@w=W``), at several w, over sampling seeds (the same
    start noise and class labels for both), with 95% t intervals.
@@ -86,6 +87,7 @@ def main() -> None:
         lcm = students.model(method)
         guided = CFGDenoiser(teacher, w, {"cond": -1})
         fd: dict[str, list[float]] = {"teacher20": [], "lcm1": [], "lcm2": [], "lcm4": []}
+        acc: dict[str, list[float]] = {key: [] for key in fd}
         for seed in range(args.seeds):
             g = torch.Generator().manual_seed(seed)
             x = torch.randn(args.n, 1, 8, 8, generator=g) * SIGMA_MAX
@@ -97,12 +99,15 @@ def main() -> None:
                 for k in (1, 2, 4):
                     out[f"lcm{k}"] = students.run_student(method, lcm, x, k, SIGMA_MAX, seed)[0]
                 for key, samples in out.items():
-                    fd[key].append(frechet_distance_from_features(
-                        extractor(samples.clamp(-1, 1)), ref))
+                    feats = extractor(samples.clamp(-1, 1))
+                    fd[key].append(frechet_distance_from_features(feats, ref))
+                    acc[key].append(float((extractor.head(feats).argmax(1) == labels)
+                                          .float().mean()))
         row = {"w": w}
         for key, values in fd.items():
             s = mean_ci(values)
-            row[key] = {"mean": s.mean, "lo": s.lo, "hi": s.hi, "per_seed": values}
+            row[key] = {"mean": s.mean, "lo": s.lo, "hi": s.hi, "per_seed": values,
+                        "label_accuracy": float(sum(acc[key]) / len(acc[key]))}
         row["ratio_lcm4_over_teacher20"] = [a / b for a, b in zip(fd["lcm4"], fd["teacher20"],
                                                                    strict=True)]
         row["met_1.5x"] = bool(math.fsum(fd["lcm4"]) <= 1.5 * math.fsum(fd["teacher20"]))
