@@ -190,33 +190,57 @@ class CFGDenoiser(nn.Module):
 
     The conditional and unconditional calls share one batched call when every
     conditioning value is a tensor of matching shape; otherwise two calls are made.
+
+    ``scale`` is a float, or ``None`` for a per-row scale passed at each call as the keyword
+    ``w`` (a ``(batch,)`` tensor, kept from the network): the CFG-augmented PF-ODE of latent
+    consistency distillation, whose w varies over a batch (Luo et al. 2023, Eq. 10). An
+    ``uncond`` value that is a number (e.g. the null label -1) is filled to the conditional
+    value's shape at each call, so one wrapper serves any batch. Each input row costs two
+    network rows (``rows_per_sample``, read by :class:`CountingDenoiser`).
     """
 
-    def __init__(self, denoiser: Denoiser, scale: float, uncond: dict[str, Any]):
-        super().__init__()
-        self.denoiser, self.scale, self.uncond = denoiser, float(scale), dict(uncond)
+    rows_per_sample = 2
 
-    def _batchable(self, cond: dict[str, Any]) -> bool:
-        if set(cond) != set(self.uncond):
+    def __init__(self, denoiser: Denoiser, scale: float | None, uncond: dict[str, Any]):
+        super().__init__()
+        self.denoiser, self.uncond = denoiser, dict(uncond)
+        self.scale = None if scale is None else float(scale)
+
+    def _batchable(self, cond: dict[str, Any], uncond: dict[str, Any]) -> bool:
+        if set(cond) != set(uncond):
             return False
-        return all(isinstance(cond[k], Tensor) and isinstance(self.uncond[k], Tensor)
-                   and cond[k].shape == self.uncond[k].shape for k in cond)
+        return all(isinstance(cond[k], Tensor) and isinstance(uncond[k], Tensor)
+                   and cond[k].shape == uncond[k].shape for k in cond)
+
+    def _uncond(self, cond: dict[str, Any]) -> dict[str, Any]:
+        return {k: torch.full_like(cond[k], v) if isinstance(v, int | float) and k in cond
+                and isinstance(cond[k], Tensor) else v for k, v in self.uncond.items()}
 
     def forward(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
         sigma = as_batch_sigma(sigma, x)
-        if self._batchable(cond) and cond:
-            both = {k: torch.cat([self.uncond[k], cond[k]]) for k in cond}
+        if self.scale is None:
+            if "w" not in cond:
+                raise ValueError("CFGDenoiser(scale=None) takes the per-row guidance scale as "
+                                 "the keyword w= (a (batch,) tensor)")
+            w: Tensor | float = append_dims(torch.as_tensor(cond.pop("w"), dtype=x.dtype,
+                                                            device=x.device), x.ndim)
+        else:
+            w = self.scale
+        uncond = self._uncond(cond)
+        if self._batchable(cond, uncond) and cond:
+            both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
             d_u, d_c = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]),
                                      **both).chunk(2)
         else:
-            d_u = self.denoiser(x, sigma, **self.uncond)
+            d_u = self.denoiser(x, sigma, **uncond)
             d_c = self.denoiser(x, sigma, **cond)
-        return d_u + self.scale * (d_c - d_u)
+        return d_u + w * (d_c - d_u)
 
 
 class CountingDenoiser(nn.Module):
     """Counts calls (``nfe``) and evaluated rows (``rows``; ``rows / batch`` is the NFE per
-    sample, which classifier-free guidance doubles whether it batches or not)."""
+    sample, which classifier-free guidance doubles whether it batches or not: a wrapped
+    denoiser's ``rows_per_sample``, 2 for :class:`CFGDenoiser`, multiplies its rows)."""
 
     def __init__(self, denoiser: Denoiser):
         super().__init__()
@@ -225,7 +249,7 @@ class CountingDenoiser(nn.Module):
 
     def forward(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
         self.nfe += 1
-        self.rows += x.shape[0]
+        self.rows += x.shape[0] * getattr(self.denoiser, "rows_per_sample", 1)
         s = sigma if isinstance(sigma, Tensor) else as_batch_sigma(sigma, x)
         self.sigmas.append(float(s.reshape(-1)[0]))
         return self.denoiser(x, s, **cond)

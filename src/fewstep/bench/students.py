@@ -17,6 +17,9 @@ Samplers by training method:
 - consistency students (cd, ct, ect, direct_cm, external): the ``consistency`` sampler,
   re-noising down to ``RENOISE_SIGMA_MIN`` (the plan's own sigma_min would waste an
   evaluation, since f(x, sigma_min) = x);
+- latent consistency models (lcd, lcf): the same sampler at the guidance scale named in the
+  entry, ``student:PATH@w=SCALE`` (required); a class-conditional LCM samples class labels
+  uniformly per sample, drawn from the case's seed (:func:`class_labels`);
 - one-step students (kd, rf_distill, ufogen): one step, ``x0 = D(sigma_max z, sigma_max)``;
 - ADD students (add): the consistency sampler over ``k`` of their own student levels
   (``method.sampling_sigmas(k)``), at NFE 1 up to their ``num_student_steps``;
@@ -43,10 +46,12 @@ from torch import Tensor
 
 from .. import solvers
 
-__all__ = ["CONSISTENCY_METHODS", "EXTERNAL", "RENOISE_SIGMA_MIN", "check", "label", "model",
-           "run_student", "training_cost", "unreachable", "wrong_teacher"]
+__all__ = ["CONSISTENCY_METHODS", "EXTERNAL", "GUIDED_METHODS", "RENOISE_SIGMA_MIN", "check",
+           "class_labels", "guidance", "label", "model", "run_student", "training_cost",
+           "unreachable", "wrong_teacher"]
 
-CONSISTENCY_METHODS = ("cd", "ct", "ect", "direct_cm")
+GUIDED_METHODS = ("lcd", "lcf")  # w-conditioned consistency students: student:PATH@w=SCALE
+CONSISTENCY_METHODS = ("cd", "ct", "ect", "direct_cm", *GUIDED_METHODS)
 ONE_STEP_METHODS = ("kd", "rf_distill", "ufogen")
 OWN_GRID_METHODS = ("pd",)
 OWN_LEVELS_METHODS = ("add",)  # re-noise over k of the student's levels, k <= its level count
@@ -58,7 +63,38 @@ RENOISE_SIGMA_MIN = 0.821  # Song et al. 2023's two-step re-noise level
 
 
 def _path(method: str) -> str:
-    return method.removeprefix("student:")
+    return method.removeprefix("student:").split("@w=")[0]
+
+
+def guidance(method: str) -> float | None:
+    """The guidance scale of ``student:PATH@w=SCALE``, or None without one; ValueError for a
+    scale that is not a finite number >= 0."""
+    if "@w=" not in method:
+        return None
+    text = method.rsplit("@w=", 1)[1]
+    try:
+        w = float(text)
+    except ValueError:
+        w = math.nan
+    if not (math.isfinite(w) and w >= 0):
+        raise ValueError(f"{method!r}: the guidance scale after @w= must be a finite number "
+                         f">= 0; got {text!r}")
+    return w
+
+
+def class_labels(seed: int, n: int, num_classes: int) -> Tensor:
+    """``n`` class labels uniform over ``num_classes``, from ``seed`` alone (a case's samples
+    and its guided teacher's share them)."""
+    g = torch.Generator().manual_seed(10_007 * seed + 1)
+    return torch.randint(num_classes, (n,), generator=g)
+
+
+def _num_classes(model: Any) -> int:
+    from ..nets.embedding import CondEmbedding
+
+    modules = model.modules() if isinstance(model, torch.nn.Module) else ()
+    return next((m.num_classes for m in modules
+                 if isinstance(m, CondEmbedding) and m.num_classes > 0), 0)
 
 
 @functools.cache
@@ -128,6 +164,11 @@ def check(method: str) -> str:
     if name not in METHODS:
         raise ValueError(f"{method!r} was trained with {name!r}; the bench samples students of "
                          f"{', '.join(METHODS)}")
+    if (guidance(method) is None) == (name in GUIDED_METHODS):
+        raise ValueError(f"{method!r}: an LCM ({', '.join(GUIDED_METHODS)}) student is sampled "
+                         "at a guidance scale, student:PATH@w=SCALE, and only it takes one"
+                         if name in GUIDED_METHODS else
+                         f"{method!r}: a {name} student takes no guidance scale (@w=)")
     return name
 
 
@@ -185,8 +226,10 @@ def label(method: str) -> str:
     if source.startswith("python:"):
         return f"py:{source.rsplit(':', 1)[-1]}"
     parts = [p for p in source.rstrip("/").split("/") if p] or [source]
-    return "/".join(parts[-3::2]) if parts[-1].startswith("step_") and len(parts) >= 3 \
+    name = "/".join(parts[-3::2]) if parts[-1].startswith("step_") and len(parts) >= 3 \
         else parts[-1]
+    w = guidance(method)
+    return name if w is None else f"{name}@w={w:g}"
 
 
 @functools.cache
@@ -240,4 +283,9 @@ def run_student(method: str, D: Any, x: Tensor, nfe: int, sigma_max: float, seed
     p = solvers.plan("consistency", nfe, schedule, sigma_min=min(RENOISE_SIGMA_MIN, sigma_max),
                      sigma_max=sigma_max)
     gens = solvers.sample_generators(seed, x.shape[0], x.device)
-    return solvers.get("consistency")(D, x, p.sigmas, generator=gens), p.steps
+    cond: dict[str, Tensor] = {}
+    if name in GUIDED_METHODS:
+        cond["w"] = torch.full((x.shape[0],), float(guidance(method) or 0.0), device=x.device)
+        if k := _num_classes(model(method)):
+            cond["cond"] = class_labels(seed, x.shape[0], k).to(x.device)
+    return solvers.get("consistency")(D, x, p.sigmas, cond=cond, generator=gens), p.steps

@@ -8,6 +8,7 @@ from . import (  # noqa: F401  (registry)
     diffusion_gan,
     direct,
     knowledge,
+    lcm,
     progressive,
     rectified,
     teacher,
@@ -38,6 +39,7 @@ from .base import (
 from .diffusion_gan import DDGAN, SIDDM, DiffusionGAN, gan_pair
 from .direct import DirectCM
 from .knowledge import KnowledgeDistillation
+from .lcm import LatentConsistencyDistillation, LatentConsistencyFineTuning
 from .progressive import ProgressiveDistillation
 from .rectified import (
     RectifiedFlowDistill,
@@ -62,6 +64,8 @@ __all__ = [
     "DirectCM",
     "EDMLoss",
     "KnowledgeDistillation",
+    "LatentConsistencyDistillation",
+    "LatentConsistencyFineTuning",
     "LossContext",
     "Method",
     "MethodBase",

@@ -191,23 +191,28 @@ class MethodBase:
         return None
 
 
-def warm_start(template: nn.Module, teacher_model: nn.Module | None) -> nn.Module:
+def warm_start(template: nn.Module, teacher_model: nn.Module | None, *,
+               keep_new: bool = False) -> nn.Module:
     """``template`` with the teacher's weights when their parameter names and shapes match
     (e.g. ``ConsistencyPrecond(net)`` from ``EDMPrecond(net)``); the template unchanged when the
-    teacher has no parameters (an analytic teacher). Other mismatches raise."""
+    teacher has no parameters (an analytic teacher). With ``keep_new``, tensors the teacher
+    lacks keep the template's values (a zero-initialised w embedding: the student then equals
+    the teacher at every w). Other mismatches raise."""
     if teacher_model is None or not isinstance(teacher_model, nn.Module):
         return template
     source = teacher_model.state_dict()
     if not any(isinstance(v, nn.Parameter) for v in teacher_model.parameters()):
         return template
     target = template.state_dict()
-    bad = [k for k, v in target.items() if k not in source or source[k].shape != v.shape]
+    bad = [k for k, v in target.items() if (k not in source and not keep_new)
+           or (k in source and source[k].shape != v.shape)]
+    bad += [k for k in source if keep_new and k not in target]
     if bad:
         raise ValueError(f"cannot initialise the student from the teacher: {len(bad)} of its "
                          f"tensors are missing or differ in shape (first: {bad[0]!r}); pass a "
                          "template with the teacher's architecture")
     student = copy.deepcopy(template)
-    student.load_state_dict({k: source[k] for k in target})
+    student.load_state_dict({k: source.get(k, v) for k, v in target.items()})
     return student
 
 

@@ -187,12 +187,24 @@ class ConsistencyDistillation(MethodBase):
 
     def loss(self, student: nn.Module, batch: Batch, ctx: LossContext) -> Tensor:
         x0, cond = split_batch(batch)
+        x, s_hi, s_lo = self._pair(x0, ctx, 1)
+        return self._distill(student, x, s_hi, s_lo, cond, ctx)
+
+    def _pair(self, x0: Tensor, ctx: LossContext, k: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``(x_{n+k}, s_{n+k}, s_n)``: ``n`` uniform in ``[0, N - 1 - k]`` per row on the
+        Karras levels and ``x_{n+k} = x0 + s_{n+k} z``."""
         sig = karras_levels(self.N, self.sigma_min, self.sigma_max, self.rho).to(x0)
-        n = ctx.randint(self.N - 1, x0.shape[0], device=x0.device)
-        s_lo, s_hi = sig[n], sig[n + 1]
-        x = x0 + _rows(s_hi, x0) * ctx.randn_like(x0)
+        n = ctx.randint(self.N - k, x0.shape[0], device=x0.device)
+        s_lo, s_hi = sig[n], sig[n + k]
+        return x0 + _rows(s_hi, x0) * ctx.randn_like(x0), s_hi, s_lo
+
+    def _distill(self, student: nn.Module, x: Tensor, s_hi: Tensor, s_lo: Tensor,
+                 cond: dict[str, Any], ctx: LossContext, teacher: Any = None) -> Tensor:
+        """``d(f(x, s_hi), f^-(Phi(x; s_hi -> s_lo), s_lo))``: one ``solver`` step of
+        ``teacher`` (default: the context's) per row, counted; ``cond`` goes to both the
+        teacher and the student."""
         x_hat = ctx.teacher_solve_rows(self.solver, x, torch.stack([s_hi, s_lo], 1),
-                                       row_cond=cond)
+                                       teacher=teacher, row_cond=cond)
         if self.mu > 0 and "target" not in ctx.state:  # loss called without on_step
             ctx.state["target"] = _frozen_copy(student)
         target = ctx.state["target"] if self.mu > 0 else student
