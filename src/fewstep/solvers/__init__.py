@@ -9,6 +9,7 @@ function face ``fn(denoiser, x, sigmas, *, cond=None, generator=None, callback=N
 from . import (  # noqa: F401  (fill the registry)
     adaptive,
     dpm,
+    dpm_v3,
     euler,
     multistep,
     parallel,
@@ -20,6 +21,7 @@ from .adaptive import reference_solution, sample_dpm_solver_adaptive, sample_rk4
 from .common import generators, randn_like, sample_generators, singlestep_orders
 from .consistency import sample_consistency  # noqa: F401  (registers "consistency")
 from .dpm import sample_dpm_solver, sample_dpmpp_2m_sde, sample_dpmpp_2s, sample_dpmpp_multistep
+from .dpm_v3 import sample_dpm_solver_v3
 from .driver import Request, SolverFunction, Steps, drive
 from .euler import sample_ddim, sample_heun
 from .multistep import sample_deis, sample_ipndm
@@ -47,6 +49,7 @@ __all__ = [
     "sample_deis",
     "sample_dpm_solver",
     "sample_dpm_solver_adaptive",
+    "sample_dpm_solver_v3",
     "sample_dpmpp_2m_sde",
     "sample_dpmpp_2s",
     "sample_dpmpp_multistep",

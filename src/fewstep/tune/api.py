@@ -19,7 +19,8 @@ from torch import Tensor
 from ..bench.teachers import Teacher
 from ..bench.teachers import get as get_teacher
 from ..solvers.registry import get as get_solver
-from .artefact import LEARNED_BASE, TunedSolver, fingerprint
+from . import ems
+from .artefact import LEARNED_BASE, TunedSolver, fingerprint, nest_knobs
 from .calibration import Calibration, CountingDenoiser, calibrate
 from .learned import fit
 from .schedule import ays, base_plan, endpoint_loss, gits
@@ -27,8 +28,13 @@ from .solver import rollout
 
 __all__ = ["METHODS", "tune", "validation_loss"]
 
-# (base, sigmas, eval_sigmas, weights, x_weights, info); the last three only for learned solvers
-Result = tuple[str, Tensor, Tensor | None, Tensor | None, Tensor | None, dict[str, Any]]
+V3 = "dpm_solver_v3"
+
+# (base, sigmas, eval_sigmas, weights, x_weights, info, knobs): eval_sigmas, weights and
+# x_weights only for learned solvers; knobs the base's further knobs (tensors by flat name, see
+# TunedSolver.knob_tensors, and JSON values)
+Result = tuple[str, Tensor, Tensor | None, Tensor | None, Tensor | None, dict[str, Any],
+               dict[str, Any]]
 
 
 def _gits(D: Any, c: Calibration, nfe: int, base: str, *, grid_size: int = 100,
@@ -36,7 +42,7 @@ def _gits(D: Any, c: Calibration, nfe: int, base: str, *, grid_size: int = 100,
     t = c.teacher
     sigmas, info = gits(D, c.x_cal, c.ref_cal, nfe, t.sigma_min, t.sigma_max,
                         grid_size=grid_size, substeps=substeps)
-    return base, sigmas, None, None, None, info
+    return base, sigmas, None, None, None, info, {}
 
 
 def _ays(D: Any, c: Calibration, nfe: int, base: str, *, init: str = "karras",
@@ -44,7 +50,7 @@ def _ays(D: Any, c: Calibration, nfe: int, base: str, *, init: str = "karras",
     t = c.teacher
     start = _init(D, c, nfe, base, init)
     sigmas, info = ays(D, c.x_cal.double(), c.ref_cal, base, start, t.sigma_min, sweeps=sweeps)
-    return base, sigmas, None, None, None, {**info, "init": init}
+    return base, sigmas, None, None, None, {**info, "init": init}, {}
 
 
 def _learned(groups: tuple[str, ...]) -> Callable[..., Result]:
@@ -61,8 +67,31 @@ def _learned(groups: tuple[str, ...]) -> Callable[..., Result]:
         info = {"init": init, "iters": iters, "lr": lr, "K": K, "learned": list(groups),
                 "best_validation_mse": log["best_validation_mse"],
                 "final_calibration_mse": log["calibration_mse"][-1]}
-        return LEARNED_BASE, p.sigmas, p.eval_sigmas, p.weights, p.x_weights, info
+        return LEARNED_BASE, p.sigmas, p.eval_sigmas, p.weights, p.x_weights, info, {}
     return method
+
+
+V3_VARIANTS = {"full": {}, "pseudo": {"predictor_pseudo": True, "corrector_pseudo": True}}
+
+
+def _dpm_solver_v3(D: Any, c: Calibration, nfe: int, base: str, *, init: str = "karras",
+                   grid_size: int = 80, substeps: int = 3, probes: int = 1) -> Result:
+    """DPM-Solver-v3 with the teacher's EMS (:func:`fewstep.tune.ems.estimate`) on the
+    calibration noises, on ``init``'s schedule; the full-order or pseudo-order predictor and
+    corrector (:data:`V3_VARIANTS`) is chosen on the validation noises. Every variant's
+    validation loss, and the chosen one's without the statistics, go to the info."""
+    t = c.teacher
+    sigmas = _init(D, c, nfe, V3, init)
+    st, info = ems.estimate(D, c.x_cal, t.sigma_min, t.sigma_max, grid_size=grid_size,
+                            substeps=substeps, probes=probes)
+    tensors = {f"statistics.{k}": v for k, v in st.tensors().items()}
+    val = {name: validation_loss(D.inner, c, V3, sigmas, knobs={**tensors, **v})
+           for name, v in V3_VARIANTS.items()}
+    chosen = min(val, key=val.__getitem__)
+    info = {**info, "init": init, "validation_by_variant": val, "variant": chosen,
+            "val_without_ems": validation_loss(D.inner, c, V3, sigmas,
+                                               knobs=V3_VARIANTS[chosen])}
+    return V3, sigmas, None, None, None, info, {**tensors, **V3_VARIANTS[chosen]}
 
 
 def _init(D: Any, c: Calibration, nfe: int, base: str, init: str) -> Tensor:
@@ -80,15 +109,19 @@ METHODS: dict[str, Callable[..., Result]] = {
     "ays": _ays,                                      # Sabour et al. 2024 (endpoint objective)
     "ld3": _learned(("sigmas", "eval")),              # Tong et al. 2025
     "s4s": _learned(("sigmas", "eval", "weights", "x")),  # Frankel et al. 2025 (S4S-Alt-like)
+    "dpm_solver_v3": _dpm_solver_v3,                  # Zheng et al. 2023 (EMS computed once)
 }
 
 
 def validation_loss(D: Any, c: Calibration, base: str, sigmas: Tensor,
                     eval_sigmas: Tensor | None = None, weights: Tensor | None = None,
-                    x_weights: Tensor | None = None) -> float:
-    """ode_rmse of a (tuned or untuned) solver on the validation set."""
+                    x_weights: Tensor | None = None,
+                    knobs: dict[str, Any] | None = None) -> float:
+    """ode_rmse of a (tuned or untuned) solver on the validation set; ``knobs`` are the base
+    solver's further knobs (tensors may come by flat name, ``"statistics.l"``)."""
     if weights is None:
-        return endpoint_loss(D, c.x_val.double(), c.ref_val, base, sigmas)
+        return endpoint_loss(D, c.x_val.double(), c.ref_val, base, sigmas,
+                             nest_knobs(knobs or {}))
     assert eval_sigmas is not None
     with torch.no_grad():
         out = rollout(D, c.x_val.double(), sigmas, eval_sigmas, weights, x_weights)
@@ -119,18 +152,21 @@ def tune(teacher: Teacher | str, method: str, nfe: int, *, base: str = "dpmpp_2m
     c = calibrate(teacher, n_cal, n_val, seed=seed, rtol=rtol, cache=cache)
     D = CountingDenoiser(c.denoiser)
     try:
-        base_used, sigmas, xi, W, A, info = METHODS[method](D, c, int(nfe), base, **options)
+        base_used, sigmas, xi, W, A, info, knobs = METHODS[method](D, c, int(nfe), base,
+                                                                   **options)
     except TypeError as e:  # an option the method does not take
         raise ValueError(f"tuning method {method!r}: {e}") from None
     rows = D.counter.rows + c.teacher_rows
     seconds, cpu = time.perf_counter() - wall, time.process_time() - cpu
     untuned = validation_loss(D.inner, c, base, base_plan(base, int(nfe), teacher.sigma_min,
                                                           teacher.sigma_max))
-    tuned = validation_loss(D.inner, c, base_used, sigmas, xi, W, A)
+    tuned = validation_loss(D.inner, c, base_used, sigmas, xi, W, A, knobs)
     return TunedSolver(
         method=method, base=base_used, nfe=int(nfe), sigmas=sigmas.double().detach(),
         teacher=teacher.name, teacher_fingerprint=fingerprint(teacher.denoiser), n_cal=n_cal,
         n_val=n_val, val_loss=tuned, base_val_loss=untuned, tuning_seconds=seconds,
         teacher_rows=rows, eval_sigmas=xi, weights=W, x_weights=A,
+        knob_tensors={k: v for k, v in knobs.items() if isinstance(v, Tensor)},
+        knob_values={k: v for k, v in knobs.items() if not isinstance(v, Tensor)},
         info={**info, "cpu_seconds": cpu, "from": base, "seeds": list(c.seeds),
               "reference_rtol": rtol, "options": options})
