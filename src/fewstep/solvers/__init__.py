@@ -13,6 +13,7 @@ from . import (  # noqa: F401  (fill the registry)
     euler,
     multistep,
     parallel,
+    pas,
     pndm,
     sde_adaptive,
     unipc,
@@ -25,6 +26,7 @@ from .dpm_v3 import sample_dpm_solver_v3
 from .driver import Request, SolverFunction, Steps, drive
 from .euler import sample_ddim, sample_heun
 from .multistep import sample_deis, sample_ipndm
+from .pas import sample_pas
 from .registry import KINDS, Plan, SolverSpec, alias, available, get, plan, register, sample
 from .unipc import sample_unipc
 
@@ -56,6 +58,7 @@ __all__ = [
     "sample_generators",
     "sample_heun",
     "sample_ipndm",
+    "sample_pas",
     "sample_rk45",
     "sample_unipc",
     "singlestep_orders",

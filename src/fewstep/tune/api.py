@@ -18,11 +18,13 @@ from torch import Tensor
 
 from ..bench.teachers import Teacher
 from ..bench.teachers import get as get_teacher
+from ..solvers.pas import BASES as PAS_BASES
 from ..solvers.registry import get as get_solver
 from . import ems
 from .artefact import LEARNED_BASE, TunedSolver, fingerprint, nest_knobs
 from .calibration import Calibration, CountingDenoiser, calibrate
 from .learned import fit
+from .pas import fit_pas
 from .schedule import ays, base_plan, endpoint_loss, gits
 from .solver import rollout
 
@@ -104,12 +106,37 @@ def _init(D: Any, c: Calibration, nfe: int, base: str, init: str) -> Tensor:
     raise ValueError(f"unknown init {init!r}; expected 'karras' or 'gits'")
 
 
+def _pas(D: Any, c: Calibration, nfe: int, base: str, *, init: str = "karras", k: int = 4,
+         tol: float = 1e-3, substeps: int = 8) -> Result:
+    """PAS (:func:`fewstep.tune.pas.fit_pas`) on ``base`` (``ddim`` or ``ipndm``) on
+    ``init``'s schedule; the coordinates are dropped (the base solver kept) unless the
+    endpoint loss is no worse than the base's on calibration and on validation."""
+    if base not in PAS_BASES:
+        raise ValueError(f"PAS corrects the direction of {' or '.join(PAS_BASES)}; got base "
+                         f"{base!r}")
+    sigmas = _init(D, c, nfe, base, init)
+    coords, log = fit_pas(D, c.x_cal, c.ref_cal, c.x_val, c.ref_val, sigmas, base=base, k=k,
+                          tol=tol, substeps=substeps)
+    x_cal = c.x_cal.double()
+    losses = {name: (endpoint_loss(D, x_cal, c.ref_cal, "pas", sigmas, knobs),
+                     validation_loss(D.inner, c, "pas", sigmas, knobs=knobs))
+              for name, knobs in (("base", {"base": base}),
+                                  ("pas", {"base": base, "coords": coords}))}
+    kept = all(t <= b for t, b in zip(losses["pas"], losses["base"], strict=True))
+    if not kept:
+        coords = torch.zeros_like(coords)
+    info = {"init": init, "k": k, "tol": tol, "substeps": substeps, "steps_corrected":
+            log["kept"] if kept else [], "endpoint_losses": losses, "kept": kept}
+    return "pas", sigmas, None, None, None, info, {"coords": coords, "base": base}
+
+
 METHODS: dict[str, Callable[..., Result]] = {
     "gits": _gits,                                    # Chen et al. 2024
     "ays": _ays,                                      # Sabour et al. 2024 (endpoint objective)
     "ld3": _learned(("sigmas", "eval")),              # Tong et al. 2025
     "s4s": _learned(("sigmas", "eval", "weights", "x")),  # Frankel et al. 2025 (S4S-Alt-like)
     "dpm_solver_v3": _dpm_solver_v3,                  # Zheng et al. 2023 (EMS computed once)
+    "pas": _pas,                                      # Wang et al. 2024
 }
 
 
