@@ -78,12 +78,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teachers", nargs="+", default=["gmm16", "moons", "checkerboard"])
     ap.add_argument("--nfe", nargs="+", type=int, default=[4, 5, 6, 8, 10])
-    ap.add_argument("--methods", nargs="+", default=list(OPTIONS))
+    ap.add_argument("--methods", nargs="*", default=list(OPTIONS))
     ap.add_argument("--n-cal", type=int, default=96)
     ap.add_argument("--n-val", type=int, default=64)
     ap.add_argument("--n-test", type=int, default=256)
     ap.add_argument("--out", default="benchmarks/results/tune_suite")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (shared machine)")
+    ap.add_argument("--redo", nargs="*", default=[], help="methods (or 'untuned') to run "
+                    "again although rows exist, e.g. after the registry gained solvers")
     ap.add_argument("--table-only", action="store_true",
                     help="only write OUT.md from the rows in OUT/rows.jsonl")
     args = ap.parse_args()
@@ -96,7 +98,7 @@ def main() -> None:
     rows_path, cache = out / "rows.jsonl", Path(".fewstep-cache/references")
     # rows without per-sample errors (made before the interval was reported) are redone
     done = {(r["teacher"], r["nfe"], r["method"]) for r in map(json.loads, rows_path.open())
-            if "sq" in r} if rows_path.exists() else set()
+            if "sq" in r and r["method"] not in args.redo} if rows_path.exists() else set()
     for name in args.teachers:
         teacher = get_teacher(name)
         D = tune.calibrate(teacher, 1, 1, cache=cache).denoiser  # the float64 teacher
@@ -105,7 +107,8 @@ def main() -> None:
         for nfe in args.nfe:
             todo = [m for m in ["untuned", *args.methods] if (name, nfe, m) not in done]
             for method in todo:
-                row = {"teacher": name, "nfe": nfe, "method": method}
+                row = {"teacher": name, "nfe": nfe, "method": method, "n_cal": args.n_cal,
+                       "n_val": args.n_val, "n_test": args.n_test}
                 if method == "untuned":
                     scores = sorted(untuned(D, teacher, x, ref, nfe), key=lambda r: r[1])
                     row.update(best=scores[0][0], ode_rmse=scores[0][1],
@@ -166,13 +169,18 @@ def write_table(rows_path: Path, md: Path, args: argparse.Namespace) -> None:
             lines.append("| " + " | ".join([teacher, str(nfe), u["best"], f"{u['ode_rmse']:.4f}",
                                             *cells, best[0], f"{ratio:.2f} [{lo:.2f}, {hi:.2f}]",
                                             verdict]) + " |")
+    sizes = sorted({(r["teacher"], r.get("n_cal"), r.get("n_val"), r.get("n_test"))
+                    for r in rows if r.get("n_cal")})
+    sets = "; ".join(f"{t}: n_cal {a}, n_val {b}, n_test {c}" for t, a, b, c in sizes)
     md.write_text(f"# Tuned vs untuned solvers (issue 12)\n\nCommand: `nice -n 10 .venv/bin/python "
                   f"benchmarks/tune_suite.py --teachers {' '.join(args.teachers)} --nfe "
                   f"{' '.join(map(str, args.nfe))} --n-cal {args.n_cal} --n-val {args.n_val} "
-                  f"--n-test {args.n_test}`\n\node_rmse on {args.n_test} held-out start noises "
+                  f"--n-test {args.n_test}` (set sizes per row, where they differ: {sets})"
+                  "\n\node_rmse on the held-out start noises "
                   "(bench seed 0) against the RK45 reference (rtol 1e-6); tuned cells: ode_rmse "
                   "(process CPU-seconds of tuning, calibration references included unless "
-                  "cached). Options per method: "
+                  "cached). ratio = best tuned / best untuned, with its paired-bootstrap 95% "
+                  "interval over the held-out noises. Options per method: "
                   f"{json.dumps(OPTIONS)}.\n\nTarget (ratio <= 0.5 at <= 300 CPU s) met in "
                   f"{counts[1]} of {sum(counts)} (teacher, NFE) cells.\n\n"
                   + "\n".join(lines) + "\n")
