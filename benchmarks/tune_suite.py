@@ -183,7 +183,12 @@ def write_table(rows_path: Path, md: Path, args: argparse.Namespace) -> None:
                   "interval over the held-out noises. Options per method: "
                   f"{json.dumps(OPTIONS)}.\n\nTarget (ratio <= 0.5 at <= 300 CPU s) met in "
                   f"{counts[1]} of {sum(counts)} (teacher, NFE) cells.\n\n"
-                  + "\n".join(lines) + "\n")
+                  + "\n".join(lines) + "\n" + _findings(rows_path.parent / "findings.md"))
+
+
+def _findings(path: Path) -> str:
+    """The hand-written findings kept beside the rows (``OUT/findings.md``), if any."""
+    return "\n" + path.read_text() if path.exists() else ""
 
 
 if __name__ == "__main__":
