@@ -81,3 +81,15 @@ def test_every_builtin_suite_reaches_nfe_50_on_a_teacher():
     for name in ("smoke", "quick", "full"):
         s = load_suite(name)
         assert max(max(s.nfe_of(t)) for t in s.teachers) == 50, name
+
+
+def test_a_parallel_sampler_row_is_absent_with_its_reason():
+    """ParaDiGMS spends more NFE than its sequential grid for fewer rounds, so the suite skips
+    it on an NFE grid with that reason (not the generic adaptive one); ddim still runs."""
+    from fewstep.bench.suite import Suite
+
+    s = Suite("t", ["gmm2"], ["ddim", "paradigms", "rk45"], [4], [0], n_samples=4)
+    s.validate()
+    assert [c.method for c in s.cases()] == ["ddim"]
+    assert any(w.startswith("paradigms: parallel sampler") and "rounds" in w for w in s.skipped)
+    assert any(w.startswith("rk45: adaptive (NFE follows tolerances)") for w in s.skipped)

@@ -248,7 +248,8 @@ def test_tune_end_to_end_and_bench_runs_the_artefact(tmp_path):
     json.dumps(row["config"])
 
 
-def test_the_iterate_is_chosen_on_validation_not_calibration():
+@pytest.mark.parametrize("learn", [("sigmas", "weights"), ("sigmas", "eval", "weights", "x")])
+def test_the_iterate_is_chosen_on_validation_not_calibration(learn):
     """A fit that lowers the calibration loss but not the validation loss keeps its start:
     here the validation references are the untuned solver's own endpoints, so the start is
     exact on validation and every learned iterate is worse there."""
@@ -257,12 +258,17 @@ def test_the_iterate_is_chosen_on_validation_not_calibration():
     ref = solvers.reference_solution(gm, x, SIGMA_MAX, rtol=1e-7, atol=1e-7)
     init = base_plan("dpmpp_2m", 4, SIGMA_MIN, SIGMA_MAX)
     ref_val = solvers.get("dpmpp_2m")(gm, x_val.double(), init)
-    p, log = fit(gm, x, ref, init, SIGMA_MIN, learn=("sigmas", "weights"), iters=20,
+    p, log = fit(gm, x, ref, init, SIGMA_MIN, learn=learn, iters=20,
                  lr=0.05, x_val=x_val, ref_val=ref_val, val_every=5)
     assert log["calibration_mse"][-1] < log["calibration_mse"][0]  # calibration improved
     assert len(log["validation_mse"]) == 5 and log["best_validation_mse"] < 1e-20
     assert min(log["validation_mse"][1:]) > 0  # every later iterate is worse on validation
     torch.testing.assert_close(p.sigmas, init.double(), rtol=0, atol=1e-12)
+    # the whole start comes back, x_weights too (they once aliased the trained parameter)
+    assert not p.x_weights.any()
+    torch.testing.assert_close(p.eval_sigmas, init.double()[:-1], rtol=1e-12, atol=0)
+    out = rollout(gm, x_val.double(), p.sigmas, p.eval_sigmas, p.weights, p.x_weights)
+    torch.testing.assert_close(out, ref_val, rtol=0, atol=1e-10)
 
 
 def test_scheduler_refuses_a_tuned_solver_instead_of_ignoring_its_schedule(tmp_path):

@@ -19,17 +19,25 @@ from torch import Tensor
 
 from ..bench.teachers import Teacher
 from ..bench.teachers import get as get_teacher
+from ..solvers.pas import BASES as PAS_BASES
 from ..solvers.registry import get as get_solver
-from .artefact import LEARNED_BASE, TunedSolver, fingerprint
+from . import ems
+from .artefact import LEARNED_BASE, TunedSolver, fingerprint, nest_knobs
 from .calibration import Calibration, CountingDenoiser, calibrate
 from .learned import fit
+from .pas import fit_pas
 from .schedule import ays, base_plan, endpoint_loss, gits
 from .solver import rollout
 
 __all__ = ["METHODS", "tune", "validation_loss"]
 
-# (base, sigmas, eval_sigmas, weights, x_weights, info); the last three only for learned solvers
-Result = tuple[str, Tensor, Tensor | None, Tensor | None, Tensor | None, dict[str, Any]]
+V3 = "dpm_solver_v3"
+
+# (base, sigmas, eval_sigmas, weights, x_weights, info, knobs): eval_sigmas, weights and
+# x_weights only for learned solvers; knobs the base's further knobs (tensors by flat name, see
+# TunedSolver.knob_tensors, and JSON values)
+Result = tuple[str, Tensor, Tensor | None, Tensor | None, Tensor | None, dict[str, Any],
+               dict[str, Any]]
 
 
 def _gits(D: Any, c: Calibration, nfe: int, base: str, *, grid_size: int = 100,
@@ -37,7 +45,7 @@ def _gits(D: Any, c: Calibration, nfe: int, base: str, *, grid_size: int = 100,
     t = c.teacher
     sigmas, info = gits(D, c.x_cal, c.ref_cal, nfe, t.sigma_min, t.sigma_max,
                         grid_size=grid_size, substeps=substeps)
-    return base, sigmas, None, None, None, info
+    return base, sigmas, None, None, None, info, {}
 
 
 def _ays(D: Any, c: Calibration, nfe: int, base: str, *, init: str = "karras",
@@ -45,7 +53,7 @@ def _ays(D: Any, c: Calibration, nfe: int, base: str, *, init: str = "karras",
     t = c.teacher
     start = _init(D, c, nfe, base, init)
     sigmas, info = ays(D, c.x_cal.double(), c.ref_cal, base, start, t.sigma_min, sweeps=sweeps)
-    return base, sigmas, None, None, None, {**info, "init": init}
+    return base, sigmas, None, None, None, {**info, "init": init}, {}
 
 
 def _learned(groups: tuple[str, ...]) -> Callable[..., Result]:
@@ -62,8 +70,31 @@ def _learned(groups: tuple[str, ...]) -> Callable[..., Result]:
         info = {"init": init, "iters": iters, "lr": lr, "K": K, "learned": list(groups),
                 "best_validation_mse": log["best_validation_mse"],
                 "final_calibration_mse": log["calibration_mse"][-1]}
-        return LEARNED_BASE, p.sigmas, p.eval_sigmas, p.weights, p.x_weights, info
+        return LEARNED_BASE, p.sigmas, p.eval_sigmas, p.weights, p.x_weights, info, {}
     return method
+
+
+V3_VARIANTS = {"full": {}, "pseudo": {"predictor_pseudo": True, "corrector_pseudo": True}}
+
+
+def _dpm_solver_v3(D: Any, c: Calibration, nfe: int, base: str, *, init: str = "karras",
+                   grid_size: int = 80, substeps: int = 3, probes: int = 1) -> Result:
+    """DPM-Solver-v3 with the teacher's EMS (:func:`fewstep.tune.ems.estimate`) on the
+    calibration noises, on ``init``'s schedule; the full-order or pseudo-order predictor and
+    corrector (:data:`V3_VARIANTS`) is chosen on the validation noises. Every variant's
+    validation loss, and the chosen one's without the statistics, go to the info."""
+    t = c.teacher
+    sigmas = _init(D, c, nfe, V3, init)
+    st, info = ems.estimate(D, c.x_cal, t.sigma_min, t.sigma_max, grid_size=grid_size,
+                            substeps=substeps, probes=probes)
+    tensors = {f"statistics.{k}": v for k, v in st.tensors().items()}
+    val = {name: validation_loss(D.inner, c, V3, sigmas, knobs={**tensors, **v})
+           for name, v in V3_VARIANTS.items()}
+    chosen = min(val, key=val.__getitem__)
+    info = {**info, "init": init, "validation_by_variant": val, "variant": chosen,
+            "val_without_ems": validation_loss(D.inner, c, V3, sigmas,
+                                               knobs=V3_VARIANTS[chosen])}
+    return V3, sigmas, None, None, None, info, {**tensors, **V3_VARIANTS[chosen]}
 
 
 def _init(D: Any, c: Calibration, nfe: int, base: str, init: str) -> Tensor:
@@ -76,20 +107,49 @@ def _init(D: Any, c: Calibration, nfe: int, base: str, init: str) -> Tensor:
     raise ValueError(f"unknown init {init!r}; expected 'karras' or 'gits'")
 
 
+def _pas(D: Any, c: Calibration, nfe: int, base: str, *, init: str = "karras", k: int = 4,
+         tol: float = 1e-3, substeps: int = 8) -> Result:
+    """PAS (:func:`fewstep.tune.pas.fit_pas`) on ``base`` (``ddim`` or ``ipndm``) on
+    ``init``'s schedule; the coordinates are dropped (the base solver kept) unless the
+    endpoint loss is no worse than the base's on calibration and on validation."""
+    if base not in PAS_BASES:
+        raise ValueError(f"PAS corrects the direction of {' or '.join(PAS_BASES)}; got base "
+                         f"{base!r}")
+    sigmas = _init(D, c, nfe, base, init)
+    coords, log = fit_pas(D, c.x_cal, c.ref_cal, c.x_val, c.ref_val, sigmas, base=base, k=k,
+                          tol=tol, substeps=substeps)
+    x_cal = c.x_cal.double()
+    losses = {name: (endpoint_loss(D, x_cal, c.ref_cal, "pas", sigmas, knobs),
+                     validation_loss(D.inner, c, "pas", sigmas, knobs=knobs))
+              for name, knobs in (("base", {"base": base}),
+                                  ("pas", {"base": base, "coords": coords}))}
+    kept = all(t <= b for t, b in zip(losses["pas"], losses["base"], strict=True))
+    if not kept:
+        coords = torch.zeros_like(coords)
+    info = {"init": init, "k": k, "tol": tol, "substeps": substeps, "steps_corrected":
+            log["kept"] if kept else [], "endpoint_losses": losses, "kept": kept}
+    return "pas", sigmas, None, None, None, info, {"coords": coords, "base": base}
+
+
 METHODS: dict[str, Callable[..., Result]] = {
     "gits": _gits,                                    # Chen et al. 2024
     "ays": _ays,                                      # Sabour et al. 2024 (endpoint objective)
     "ld3": _learned(("sigmas", "eval")),              # Tong et al. 2025
     "s4s": _learned(("sigmas", "eval", "weights", "x")),  # Frankel et al. 2025 (S4S-Alt-like)
+    "dpm_solver_v3": _dpm_solver_v3,                  # Zheng et al. 2023 (EMS computed once)
+    "pas": _pas,                                      # Wang et al. 2024
 }
 
 
 def validation_loss(D: Any, c: Calibration, base: str, sigmas: Tensor,
                     eval_sigmas: Tensor | None = None, weights: Tensor | None = None,
-                    x_weights: Tensor | None = None) -> float:
-    """ode_rmse of a (tuned or untuned) solver on the validation set."""
+                    x_weights: Tensor | None = None,
+                    knobs: dict[str, Any] | None = None) -> float:
+    """ode_rmse of a (tuned or untuned) solver on the validation set; ``knobs`` are the base
+    solver's further knobs (tensors may come by flat name, ``"statistics.l"``)."""
     if weights is None:
-        return endpoint_loss(D, c.x_val.double(), c.ref_val, base, sigmas)
+        return endpoint_loss(D, c.x_val.double(), c.ref_val, base, sigmas,
+                             nest_knobs(knobs or {}))
     assert eval_sigmas is not None
     with torch.no_grad():
         out = rollout(D, c.x_val.double(), sigmas, eval_sigmas, weights, x_weights)
@@ -124,16 +184,18 @@ def tune(teacher: Teacher | str, method: str, nfe: int, *, base: str = "dpmpp_2m
     wall, cpu = time.perf_counter(), time.process_time()
     c = calibrate(teacher, n_cal, n_val, seed=seed, rtol=rtol, cache=cache)
     D = CountingDenoiser(c.denoiser)
-    base_used, sigmas, xi, W, A, info = METHODS[method](D, c, int(nfe), base, **options)
+    base_used, sigmas, xi, W, A, info, knobs = METHODS[method](D, c, int(nfe), base, **options)
     rows = D.counter.rows + c.teacher_rows
     seconds, cpu = time.perf_counter() - wall, time.process_time() - cpu
     untuned = validation_loss(D.inner, c, base, base_plan(base, int(nfe), teacher.sigma_min,
                                                           teacher.sigma_max))
-    tuned = validation_loss(D.inner, c, base_used, sigmas, xi, W, A)
+    tuned = validation_loss(D.inner, c, base_used, sigmas, xi, W, A, knobs)
     return TunedSolver(
         method=method, base=base_used, nfe=int(nfe), sigmas=sigmas.double().detach(),
         teacher=teacher.name, teacher_fingerprint=fingerprint(teacher.denoiser), n_cal=n_cal,
         n_val=n_val, val_loss=tuned, base_val_loss=untuned, tuning_seconds=seconds,
         teacher_rows=rows, eval_sigmas=xi, weights=W, x_weights=A,
+        knob_tensors={k: v for k, v in knobs.items() if isinstance(v, Tensor)},
+        knob_values={k: v for k, v in knobs.items() if not isinstance(v, Tensor)},
         info={**info, "cpu_seconds": cpu, "from": base, "seeds": list(c.seeds),
               "reference_rtol": rtol, "options": options})

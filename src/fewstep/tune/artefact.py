@@ -29,11 +29,13 @@ from ..solvers.registry import Plan, SolverSpec
 from ..solvers.registry import get as get_solver
 from .solver import lms_steps
 
-__all__ = ["FORMAT", "LEARNED_BASE", "TunedSolver", "fingerprint", "is_tuned_path", "load"]
+__all__ = ["FORMAT", "LEARNED_BASE", "TunedSolver", "fingerprint", "is_tuned_path", "load",
+           "nest_knobs"]
 
 FORMAT = "fewstep-tuned/1"
 LEARNED_BASE = "lms"  # the base of solvers with learned weights: fewstep.tune.solver.lms_steps
 _JSON, _TENSORS = "tuned.json", "tensors.safetensors"
+_KNOB = "knob:"  # the prefix of knob_tensors in the safetensors file
 
 
 def fingerprint(denoiser: Any) -> str:
@@ -75,6 +77,10 @@ class TunedSolver:
     weights: Tensor | None = None
     x_weights: Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)  # method settings, seeds, init schedule
+    # further knobs of the base solver as tensors, ``"knob"`` or ``"knob.key"`` (a mapping
+    # knob): DPM-Solver-v3's ``statistics.l``, PAS's ``coords``
+    knob_tensors: dict[str, Tensor] = field(default_factory=dict)
+    knob_values: dict[str, Any] = field(default_factory=dict)  # JSON knobs, e.g. pseudo-order
 
     def __post_init__(self) -> None:
         if len(self.sigmas) != self.nfe + 1 or float(self.sigmas[-1]) != 0:
@@ -86,10 +92,11 @@ class TunedSolver:
     @property
     def knobs(self) -> dict[str, Any]:
         """The knobs the solver runs with (the learned weights and evaluation sigmas)."""
-        if self.weights is None:
-            return {}
-        return {"weights": self.weights, "eval_sigmas": self.eval_sigmas,
-                "x_weights": self.x_weights}
+        out: dict[str, Any] = {}
+        if self.weights is not None:
+            out = {"weights": self.weights, "eval_sigmas": self.eval_sigmas,
+                   "x_weights": self.x_weights}
+        return {**out, **nest_knobs(self.knob_tensors), **self.knob_values}
 
     def plan(self, nfe: int, name: str = "tuned") -> Plan:
         """Its sigmas (the knobs are its spec's defaults) under solver name ``name``;
@@ -112,7 +119,8 @@ class TunedSolver:
             raise ValueError(f"tuned solver base {self.base!r} must be a deterministic "
                              f"multistep solver; it is {base.kind}")
         return dataclasses.replace(base, name=name, min_nfe=self.nfe, reference=ref,
-                                   alias_of=None, tuned=self)
+                                   alias_of=None, tuned=self,
+                                   defaults={**base.defaults, **self.knobs})
 
     def save(self, path: str | Path) -> Path:
         """Write the artefact directory atomically (a complete directory or none; an existing
@@ -126,9 +134,11 @@ class TunedSolver:
                 v = getattr(self, k)
                 if v is not None:
                     tensors[k] = v.double().contiguous()
+            tensors.update({f"{_KNOB}{k}": v.double().contiguous()
+                            for k, v in self.knob_tensors.items()})
             save_file(tensors, str(tmp / _TENSORS))
             meta = {k: v for k, v in dataclasses.asdict(self).items()
-                    if not isinstance(v, Tensor) and v is not None}
+                    if not isinstance(v, Tensor) and v is not None and k != "knob_tensors"}
             (tmp / _JSON).write_text(json.dumps({"format": FORMAT, **meta}, indent=1) + "\n")
             old = None
             if path.exists():
@@ -157,6 +167,19 @@ class TunedSolver:
         return (f"{self.method} on {self.base}, NFE {self.nfe}, teacher {self.teacher}: "
                 f"val ode_rmse {self.val_loss:.4g} (untuned {self.base_val_loss:.4g}), tuned in "
                 f"{self.tuning_seconds:.1f} s, {self.teacher_rows} teacher evaluations")
+
+
+def nest_knobs(knob_tensors: dict[str, Any]) -> dict[str, Any]:
+    """Solver knobs from flat tensor names: ``"knob"`` is a tensor knob, ``"knob.key"`` an entry
+    of the mapping knob ``knob`` (e.g. DPM-Solver-v3's ``statistics``)."""
+    out: dict[str, Any] = {}
+    for name, t in knob_tensors.items():
+        knob, _, key = name.partition(".")
+        if key:
+            out.setdefault(knob, {})[key] = t
+        else:
+            out[knob] = t
+    return out
 
 
 def is_tuned_path(name: str) -> bool:
@@ -193,7 +216,9 @@ def _load(where: str, stamp: tuple[int, ...]) -> TunedSolver:
     names = {f.name for f in dataclasses.fields(TunedSolver)}
     try:
         fields: dict[str, Any] = {k: v for k, v in meta.items() if k in names}
-        fields.update(tensors)
+        fields.update({k: v for k, v in tensors.items() if not k.startswith(_KNOB)})
+        fields["knob_tensors"] = {k.removeprefix(_KNOB): v for k, v in tensors.items()
+                                  if k.startswith(_KNOB)}
         return TunedSolver(**fields)
     except TypeError as e:
         raise ValueError(f"tuned solver {str(path)!r} is incomplete: {e}") from None

@@ -100,7 +100,10 @@ def fit(D: Any, x: Tensor, ref: Tensor, init: Tensor, sigma_min: float, *,
             return float(loss_of(p, x, ref))
 
     with torch.no_grad():
-        best, best_loss = params(), float(loss_of(params(), x, ref))
+        # detached: the start's x_weights is the parameter itself, which Adam moves in place
+        # (the start kept on validation came back with the last iterate's x_weights)
+        best = _detached(params())
+        best_loss = float(loss_of(best, x, ref))
     log: dict[str, Any] = {"calibration_mse": [best_loss]}
     if validate:
         best_loss = score(best)
