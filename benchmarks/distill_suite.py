@@ -701,11 +701,12 @@ def seed_list(text: str) -> list[int]:
     return seeds
 
 
-def main() -> None:
+def protocol_parser(data_default: str, data_help: str) -> argparse.ArgumentParser:
+    """The arguments every script on this protocol takes (run root, data sets, seeds, scale,
+    threads, --report, --quick); a script adds its own."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="run root (re-running resumes)")
-    ap.add_argument("--data", default=",".join(TOYS + IMAGES), help="comma-separated data sets")
-    ap.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated subset")
+    ap.add_argument("--data", default=data_default, help=data_help)
     ap.add_argument("--train-seeds", default="0,1,2", help="comma-separated training seeds")
     ap.add_argument("--sample-seeds", type=int, default=3, help="sampling seeds per figure")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply all training steps")
@@ -714,13 +715,16 @@ def main() -> None:
     ap.add_argument("--report", action="store_true", help="print the tables from finished runs")
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: few samples and reference noises (use with --scale 0.02)")
-    args = ap.parse_args()
-    names = [n for n in args.data.split(",") if n]
-    methods = [m for m in args.methods.split(",") if m]
-    if bad := set(names) - set(SETUPS):
-        ap.error(f"unknown data sets {sorted(bad)}; choose from {sorted(SETUPS)}")
-    if bad := set(methods) - set(ALL_METHODS):
-        ap.error(f"unknown methods {sorted(bad)}; choose from {ALL_METHODS}")
+    return ap
+
+
+def run_protocol(ap: argparse.ArgumentParser, args: argparse.Namespace, names: list[str],
+                 run_one: Callable[[str, int], None], report: Callable[[Path, list[str]], str],
+                 report_file: str) -> None:
+    """The protocol's run loop: check the seeds, then per data set its floor and one
+    ``run_one(name, seed)`` per training seed (each resumes), unless ``--report``; then print
+    ``report(out, names)``, write it to ``out/report_file`` atomically and print the total
+    wall-clock."""
     try:
         seeds = seed_list(args.train_seeds)
     except ValueError as e:
@@ -733,12 +737,26 @@ def main() -> None:
         for name in names:
             run_floor(name, quick(SETUPS[name]) if args.quick else SETUPS[name], Path(args.out))
             for seed in seeds:
-                run_dataset(name, seed, methods, args)
+                run_one(name, seed)
     text = report(Path(args.out), names)
     print(text)
-    atomic_write(Path(args.out) / "report.md", lambda p: p.write_text(text))
+    atomic_write(Path(args.out) / report_file, lambda p: p.write_text(text))
     print(f"total wall-clock {time.perf_counter() - t0:.0f} s ({args.threads} thread(s), "
           f"scale {args.scale})")
+
+
+def main() -> None:
+    ap = protocol_parser(",".join(TOYS + IMAGES), "comma-separated data sets")
+    ap.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated subset")
+    args = ap.parse_args()
+    names = [n for n in args.data.split(",") if n]
+    methods = [m for m in args.methods.split(",") if m]
+    if bad := set(names) - set(SETUPS):
+        ap.error(f"unknown data sets {sorted(bad)}; choose from {sorted(SETUPS)}")
+    if bad := set(methods) - set(ALL_METHODS):
+        ap.error(f"unknown methods {sorted(bad)}; choose from {ALL_METHODS}")
+    run_protocol(ap, args, names, lambda name, seed: run_dataset(name, seed, methods, args),
+                 report, "report.md")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import distill_suite as ds  # the shared protocol helpers
 
 from fewstep import solvers
-from fewstep._io import atomic_write
 from fewstep.distill import (
     RectifiedFlowDistill,
     Reflow,
@@ -211,41 +210,17 @@ def report(out: Path, names: list[str]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, help="run root (re-running resumes)")
-    ap.add_argument("--data", default="moons,checkerboard", help="comma-separated 2-D toys")
-    ap.add_argument("--train-seeds", default="0,1,2", help="comma-separated training seeds")
-    ap.add_argument("--sample-seeds", type=int, default=3, help="sampling seeds per figure")
+    ap = ds.protocol_parser("moons,checkerboard", "comma-separated 2-D toys")
+    ap.description = __doc__.splitlines()[0]
     ap.add_argument("--k", type=int, default=3, help="rectifications (k-RF for k = 1..K)")
-    ap.add_argument("--scale", type=float, default=1.0, help="multiply all training steps")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads")
-    ap.add_argument("--report", action="store_true", help="print the tables from finished runs")
-    ap.add_argument("--quick", action="store_true", help="smoke test (use with --scale 0.02)")
     args = ap.parse_args()
     names = [n for n in args.data.split(",") if n]
     if bad := set(names) - set(ds.TOYS):
         ap.error(f"unknown or non-2-D data sets {sorted(bad)}; choose from {ds.TOYS}")
-    try:
-        seeds = ds.seed_list(args.train_seeds)
-    except ValueError as e:
-        ap.error(str(e))
-    if args.sample_seeds < 1:
-        ap.error(f"--sample-seeds must be >= 1; got {args.sample_seeds}")
     if args.k < 1:
         ap.error(f"--k must be >= 1; got {args.k}")
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    if not args.report:
-        for name in names:
-            ds.run_floor(name, ds.quick(ds.SETUPS[name]) if args.quick else ds.SETUPS[name],
-                         Path(args.out))
-            for seed in seeds:
-                run_dataset(name, seed, args)
-    text = report(Path(args.out), names)
-    print(text)
-    atomic_write(Path(args.out) / "rf_report.md", lambda p: p.write_text(text))
-    print(f"total wall-clock {time.perf_counter() - t0:.0f} s ({args.threads} thread(s), "
-          f"scale {args.scale})")
+    ds.run_protocol(ap, args, names, lambda name, seed: run_dataset(name, seed, args), report,
+                    "rf_report.md")
 
 
 if __name__ == "__main__":

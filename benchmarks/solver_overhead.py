@@ -94,54 +94,60 @@ PEERS = [
 ]
 
 
+def _sync(x: Tensor) -> None:
+    if x.is_cuda:
+        torch.cuda.synchronize()
+
+
 class Net:
-    """The timed eps network (see the module docstring)."""
+    """The timed eps network (see the module docstring): every call's time and count are
+    recorded; subclasses change only :meth:`model`."""
 
     def __init__(self) -> None:
         self.seconds, self.calls = 0.0, 0
 
-    def __call__(self, x_t: Tensor, t: Tensor | float) -> Tensor:
+    def __call__(self, x: Tensor, t: Tensor | float) -> Tensor:
         t0 = CLOCK()
-        t = torch.as_tensor(t, dtype=torch.float64, device=x_t.device).reshape(-1)
-        sigma = PROC.sigma(t)
-        std = append_dims((sigma * (1 + sigma**2).rsqrt()).to(x_t.dtype), x_t.ndim)
-        out = std * x_t
-        if out.is_cuda:
-            torch.cuda.synchronize()
+        out = self.model(x, t)
+        _sync(out)
         self.seconds += CLOCK() - t0
         self.calls += 1
         return out
+
+    def model(self, x_t: Tensor, t: Tensor | float) -> Tensor:
+        t = torch.as_tensor(t, dtype=torch.float64, device=x_t.device).reshape(-1)
+        sigma = PROC.sigma(t)
+        std = append_dims((sigma * (1 + sigma**2).rsqrt()).to(x_t.dtype), x_t.ndim)
+        return std * x_t
 
 
 class SigmaNet(Net):
     """The same model as a sigma-space denoiser, ``D(x, sigma) = x / (1 + sigma^2)``."""
 
-    def __call__(self, x: Tensor, sigma: Tensor | float) -> Tensor:  # type: ignore[override]
-        t0 = CLOCK()
+    def model(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         s = append_dims(torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1),
                         x.ndim)
-        out = x / (1 + s**2)
-        if out.is_cuda:
-            torch.cuda.synchronize()
-        self.seconds += CLOCK() - t0
-        self.calls += 1
-        return out
+        return x / (1 + s**2)
 
 
 class EpsOfSigmaNet(Net):
     """``SigmaNet`` behind the bench's discrete-time eps adapter, all timed as network."""
 
-    def __call__(self, x_t: Tensor, t: Tensor | float) -> Tensor:
-        t0 = CLOCK()
+    def model(self, x_t: Tensor, t: Tensor | float) -> Tensor:
         t = torch.as_tensor(t, dtype=torch.float64, device=x_t.device).reshape(-1)
         sigma = append_dims(PROC.sigma(t).to(x_t.dtype), x_t.ndim)
         x = x_t * (1 + sigma**2).sqrt()
-        out = (x - x / (1 + sigma**2)) / sigma
-        if out.is_cuda:
-            torch.cuda.synchronize()
-        self.seconds += CLOCK() - t0
-        self.calls += 1
-        return out
+        return (x - x / (1 + sigma**2)) / sigma
+
+
+def overhead_per_call(net: Net, x: Tensor, run: Callable[[], Tensor]) -> float:
+    """Seconds ``run()`` (a whole sampling loop from ``x``) spends outside ``net``, per call
+    of ``net``; the network's own time is measured around each call and removed."""
+    net.seconds, net.calls = 0.0, 0
+    _sync(x)
+    t0 = CLOCK()
+    _sync(run())
+    return (CLOCK() - t0 - net.seconds) / net.calls
 
 
 NETWORK = "eps"  # or "sigma" (--network)
@@ -170,11 +176,6 @@ def k_sampling() -> types.ModuleType | None:
     return module
 
 
-def _sync(x: Tensor) -> None:
-    if x.is_cuda:
-        torch.cuda.synchronize()
-
-
 def time_diffusers(peer: Peer, noise: Tensor, nfe: int) -> float:
     import diffusers
 
@@ -182,12 +183,13 @@ def time_diffusers(peer: Peer, noise: Tensor, nfe: int) -> float:
     sched = getattr(diffusers, peer.diffusers)(beta_schedule="linear", **peer.config)
     sched.set_timesteps(peer.calls(nfe), device=noise.device)
     x = noise * sched.init_noise_sigma
-    _sync(x)
-    t0 = CLOCK()
-    for t in sched.timesteps:
-        x = sched.step(net(sched.scale_model_input(x, t), t), t, x).prev_sample
-    _sync(x)
-    return (CLOCK() - t0 - net.seconds) / net.calls
+
+    def run(x: Tensor = x) -> Tensor:
+        for t in sched.timesteps:
+            x = sched.step(net(sched.scale_model_input(x, t), t), t, x).prev_sample
+        return x
+
+    return overhead_per_call(net, x, run)
 
 
 def _plan(peer: Peer, nfe: int) -> solvers.Plan:
@@ -207,30 +209,22 @@ def adapter() -> tuple[Net, Any]:
 
 
 def time_fewstep(peer: Peer, noise: Tensor, nfe: int, net: Net, D: Any) -> float:
-    net.seconds, net.calls = 0.0, 0
     p = _plan(peer, nfe)
     x = noise * float(p.sigmas[0])
-    _sync(x)
-    t0 = CLOCK()
-    out = solvers.get(peer.solver)(D, x, p.sigmas, **p.knobs)
-    _sync(out)
-    return (CLOCK() - t0 - net.seconds) / net.calls
+    return overhead_per_call(net, x, lambda: solvers.get(peer.solver)(D, x, p.sigmas,
+                                                                       **p.knobs))
 
 
 def time_kdiffusion(K: types.ModuleType, peer: Peer, noise: Tensor, nfe: int, net: Net,
                     D: Any) -> float:
-    net.seconds, net.calls = 0.0, 0
     p = _plan(peer, nfe)
     sigmas = p.sigmas.to(noise)
     x = noise * float(p.sigmas[0])
     kw = dict(peer.kd_kwargs)
     if "sde" in peer.kdiffusion or "ancestral" in peer.kdiffusion:  # skip its Brownian tree
         kw["noise_sampler"] = lambda sigma, sigma_next: torch.randn_like(x)
-    _sync(x)
-    t0 = CLOCK()
-    out = getattr(K, peer.kdiffusion)(D, x, sigmas, disable=True, **kw)
-    _sync(out)
-    return (CLOCK() - t0 - net.seconds) / net.calls
+    return overhead_per_call(net, x, lambda: getattr(K, peer.kdiffusion)(D, x, sigmas,
+                                                                          disable=True, **kw))
 
 
 Stat = tuple[float, float]  # (fastest, median) seconds

@@ -147,6 +147,7 @@ USER_ERRORS = [
     (["train", "--data", "moonz", "--out", "{root}/t"], "'moonz'"),
     (["train", "--data", "moons", "--steps", "0", "--out", "{root}/t"], "--steps"),
     (["train", "--data", "moons", "--lr", "-1", "--out", "{root}/t"], "--lr"),
+    (["train", "--data", "moons", "--ema-rampup", "0", "--out", "{root}/t"], "--ema-rampup"),
     (["distill", "--method", "magic", "--data", "moons", "--out", "{root}/t"], "'magic'"),
     (["sample", "--n", "0"], "--n"),
     (["sample", "--nfe", "0"], "--nfe"),

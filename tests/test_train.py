@@ -443,3 +443,27 @@ def test_fp16_mixed_precision_on_cpu_says_it_runs_fp32():
     cfg = TrainConfig(steps=1, batch_size=16, progress=False, mixed_precision="fp16")
     with pytest.warns(UserWarning, match="fp16 autocast is not available on CPU.*float32"):
         train(get_method("edm")(), _template(), DATA, cfg)
+
+
+def test_a_checkpoint_from_before_ema_rampup_resumes_with_its_old_constant_decay(tmp_path):
+    """Checkpoints written before ``ema_rampup`` existed do not record it; their EMA had a
+    constant decay, so they resume as ema_rampup=None and refuse the new default by name."""
+    import json
+
+    cfg = _cfg(tmp_path, steps=2, checkpoint_every=2, ema_rampup=None)
+    train(METHODS["edm"](), _template(), DATA, cfg)
+    record = tmp_path / "run" / "checkpoints" / "step_00000002" / "checkpoint.json"
+    old = json.loads(record.read_text())
+    del old["config"]["ema_rampup"]
+    record.write_text(json.dumps(old, indent=2))
+    with pytest.raises(ValueError, match=r"config\.ema_rampup None -> 0\.05"):
+        train(METHODS["edm"](), _template(), DATA,
+              TrainConfig(**{**cfg.__dict__, "steps": 3, "ema_rampup": 0.05}))
+    full = train(METHODS["edm"](), _template(), DATA,
+                 TrainConfig(**{**cfg.__dict__, "steps": 3, "out_dir": str(tmp_path / "full")}))
+    resumed = train(METHODS["edm"](), _template(), DATA, TrainConfig(**{**cfg.__dict__,
+                                                                        "steps": 3}))
+    assert resumed.cost.steps == 3
+    for a, b in ((full.student, resumed.student), (full.ema, resumed.ema)):
+        for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+            assert torch.equal(p, q)

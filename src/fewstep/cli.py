@@ -31,6 +31,13 @@ RESULTS_DB = "results.sqlite"  # the database inside a results directory
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 
+def _rampup(text: str) -> float | None:
+    """--ema-rampup: a positive fraction or 'none'."""
+    if text.lower() == "none":
+        return None
+    return positive_float(text)
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     try:
@@ -398,7 +405,8 @@ def _train_config(args: argparse.Namespace, steps: int | None = None):
 
     return TrainConfig(steps=steps or args.steps or DEFAULT_STEPS, batch_size=args.batch_size,
                        lr=args.lr,
-                       ema_decay=args.ema_decay, mixed_precision=args.mixed_precision,
+                       ema_decay=args.ema_decay, ema_rampup=args.ema_rampup,
+                       mixed_precision=args.mixed_precision,
                        checkpoint_every=args.checkpoint_every, seed=args.seed, out_dir=args.out,
                        resume=not args.overwrite, overwrite=args.overwrite,
                        progress=not args.quiet)
@@ -476,6 +484,9 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--ema-rampup", type=_rampup, default=0.05, help="EMA half-life <= this "
+                   "fraction of the steps so far (EDM), or 'none': constant --ema-decay (runs "
+                   "recorded before this option had none)")
     p.add_argument("--hidden", type=positive_int, default=256, help="network width")
     p.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
     p.add_argument("--checkpoint-every", type=positive_int, default=500)

@@ -49,6 +49,7 @@ from .distill.base import Batch, LossContext, Method, ema_update_
 from .nets.spec import build_model, model_spec
 
 __all__ = [
+    "LEGACY_DEFAULTS",
     "RESUMABLE_CHANGES",
     "TrainConfig",
     "TrainCost",
@@ -69,6 +70,9 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 # must match, or the resumption is refused naming each changed field.
 RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "keep_checkpoints", "log_every",
                                "progress", "out_dir", "resume", "overwrite"})
+# Config fields added after checkpoints were first written, with the value every run had before
+# the field existed: a checkpoint that does not record one resumes as if it recorded this.
+LEGACY_DEFAULTS: dict[str, Any] = {"ema_rampup": None}  # constant ema_decay (commit aa8b107)
 RUN_FILE = "run.json"  # the current run's id
 CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "state.safetensors",
                     "train_state.pt", "checkpoint.json")  # checkpoint.json is written last
@@ -521,7 +525,8 @@ class _Run:
         if info["data"] != self.fingerprint:
             raise ValueError(f"{path} was trained on different data; use another out_dir or "
                              "resume=False")
-        changes = (_changes("config", _without(info["config"], RESUMABLE_CHANGES),
+        recorded = {**LEGACY_DEFAULTS, **info["config"]}
+        changes = (_changes("config", _without(recorded, RESUMABLE_CHANGES),
                             _without(_jsonable(self.config), RESUMABLE_CHANGES))
                    + _changes("method", {**_defaults(self.method), **info["method"]["params"]},
                               _jsonable(self.method))

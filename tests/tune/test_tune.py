@@ -299,3 +299,27 @@ def test_cli_student_with_a_tuned_solver_is_checked_against_its_teacher(tmp_path
     own = dataclasses.replace(_artefact("gmm2", nfe=3), teacher=teacher,
                               teacher_fingerprint=tune.fingerprint(get_teacher(teacher).denoiser))
     assert cli.main([*argv, "--solver", str(own.save(tmp_path / "own"))]) == 0
+
+
+def test_fingerprint_is_hashed_once_per_teacher_object_until_its_weights_change(monkeypatch):
+    """The bench checks a tuned solver's teacher at every case's set-up: the module is
+    hashed once, and again only after a tensor is changed in place or replaced."""
+    from fewstep.tune import artefact
+
+    calls = []
+    real = artefact._hash
+    monkeypatch.setattr(artefact, "_hash", lambda *a: calls.append(1) or real(*a))
+    net = torch.nn.Linear(3, 3)
+    tuned = dataclasses.replace(_artefact("gmm2"), teacher_fingerprint=tune.fingerprint(net))
+    for _ in range(3):
+        tuned.check_teacher(net)
+    assert len(calls) == 1
+    copy = torch.nn.Linear(3, 3).requires_grad_(False)
+    copy.load_state_dict(net.state_dict())
+    assert tune.fingerprint(copy) == tuned.teacher_fingerprint and len(calls) == 2
+    with torch.no_grad():
+        copy.weight.add_(1.0)  # in place: the cached fingerprint is stale
+    with pytest.raises(ValueError, match="was tuned on teacher"):
+        tuned.check_teacher(copy)
+    net.bias = torch.nn.Parameter(torch.zeros(3))  # replaced
+    assert tune.fingerprint(net) != tuned.teacher_fingerprint and len(calls) == 4
