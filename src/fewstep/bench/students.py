@@ -17,7 +17,8 @@ Samplers by training method:
 - consistency students (cd, ct, ect, direct_cm, external): the ``consistency`` sampler,
   re-noising down to ``RENOISE_SIGMA_MIN`` (the plan's own sigma_min would waste an
   evaluation, since f(x, sigma_min) = x);
-- knowledge-distilled students (kd): one step, ``x0 = D(sigma_max z, sigma_max)``;
+- knowledge-distilled students (kd, rf_distill) and trajectory operators (dfno): one step,
+  ``x0 = D(sigma_max z, sigma_max)``;
 - progressive-distillation students (pd): DDIM on their own training grid
   ``method.sigmas(k)``, only at NFE ``k``, the step count of the checkpoint's round (point at
   an intermediate ``checkpoints/step_*`` directory for the earlier, longer students).
@@ -42,7 +43,7 @@ __all__ = ["CONSISTENCY_METHODS", "EXTERNAL", "RENOISE_SIGMA_MIN", "check", "lab
            "run_student", "training_cost", "unreachable"]
 
 CONSISTENCY_METHODS = ("cd", "ct", "ect", "direct_cm")
-ONE_STEP_METHODS = ("kd", "rf_distill")
+ONE_STEP_METHODS = ("kd", "rf_distill", "dfno")
 OWN_GRID_METHODS = ("pd",)
 EXTERNAL = "external"  # a python:MODULE:ATTR consistency function
 METHODS = CONSISTENCY_METHODS + ONE_STEP_METHODS + OWN_GRID_METHODS

@@ -1,7 +1,15 @@
 """Training and distillation methods: small loss objects behind one registry, run by the shared
 loop in :mod:`fewstep.train`."""
 
-from . import consistency, direct, knowledge, progressive, rectified, teacher  # noqa: F401  (registry)
+from . import (  # noqa: F401  (registry)
+    consistency,
+    direct,
+    knowledge,
+    operator,
+    progressive,
+    rectified,
+    teacher,
+)
 from .base import (
     Batch,
     LossContext,
@@ -16,6 +24,7 @@ from .base import (
 )
 from .direct import DirectCM
 from .knowledge import KnowledgeDistillation
+from .operator import OperatorDistillation
 from .progressive import ProgressiveDistillation
 from .rectified import (
     RectifiedFlowDistill,
@@ -36,6 +45,7 @@ __all__ = [
     "LossContext",
     "Method",
     "MethodBase",
+    "OperatorDistillation",
     "ProgressiveDistillation",
     "RectifiedFlowDistill",
     "RectifiedFlowLoss",

@@ -3,6 +3,7 @@ sigma-space denoisers (EDM) or consistency functions."""
 
 from .embedding import CondEmbedding, SinusoidalEmbedding
 from .mlp import COND_TYPES, MLPDenoiserNet, NoiseEmbedding
+from .operator import FourierTemporalConv, FourierTemporalLayer, TrajectoryOperator
 from .precond import (
     ConsistencyPrecond,
     EDMPrecond,
@@ -20,9 +21,12 @@ __all__ = [
     "ConsistencyPrecond",
     "EDMPrecond",
     "FlowPrecond",
+    "FourierTemporalConv",
+    "FourierTemporalLayer",
     "MLPDenoiserNet",
     "NoiseEmbedding",
     "SinusoidalEmbedding",
+    "TrajectoryOperator",
     "UNet",
     "build_model",
     "buildable",
