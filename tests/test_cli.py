@@ -3,6 +3,7 @@ import re
 import pytest
 
 from fewstep.cli import main
+from fewstep.train import load_checkpoint
 
 
 def test_solvers_lists_every_solver(capsys):
@@ -52,6 +53,16 @@ def test_train_distill_and_sample_a_student(tmp_path, capsys):
     assert main(["sample", "--teacher", "moons", "--student", str(student), "--nfe", "1",
                  "--n", "16", "--out", str(tmp_path / "s")]) == 0
     assert (tmp_path / "s" / "samples.png").exists()
+    # a trajectory operator from the same teacher, on its own sigma_max; one step to sample
+    assert main(["distill", "--method", "dfno", "--teacher", str(teacher), "--out",
+                 str(tmp_path / "dfno"), "--steps", "3", "--param", "sigma_max=20",
+                 "--param", "nfe=6", "--param", "slots=3", "--param", "num_pairs=64",
+                 *common]) == 0
+    assert load_checkpoint(tmp_path / "dfno").sigma_max == 20
+    capsys.readouterr()
+    assert main(["sample", "--teacher", "moons", "--student", str(tmp_path / "dfno"),
+                 "--n", "16", "--out", str(tmp_path / "s2")]) == 2  # moons starts at 80
+    assert "maps noise at sigma_max=20 to its sample" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("method,nfe,bad_nfe", [("ufogen", 1, 2), ("add", 2, 5)])

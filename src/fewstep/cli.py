@@ -374,16 +374,19 @@ def _literal(text: str) -> object:
     return text
 
 
-def _template(data_name: str, method: str, hidden: int, seed: int):
+def _template(data_name: str, method: str, hidden: int, seed: int, sigma_max: float = 80.0):
     """A fresh network for ``data_name``, initialised from ``seed``: an MLP for vectors, a small
     UNet for images, preconditioned as an EDM denoiser, (consistency methods) a consistency
-    function or (rectified-flow methods) a velocity field."""
+    function or (rectified-flow methods) a velocity field; for ``dfno`` a trajectory operator
+    ``hidden`` channels wide from ``sigma_max``."""
     import torch
 
     from . import data, nets
 
     ds = data.get(data_name)
     torch.manual_seed(seed)
+    if method == "dfno":
+        return nets.TrajectoryOperator(list(ds.shape), sigma_max=sigma_max, width=hidden)
     if method in GAN_METHODS:  # a generator and its discriminator
         from .distill import gan_pair
 
@@ -435,7 +438,8 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
     method, steps = _method_and_steps(get_method(args.method), args.param, args.steps)
     teacher = load_checkpoint(args.teacher) if args.teacher else None
-    template = _template(args.data, args.method, args.hidden, args.seed)
+    template = _template(args.data, args.method, args.hidden, args.seed,
+                         sigma_max=getattr(method, "sigma_max", 80.0))
     student = method.init_student(teacher, template)
     result = train(method, student, args.data, _train_config(args, steps), teacher=teacher)
     _report_training(result)

@@ -229,3 +229,25 @@ def test_write_report_from_store_and_empty(tmp_path, rows):
     assert "Leaderboard (sw" in text and text.count("data:image/png;base64,") == 3
     empty = write_report([], tmp_path / "empty").read_text(encoding="utf-8")
     assert "No data" in empty and "Notes" in empty
+
+
+def test_html_names_students_by_short_unambiguous_labels(tmp_path):
+    """Student method strings (long paths) show as their run names, the full string in a
+    title tooltip and in the environment legend; two students whose run names collide keep
+    their full strings (issue 11)."""
+    cd = "student:/home/u/experiments/2026/runs/moons-cd"
+    kd_a, kd_b = "student:/scratch/a/moons-kd", "student:/scratch/b/moons-kd"
+    rows = []
+    for seed in SEEDS:
+        for method, v in ((cd, 0.2), (kd_a, 0.25), (kd_b, 0.3), ("dpmpp_2m", 0.5)):
+            r = _row("gmm", method, 1, seed, {"ode_rmse": v + 0.01 * seed})
+            if method.startswith("student:"):
+                r.update(train_seconds=12.0, train_teacher_nfe=100.0)
+            rows.append(r)
+    html = write_report(rows, tmp_path).read_text()
+    body, env = html.split("<h2>Run environment</h2>")
+    assert f'<span title="{cd}">moons-cd</span>' in body
+    assert f"<span title=\"{cd}\">moons-cd@1</span>" in body  # case labels keep their NFE
+    assert cd not in re.sub(r'title="[^"]*"', "", body)  # the full path only in tooltips
+    assert kd_a in body and kd_b in body and 'title="student:/scratch' not in body
+    assert f"moons-cd = <code>{cd}</code>" in env and "moons-kd =" not in env

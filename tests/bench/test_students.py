@@ -14,7 +14,7 @@ from fewstep.train import TrainConfig, train
 
 @pytest.fixture(scope="module")
 def students_dir(tmp_path_factory):
-    """(Barely) trained CD, KD, PD, UFOGen and ADD students of the gmm2 teacher."""
+    """(Barely) trained CD, KD, PD, UFOGen, ADD and DFNO students of the gmm2 teacher."""
     root = tmp_path_factory.mktemp("students")
     teacher = teachers.get("gmm2").denoiser
     data = teachers.get("gmm2").reference_samples(512, 0)
@@ -25,6 +25,10 @@ def students_dir(tmp_path_factory):
     kd = get_method("kd")(num_pairs=64, nfe=4)
     train(kd, nets.EDMPrecond(nets.MLPDenoiserNet(2, hidden=32)), data,
           TrainConfig(out_dir=str(root / "kd"), **cfg), teacher=teacher)
+    dfno = get_method("dfno")(num_pairs=64, nfe=4, slots=2,
+                              sigma_max=teachers.get("gmm2").sigma_max)
+    train(dfno, nets.TrajectoryOperator([2], sigma_max=dfno.sigma_max, width=16), data,
+          TrainConfig(out_dir=str(root / "dfno"), **cfg), teacher=teacher)
     pd = get_method("pd")(teacher_steps=4, steps_per_round=2,
                           sigma_max=teachers.get("gmm2").sigma_max)
     train(pd, nets.EDMPrecond(nets.MLPDenoiserNet(2, hidden=32)), data,
@@ -57,12 +61,14 @@ def test_gan_students_run_at_their_native_budgets(students_dir, tmp_path):
 
 def test_students_are_bench_methods(students_dir, tmp_path):
     cd, kd = f"student:{students_dir / 'cd'}", f"student:{students_dir / 'kd'}"
-    suite = Suite(name="st", teachers=["gmm2"], methods=[cd, kd, "ddim"], nfe=[1, 2],
+    dfno = f"student:{students_dir / 'dfno'}"
+    suite = Suite(name="st", teachers=["gmm2"], methods=[cd, kd, dfno, "ddim"], nfe=[1, 2],
                   seeds=[0], n_samples=32, reference_rtol=1e-4)
     suite.cases()
     assert any("one-step (KD) student" in why for why in suite.skipped)
+    assert any("one-step (DFNO) student" in why for why in suite.skipped)
     summary = run_suite(suite, tmp_path, progress=False)
-    assert summary.failed == 0 and summary.total == 5  # kd only at NFE 1
+    assert summary.failed == 0 and summary.total == 6  # kd and dfno only at NFE 1
     rows = Store(tmp_path / "results.sqlite").rows()
     for r in rows:
         assert r["nfe"] == r["nfe_target"] and r["network_s"] > 0

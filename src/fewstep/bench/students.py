@@ -20,7 +20,8 @@ Samplers by training method:
 - latent consistency models (lcd, lcf): the same sampler at the guidance scale named in the
   entry, ``student:PATH@w=SCALE`` (required); a class-conditional LCM samples class labels
   uniformly per sample, drawn from the case's seed (:func:`class_labels`);
-- one-step students (kd, rf_distill, ufogen): one step, ``x0 = D(sigma_max z, sigma_max)``;
+- one-step students (kd, rf_distill, ufogen) and trajectory operators (dfno): one step,
+  ``x0 = D(sigma_max z, sigma_max)``;
 - ADD students (add): the consistency sampler over ``k`` of their own student levels
   (``method.sampling_sigmas(k)``), at NFE 1 up to their ``num_student_steps``;
 - progressive-distillation students (pd): DDIM on their own training grid
@@ -52,7 +53,7 @@ __all__ = ["CONSISTENCY_METHODS", "EXTERNAL", "GUIDED_METHODS", "RENOISE_SIGMA_M
 
 GUIDED_METHODS = ("lcd", "lcf")  # w-conditioned consistency students: student:PATH@w=SCALE
 CONSISTENCY_METHODS = ("cd", "ct", "ect", "direct_cm", *GUIDED_METHODS)
-ONE_STEP_METHODS = ("kd", "rf_distill", "ufogen")
+ONE_STEP_METHODS = ("kd", "rf_distill", "ufogen", "dfno")
 OWN_GRID_METHODS = ("pd",)
 OWN_LEVELS_METHODS = ("add",)  # re-noise over k of the student's levels, k <= its level count
 GAN_METHODS = ("ddgan", "siddm")  # sampled by the method's own ``sample`` at NFE T

@@ -9,6 +9,7 @@ from . import (  # noqa: F401  (registry)
     direct,
     knowledge,
     lcm,
+    operator,
     progressive,
     rectified,
     teacher,
@@ -40,6 +41,7 @@ from .diffusion_gan import DDGAN, SIDDM, DiffusionGAN, gan_pair
 from .direct import DirectCM
 from .knowledge import KnowledgeDistillation
 from .lcm import LatentConsistencyDistillation, LatentConsistencyFineTuning
+from .operator import OperatorDistillation
 from .progressive import ProgressiveDistillation
 from .rectified import (
     RectifiedFlowDistill,
@@ -69,6 +71,7 @@ __all__ = [
     "LossContext",
     "Method",
     "MethodBase",
+    "OperatorDistillation",
     "ProgressiveDistillation",
     "RectifiedFlowDistill",
     "RectifiedFlowLoss",

@@ -9,6 +9,7 @@ from .backbone_disc import (
 )
 from .embedding import CondEmbedding, SinusoidalEmbedding
 from .mlp import COND_TYPES, MLPDenoiserNet, NoiseEmbedding
+from .operator import FourierTemporalConv, FourierTemporalLayer, TrajectoryOperator
 from .precond import (
     ConsistencyPrecond,
     EDMPrecond,
@@ -28,11 +29,14 @@ __all__ = [
     "EDMPrecond",
     "FeatureHeads",
     "FlowPrecond",
+    "FourierTemporalConv",
+    "FourierTemporalLayer",
     "FrozenFeatureDiscriminator",
     "MLPDenoiserNet",
     "NoiseEmbedding",
     "NoisyDiscriminator",
     "SinusoidalEmbedding",
+    "TrajectoryOperator",
     "UNet",
     "build_model",
     "buildable",

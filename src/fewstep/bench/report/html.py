@@ -13,7 +13,8 @@ import html
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from .text import (
     format_seconds,
     num,
     plateau_text,
+    short_labels,
     tie_text,
     with_ci,
 )
@@ -101,6 +103,29 @@ def _table(headers: Sequence[str], rows: Sequence[str], sortable: bool = True) -
     return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
+# method -> its short label in this report (set by write_report; see text.short_labels)
+_LABELS: ContextVar[Mapping[str, str] | None] = ContextVar("_LABELS", default=None)
+
+
+def _name(label: str) -> str:
+    """A case or method label (``method`` or ``method@nfe``) as HTML: its short name, with
+    the full method string in a ``title`` tooltip when they differ."""
+    method, at, nfe = label.rpartition("@") if "@" in label else (label, "", "")
+    short = (_LABELS.get() or {}).get(method, method)
+    if short == method:
+        return _E(label)
+    return f'<span title="{_E(method)}">{_E(short + at + nfe)}</span>'
+
+
+def _names(labels: Iterable[str], sep: str = ", ") -> str:
+    return sep.join(_name(x) for x in labels)
+
+
+def _td_html(inner: str) -> str:
+    """A text cell of pre-rendered (escaped) HTML."""
+    return f"<td>{inner}</td>"
+
+
 def _tr(cells: Iterable[str]) -> str:
     return f"<tr>{''.join(cells)}</tr>"
 
@@ -120,21 +145,22 @@ def _direction(metric: str) -> str:
 
 def _decision_tr(d: Decision) -> str:
     best = d.ranking.best
-    flagged = sorted({f"{a.label}: {why}" for a in d.ranking.ranked if a.nfe_target == d.budget
-                      and (why := d.ranking.flags.get(a.label)) and why != "baseline"})
+    flagged = sorted({f"{_name(a.label)}: {_E(why)}" for a in d.ranking.ranked
+                      if a.nfe_target == d.budget and (why := d.ranking.flags.get(a.label))
+                      and why != "baseline"})
     if best is None:
         return _tr([_td(d.teacher), _td(str(d.budget), d.budget), _td(NONE_ELIGIBLE), _td(""),
-                    _td(""), _td(""), _td("; ".join(flagged))])
-    return _tr([_td(d.teacher), _td(str(d.budget), d.budget), _td(best.label),
+                    _td(""), _td(""), _td_html("; ".join(flagged))])
+    return _tr([_td(d.teacher), _td(str(d.budget), d.budget), _td_html(_name(best.label)),
                 _ci_cell(best.summary.mean, best.summary.lo, best.summary.hi),
                 _td(format_seconds(best.time_per_sample.mean), best.time_per_sample.mean),
-                _td(", ".join(a.label for a in d.ranking.tie_group[1:]) or NO_DATA),
-                _td("; ".join(flagged))])
+                _td_html(_names(a.label for a in d.ranking.tie_group[1:]) or NO_DATA),
+                _td_html("; ".join(flagged))])
 
 
 def _front_tr(teacher: str, d: Decision) -> str:
-    return _tr([_td(teacher), _td(", ".join(
-        f"{a.label} ({format_seconds(a.time_per_sample.mean)}, {num(a.summary.mean)})"
+    return _tr([_td(teacher), _td_html(", ".join(
+        f"{_name(a.label)} ({format_seconds(a.time_per_sample.mean)}, {num(a.summary.mean)})"
         for a in d.front) or NO_DATA)])
 
 
@@ -160,18 +186,20 @@ def _decision_section(rows: Sequence[Row], metric: str) -> str:
 
 
 def _board_tr(e: dict[str, Any]) -> str:
-    flagged = "; ".join(f"{m}: {why}" for m, why in sorted(e["flagged"].items()))
+    flagged = "; ".join(f"{_name(m)}: {_E(why)}" for m, why in sorted(e["flagged"].items()))
     return _tr([_td(str(e["teacher"])), _td(str(e["nfe_target"]), e["nfe_target"]),
-                _td(f"{e['best']} ({e['best_impl']})" if e["best"] else NONE_ELIGIBLE),
+                _td_html(f"{_name(e['best'])} ({_E(e['best_impl'])})" if e["best"]
+                         else NONE_ELIGIBLE),
                 _ci_cell(e["best_mean"], e["best_lo"], e["best_hi"]),
                 _td(format_seconds(e["best_time_per_sample_s"]),
                     e["best_time_per_sample_s"] if e["best_time_per_sample_s"] is not None
                     else math.nan),
-                _td(tie_text(e["tied"], 6)),
-                _td(e["runner_up"] or NO_DATA),
+                _td_html(tie_text([_name(t) for t in e["tied"]], 6)),
+                _td_html(_name(e["runner_up"]) if e["runner_up"] else NO_DATA),
                 _ci_cell(e["runner_up_mean"], e["runner_up_lo"], e["runner_up_hi"]),
-                _td(e["peer"] or NO_DATA), _ci_cell(e["peer_mean"], e["peer_lo"], e["peer_hi"]),
-                _td(flagged or NO_DATA)])
+                _td_html(_name(e["peer"]) if e["peer"] else NO_DATA),
+                _ci_cell(e["peer_mean"], e["peer_lo"], e["peer_hi"]),
+                _td_html(flagged or NO_DATA)])
 
 
 def _board_section(rows: Sequence[Row], metric: str) -> str:
@@ -193,7 +221,8 @@ def _disagreement_section(rows: Sequence[Row], metrics: Sequence[str]) -> str:
     if not found:
         return intro + "<p>None: every metric's best is tied under the others.</p>"
     trs = [_tr([_td(d["teacher"]), _td(str(d["nfe"]), d["nfe"]),
-                _td(f"{d['metric_a']}: {d['best_a']}"), _td(f"{d['metric_b']}: {d['best_b']}")])
+                _td_html(f"{_E(d['metric_a'])}: {_name(d['best_a'])}"),
+                _td_html(f"{_E(d['metric_b'])}: {_name(d['best_b'])}")])
            for d in found]
     return intro + _table(["teacher", "NFE", "one metric's best", "another's best"], trs)
 
@@ -209,11 +238,11 @@ def _amortised_section(rows: Sequence[Row], metric: str, out_dir: Path) -> str:
     if not points:
         return "<h2>Quality vs amortised cost</h2><p>No data.</p>"
     fronts = amortised_fronts(points)
-    front_trs = [_tr([_td(t), _td(f"{m:.0e}", m), _td(", ".join(
-        f"{p.agg.label} ({format_seconds(p.seconds(m))}, {num(p.agg.summary.mean)})"
+    front_trs = [_tr([_td(t), _td(f"{m:.0e}", m), _td_html(", ".join(
+        f"{_name(p.agg.label)} ({format_seconds(p.seconds(m))}, {num(p.agg.summary.mean)})"
         for p in front) or NO_DATA)]) for m, by_t in fronts.items() for t, front in by_t.items()]
     runs = [p for p in points if not p.agg.is_baseline]
-    cost_trs = [_tr([_td(p.agg.teacher), _td(p.agg.label),
+    cost_trs = [_tr([_td(p.agg.teacher), _td_html(_name(p.agg.label)),
                      _td(_cost_text(p.one_off_s, " s"), p.one_off_s),
                      _td(_cost_text(p.one_off_nfe), p.one_off_nfe),
                      _td(format_seconds(p.per_sample_s), p.per_sample_s),
@@ -247,7 +276,7 @@ def _convergence_section(rows: Sequence[Row], metrics: Sequence[str]) -> str:
         conv = convergence(rows, m)
         if not conv:
             continue
-        trs = [_tr([_td(c.teacher), _td(c.method),
+        trs = [_tr([_td(c.teacher), _td_html(_name(c.method)),
                     _ci_cell(c.order.mean, c.order.lo, c.order.hi),
                     _td(str(nominal_order(c.method) or NO_DATA)),
                     _td(", ".join(map(str, c.fit_nfe)) or "too few asymptotic budgets"),
@@ -333,7 +362,8 @@ def _result_tr(key: GroupKey, rows: Sequence[Row], metrics: Sequence[str]) -> st
     """One full-results HTML row for a (teacher, method, NFE) group."""
     teacher, method, nfe_target = key
     nfe = mean_of(r.get("nfe") for r in rows)
-    cells = [_td(teacher), _td(method), _td(impl_of(rows)), _td(str(nfe_target), nfe_target),
+    cells = [_td(teacher), _td_html(_name(method)), _td(impl_of(rows)),
+             _td(str(nfe_target), nfe_target),
              _td(num(nfe), nfe)]
     for m in metrics:
         s = metric_summary((metric_value(r, m) for r in rows), m)
@@ -451,6 +481,11 @@ def _env_section(rows: Sequence[Row], failed: Sequence[Row]) -> str:
             ("teachers", _distinct(r.get("teacher") for r in rows)),
             ("methods", _distinct(r.get("method") for r in rows))]
     lines = "".join(f"<li>{_E(k)}: {_E(', '.join(v) or NO_DATA)}</li>" for k, v in meta)
+    legend = [(short, m) for m, short in (_LABELS.get() or {}).items() if short != m]
+    if legend:
+        lines += ("<li>short names in the tables (hover one for its full string): "
+                  + "; ".join(f"{_E(short)} = <code>{_E(m)}</code>" for short, m in legend)
+                  + "</li>")
     table = _table(["key", "distinct values"], trs, sortable=False) if trs else \
         "<p>No environment recorded.</p>"
     return (f"<h2>Run environment</h2><ul><li>finished cases: {len(rows)}; failed cases: "
@@ -480,9 +515,22 @@ def write_report(store_or_rows: Store | str | os.PathLike[str] | Iterable[Row],
     known = set(metric_registry.available())
     metrics = [metric, *(m for m in present if m != metric and m in known)]
     title = f"fewstep benchmark report{f' — suite {suite}' if suite else ''}"
+    token = _LABELS.set(short_labels(r.get("method") for r in [*rows, *failed]))
+    try:
+        body = _body(rows, failed, metric, metrics, out)
+    finally:
+        _LABELS.reset(token)
+    path = out / "report.html"
+    data = _page(title, body).encode("utf-8")
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    return path
+
+
+def _body(rows: Sequence[Row], failed: Sequence[Row], metric: str, metrics: Sequence[str],
+          out: Path) -> str:
     alarm = (f"<p><b>All {len(failed)} cases failed</b>: see Failed cases.</p>"
              if failed and not rows else "")
-    body = "".join([
+    return "".join([
         alarm, _decision_section(rows, metric), _board_section(rows, metric),
         _disagreement_section(rows, metrics), _amortised_section(rows, metric, out),
         _convergence_section(rows, metrics), _failed_section(failed, len(rows)),
@@ -492,10 +540,7 @@ def write_report(store_or_rows: Store | str | os.PathLike[str] | Iterable[Row],
         "dashed: peers; horizontal lines: baselines.</p>",
         *(_plots_section(rows, m, out) for m in metrics),
         _peer_section(rows, metric), _results_section(rows, metrics),
-        _notes_section(rows, [m for m in present if m not in known]),
+        _notes_section(rows, [m for m in metrics_present(rows)
+                              if m not in metric_registry.available()]),
         _methodology(rows, metrics), _env_section(rows, failed),
     ])
-    path = out / "report.html"
-    data = _page(title, body).encode("utf-8")
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
-    return path

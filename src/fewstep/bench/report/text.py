@@ -4,7 +4,7 @@ HTML report renders the same numbers."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from fewstep.metrics import registry as metric_registry
@@ -16,7 +16,7 @@ from .ranking import ALPHA, Decision
 
 __all__ = ["few_seeds", "format_amortised", "format_convergence", "format_decision",
            "format_leaderboard", "format_peer_comparison", "format_seconds", "num",
-           "plateau_text", "tie_text", "with_ci"]
+           "plateau_text", "short_labels", "tie_text", "with_ci"]
 
 NO_DATA = "-"
 NONE_ELIGIBLE = "(none beats baselines)"
@@ -58,6 +58,20 @@ def short_label(label: str) -> str:
 
     method, at, nfe = label.rpartition("@") if "@" in label else (label, "", "")
     return f"{student_label(method)}{at}{nfe}"
+
+
+def short_labels(methods: Iterable[str | None]) -> dict[str, str]:
+    """Each distinct method string -> the short name tables show (:func:`short_label`);
+    methods whose short names would collide keep their full string, so no two methods share
+    a name."""
+    from ..students import label as student_label
+
+    distinct = list(dict.fromkeys(m for m in methods if m))
+    short = {m: student_label(m) for m in distinct}
+    counts: dict[str, int] = {}
+    for s in short.values():
+        counts[s] = counts.get(s, 0) + 1
+    return {m: (s if counts[s] == 1 else m) for m, s in short.items()}
 
 
 def direction_note(metric: str) -> str:
