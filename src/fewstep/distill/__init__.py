@@ -1,7 +1,15 @@
 """Training and distillation methods: small loss objects behind one registry, run by the shared
 loop in :mod:`fewstep.train`."""
 
-from . import consistency, direct, knowledge, progressive, rectified, teacher  # noqa: F401  (registry)
+from . import (  # noqa: F401  (registry)
+    consistency,
+    direct,
+    guided,
+    knowledge,
+    progressive,
+    rectified,
+    teacher,
+)
 from .base import (
     Batch,
     LossContext,
@@ -15,6 +23,7 @@ from .base import (
     warm_start,
 )
 from .direct import DirectCM
+from .guided import GuidedDistillation, guided_output, sample_pd_stochastic
 from .knowledge import KnowledgeDistillation
 from .progressive import ProgressiveDistillation
 from .rectified import (
@@ -32,6 +41,7 @@ __all__ = [
     "Batch",
     "DirectCM",
     "EDMLoss",
+    "GuidedDistillation",
     "KnowledgeDistillation",
     "LossContext",
     "Method",
@@ -44,9 +54,11 @@ __all__ = [
     "draw_couplings",
     "edm_weight",
     "get_method",
+    "guided_output",
     "rectified_flows",
     "register_method",
     "rf_sigmas",
+    "sample_pd_stochastic",
     "split_batch",
     "straightness",
     "warm_start",

@@ -177,7 +177,7 @@ def build(name: str | Recipe, out: str | Path, *, teacher_root: Path | None = No
                          keep_checkpoints=1, progress=progress)
     with _one_thread():
         student = method.init_student(teacher, _template(r))
-        result = train(method, student, r.data, config, teacher=teacher)
+        result = train(method, student, _data(r), config, teacher=teacher)
     weights = out / f"{r.name}.safetensors"
     state = {k: v.detach().cpu().contiguous() for k, v in result.ema.state_dict().items()}
     atomic_write(weights, lambda tmp: save_file(state, tmp))
@@ -191,6 +191,16 @@ def build(name: str | Recipe, out: str | Path, *, teacher_root: Path | None = No
     entry.cache_clear()
     load.cache_clear()
     return entry(r.name, out)
+
+
+def _data(r: Recipe) -> Any:
+    """A recipe's training data: the data set's name, or for a class-conditional backbone
+    (``num_classes`` > 0) its labelled train split ``{"x", "cond"}``."""
+    if not r.backbone.get("kwargs", {}).get("num_classes"):
+        return r.data
+    from .. import data
+
+    return data.get(r.data).load_labelled("train", n=r.data_n, seed=r.seed)
 
 
 def _jsonable(obj: Any) -> Any:
