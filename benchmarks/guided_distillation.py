@@ -40,18 +40,26 @@ from fewstep.metrics import mean_ci
 
 W_VALUES = (1.0, 2.0)
 STEPS = (1, 2, 4, 8)
-TEACHER_SOLVERS = ("heun", "dpmpp_2m", "ddim")
+TEACHER_SOLVERS = ("heun", "dpmpp_2m")
 TEACHER_NFE = 20
+STAGE1_NFE = (4, 8)
 TARGET = 1.5
 
 
-def suite(seeds: list[int], n: int) -> Suite:
+def suites(seeds: list[int], n: int) -> list[Suite]:
+    """The teacher's solvers at NFE 8 and 20; the PD students on their own grids; the stage-1
+    student with DDIM at NFE 4 and 8. One store, the same start noise per (teacher, seed).
+    The reference ODE solution (every bench row's ode_rmse) is only loosely solved
+    (rtol 1e-2): this benchmark reads FD against held-out data, not the ODE error."""
     ts = [f"zoo:digits-cond-edm@w={w:g}" for w in W_VALUES]
-    methods = [*TEACHER_SOLVERS,
-               *(f"student:zoo:digits-cond-guided-pd{k}@w={w:g}" for k in STEPS for w in W_VALUES),
-               *(f"student:zoo:digits-cond-guided@w={w:g}" for w in W_VALUES)]
-    return Suite("guided", ts, methods, sorted({*STEPS, TEACHER_NFE}), seeds, n_samples=n,
-                 reference_rtol=1e-3, timing_repeats=1)
+    common = dict(seeds=seeds, n_samples=n, reference_rtol=1e-2, timing_repeats=1)
+    return [
+        Suite("guided-teacher", ts, list(TEACHER_SOLVERS), [8, TEACHER_NFE], **common),
+        Suite("guided-students", ts,
+              [*(f"student:zoo:digits-cond-guided-pd{k}@w={w:g}" for k in STEPS
+                 for w in W_VALUES),
+               *(f"student:zoo:digits-cond-guided@w={w:g}" for w in W_VALUES)],
+              [*STEPS, *STAGE1_NFE], **common)]
 
 
 def stochastic_fd(teacher: str, k: int, seed: int, n: int, cache: Path) -> float:
@@ -74,9 +82,9 @@ def stochastic_fd(teacher: str, k: int, seed: int, n: int, cache: Path) -> float
 
 
 def run(out: Path, seeds: list[int], n: int) -> None:
-    s = suite(seeds, n)
-    s.validate()
-    runner.run_suite(s, out, progress=True)
+    for s in suites(seeds, n):
+        s.validate()
+        runner.run_suite(s, out, progress=True)
     path = out / "stochastic.json"
     done = json.loads(path.read_text()) if path.exists() else {}
     for w in W_VALUES:
@@ -102,7 +110,8 @@ def _ratio_ci(student: list[float], teacher: list[float]) -> tuple[float, float,
 
 
 def report(out: Path) -> str:
-    rows = Store(out / "results.sqlite").rows("guided")
+    store = Store(out / "results.sqlite")
+    rows = store.rows("guided-teacher") + store.rows("guided-students")
     fd: dict[tuple[str, str, int], dict[int, float]] = defaultdict(dict)
     cost: dict[str, tuple[float, float]] = {}
     nfe: dict[tuple[str, str, int], float] = {}
@@ -123,7 +132,9 @@ def report(out: Path) -> str:
                   f"{2 * TEACHER_NFE} network evaluations per sample): "
                   + ", ".join(f"{m} FD {_ci(list(fd[(t, m, TEACHER_NFE)].values()))}"
                               for m in TEACHER_SOLVERS)
-                  + f". Reference for the ratio: {best} (the best).\n",
+                  + f". Reference for the ratio: {best} (the better). At NFE 8: "
+                  + ", ".join(f"{m} FD {_ci(list(fd[(t, m, 8)].values()))}"
+                              for m in TEACHER_SOLVERS) + ".\n",
                   "| student | sampler | steps | network evals / sample | FD (95% CI) | "
                   "FD / teacher (paired, 95% CI) | within 1.5x |",
                   "|---|---|---|---|---|---|---|"]
@@ -136,7 +147,7 @@ def report(out: Path) -> str:
             if k > 1 and all(f"{w:g}/{k}/{s}" in stoch for s in seeds):
                 entries.append((lab, "stochastic (Meng 3.3)", k,
                                 [stoch[f"{w:g}/{k}/{s}"] for s in seeds], float(k)))
-        for k in STEPS:
+        for k in STAGE1_NFE:
             lab = f"zoo/guided@w={w:g}"
             if (t, lab, k) in fd:
                 entries.append((lab + " (stage 1)", "DDIM (Karras)", k,
@@ -162,7 +173,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/guided"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--n", type=int, default=500, help="samples per case (multiple of 10)")
+    p.add_argument("--n", type=int, default=250, help="samples per case (multiple of 10)")
     p.add_argument("--report", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(1)

@@ -47,6 +47,13 @@ def test_guided_rows_label_row_i_with_class_i_mod_k_and_guide():
                                (c + 2.0)[:, None].float())
     torch.testing.assert_close(GuidedRows(Affine(), 3, 2.0)(x[:4], sigma[:4]),
                                GuidedRows(Affine(), 3, 2.0)(x, sigma)[:4])
+    # guidance costs two network evaluations per row, and the bench's timer counts them
+    from fewstep.bench.meters import TimedDenoiser
+
+    for w, takes_w, per_row in ((2.0, False, 2), (0.0, False, 1), (2.0, True, 1)):
+        timed = TimedDenoiser(GuidedRows(Affine(), 3, w, takes_w=takes_w))
+        timed(x, sigma)
+        assert timed.rows == 7 * per_row
 
 
 def test_balanced_rows_are_class_balanced_in_order():

@@ -152,6 +152,13 @@ class GuidedRows(torch.nn.Module):
             raise ValueError(f"num_classes must be >= 1; got {num_classes}")
         self.denoiser, self.num_classes, self.w, self.takes_w = denoiser, num_classes, w, takes_w
 
+    @property
+    def evaluations_per_row(self) -> int:
+        """Network evaluations per row of a call: 2 under guidance (conditional and null
+        label), else 1; the bench's row count (:class:`~fewstep.bench.meters.TimedDenoiser`)
+        reads it."""
+        return 1 if self.takes_w or self.w == 0 else 2
+
     def labels(self, n: int, device: torch.device | str = "cpu") -> Tensor:
         """The classes of ``n`` rows: ``arange(n) % K``."""
         return torch.arange(n, device=device) % self.num_classes
