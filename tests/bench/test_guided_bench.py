@@ -126,3 +126,28 @@ def test_guided_students_run_on_their_teacher_at_the_same_w(tmp_path):
     assert rows[("zoo:digits-cond-edm@w=2", "ddim", 2)]["nfe"] == 4
     assert rows[("zoo:digits-cond-edm@w=2", pd4, 4)]["nfe"] == 4
     assert rows[("zoo:digits-cond-edm@w=2", gd, 2)]["nfe"] == 2
+
+
+def test_an_infinite_labelled_set_gives_a_full_balanced_reference():
+    """8gaussians draws its test split: n rows, row i near mode i mod 8, seeded."""
+    ds = data.get("8gaussians")
+    y = teachers._balanced_held_out(ds, 8, 400, 0)
+    assert y.shape == (400, 2)
+    angles = 2 * torch.pi * torch.arange(8) / 8
+    modes = 1.4 * torch.stack([angles.cos(), angles.sin()], 1)
+    assert (torch.cdist(y, modes).argmin(1) == torch.arange(400) % 8).float().mean() > 0.99
+    assert not torch.equal(y, teachers._balanced_held_out(ds, 8, 400, 1))
+
+
+@pytest.mark.skipif(not zoo.built("8gaussians-cond-edm"), reason="not built")
+def test_the_2d_conditional_teacher_samples_row_i_near_mode_i_mod_8(tmp_path):
+    t = teachers.get("zoo:8gaussians-cond-edm@w=1")
+    assert t.kind == "vector" and t.extra["num_classes"] == 8
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0)) * t.sigma_max
+    from fewstep import solvers
+
+    with torch.no_grad():
+        out = solvers.sample(t.denoiser, x, "ddim", nfe=20)
+    angles = 2 * torch.pi * torch.arange(8) / 8
+    modes = 1.4 * torch.stack([angles.cos(), angles.sin()], 1)
+    assert (torch.cdist(out, modes).argmin(1) == torch.arange(64) % 8).float().mean() > 0.9
