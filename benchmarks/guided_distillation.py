@@ -8,7 +8,8 @@ with a bench :class:`~fewstep.bench.suite.Case`): the guided teacher ``zoo:digit
 (class-balanced rows, classifier-free guidance ``(1+W) D_c - W D_u``) with its solvers at NFE
 20 (guided calls; 2 network evaluations each), the students
 ``student:zoo:digits-cond-guided-pdK@w=W`` (stage 2, DDIM on their PD grid, K = 8, 4, 2, 1) and
-``student:zoo:digits-cond-guided@w=W`` (stage 1, DDIM at NFE 4 and 8), all from the bench's
+``student:zoo:digits-cond-guided@w=W`` (stage 1, DDIM at NFE 4, 8 and, at the first w, 16;
+the teacher's DDIM at 16 for context at the first w), all from the bench's
 start noise of each seed, scored by the bench's distribution metrics against the
 class-balanced labelled test split. Meng et al.'s stochastic sampler (Sec. 3.3) runs on the
 same noise and rows. What is left out of ``run_suite``: the tight reference ODE solution
@@ -45,7 +46,8 @@ W_VALUES = (2.0, 1.0)
 STEPS = (1, 2, 4, 8)
 TEACHER_SOLVERS = ("heun", "dpmpp_2m")
 TEACHER_NFE = 20
-STAGE1_NFE = (4, 8)
+STAGE1_NFE = (4, 8, 16)
+CONTEXT = ("ddim", 16)  # the teacher's DDIM at PD's base grid size, for context
 TARGET = 1.5
 STOCHASTIC = "stochastic"  # the sampler column of Meng's stochastic sampler
 
@@ -53,11 +55,15 @@ STOCHASTIC = "stochastic"  # the sampler column of Meng's stochastic sampler
 def methods(w: float) -> list[tuple[str, int, str]]:
     """(bench method, NFE budget, sampler) of every case at guidance w."""
     out = [(m, TEACHER_NFE, "solver") for m in TEACHER_SOLVERS]
+    context = w == W_VALUES[0]  # the context rows (CPU budget): at the first w only
+    if context:
+        out.append((*CONTEXT, "solver"))
     for k in STEPS:
         out.append((f"student:zoo:digits-cond-guided-pd{k}@w={w:g}", k, "DDIM (PD grid)"))
         if k > 1:  # with one step the stochastic sampler is DDIM
             out.append((f"student:zoo:digits-cond-guided-pd{k}@w={w:g}", k, STOCHASTIC))
-    out += [(f"student:zoo:digits-cond-guided@w={w:g}", k, "DDIM (Karras)") for k in STAGE1_NFE]
+    out += [(f"student:zoo:digits-cond-guided@w={w:g}", k, "DDIM (Karras)") for k in STAGE1_NFE
+            if k != CONTEXT[1] or context]
     return out
 
 
@@ -140,7 +146,9 @@ def report(out: Path) -> str:
                   f"{2 * TEACHER_NFE} network evaluations per sample): "
                   + ", ".join(f"{m} FD {_ci(teacher_fd(m, TEACHER_NFE))}"
                               for m in TEACHER_SOLVERS)
-                  + f"; the ratios below divide by {best} (the better).\n",
+                  + f"; the ratios below divide by {best} (the better). For context, the "
+                  f"teacher's {CONTEXT[0]} at NFE {CONTEXT[1]}: FD "
+                  f"{_ci(teacher_fd(*CONTEXT)) if teacher_fd(*CONTEXT) else 'not run'}.\n",
                   "| student | sampler | steps | network evals / sample | FD (95% CI) | "
                   "FD / teacher's (paired by seed, 95% CI) | within 1.5x |",
                   "|---|---|---|---|---|---|---|"]
@@ -168,6 +176,37 @@ def report(out: Path) -> str:
     return "\n".join(lines)
 
 
+def w_fit(n: int = 256) -> str:
+    """How well the stage-1 student follows w: its mean squared error against the teacher's
+    x_hat_w on noised held-out digits, beside the error of the unguided conditional teacher
+    D_c (what a student that ignored w and guidance would score), per sigma and w."""
+    from fewstep import data
+    from fewstep.distill import guided_output
+
+    T, S = zoo.load("digits-cond-edm"), zoo.load("digits-cond-guided")
+    b = data.get("digits").load_labelled("test", seed=0)
+    x0, c = b["x"][:n], b["cond"][:n]
+    g = torch.Generator().manual_seed(0)
+    ws = (0.0, 1.0, 2.0, 4.0)
+    lines = ["\nStage-1 fit, MSE of the student against x_hat_w (in parentheses: of D_c, "
+             f"the unguided conditional teacher), {n} noised test digits:\n",
+             "| sigma | " + " | ".join(f"w = {w:g}" for w in ws) + " |",
+             "|---|" + "---|" * len(ws)]
+    with torch.no_grad():
+        for s in (0.2, 1.0, 5.0):
+            sig = torch.full((len(x0),), s)
+            x = x0 + s * torch.randn(x0.shape, generator=g)
+            d_c, d_u = T(x, sig, cond=c), T(x, sig, cond=torch.full_like(c, -1))
+            cells = []
+            for w in ws:
+                target = guided_output(d_c, d_u, w)
+                out = S(x, sig, cond=c, w=torch.full((len(x0),), w))
+                cells.append(f"{(out - target).pow(2).mean():.4f} "
+                             f"({(d_c - target).pow(2).mean():.4f})")
+            lines.append(f"| {s:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/guided"))
@@ -179,6 +218,7 @@ def main() -> None:
     if not a.report:
         run(a.out, a.seeds, a.n)
     print(report(a.out))
+    print(w_fit())
 
 
 if __name__ == "__main__":
