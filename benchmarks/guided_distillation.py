@@ -128,7 +128,7 @@ def report(out: Path) -> str:
         key = (c["teacher"], c["label"], c["sampler"], c["nfe_target"])
         fd.setdefault(key, {})[c["seed"]] = c["metrics"]["fd"]
         evals[key] = c["network_evals"]
-        cost[c["label"]] = tuple(c["train"])
+        cost[c["label"].split("@")[0]] = tuple(c["train"])  # the same at every w
     lines = []
     for w in W_VALUES:
         t = f"zoo:digits-cond-edm@w={w:g}"
