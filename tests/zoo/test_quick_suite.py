@@ -41,15 +41,21 @@ def test_committed_entries_load_and_denoise():
                 assert D(x).shape == x.shape and torch.isfinite(D(x)).all(), name
             assert e.cost.seconds > 0 and e.cost.steps == e.recipe.steps, name
             continue
-        if e.recipe.role == "teacher":  # as the bench samples it (a conditional one: null label)
-            D = teachers.get(f"zoo:{name}").denoiser
-        shape = teachers.get(f"zoo:{e.recipe.teacher or name}").sample_shape
+        root = name  # the teacher at the root of a chain of students
+        while zoo.recipe(root).teacher is not None:
+            root = str(zoo.recipe(root).teacher)
+        shape = teachers.get(f"zoo:{root}").sample_shape
         x = torch.randn(3, *shape)
+        kwargs = e.recipe.backbone["kwargs"]
+        cond = {"cond": torch.arange(3) % kwargs["num_classes"]} if kwargs["num_classes"] else {}
+        if kwargs.get("w_embedding"):  # a guided-distillation student takes w
+            cond["w"] = torch.full((3,), 2.0)
         with torch.no_grad():
-            out = D(x, torch.full((3,), 1.0))
+            out = D(x, torch.full((3,), 1.0), **cond)
         assert out.shape == x.shape and torch.isfinite(out).all(), name
         assert e.cost.seconds > 0 and e.cost.steps == e.recipe.steps, name
-        assert (e.cost.teacher_nfe > 0) == (e.recipe.method in ("cd", "pd", "kd", "direct_cm"))
+        assert (e.cost.teacher_nfe > 0) == (e.recipe.method in ("cd", "pd", "kd", "direct_cm",
+                                                                "guided"))
 
 
 @pytest.mark.slow

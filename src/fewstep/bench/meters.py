@@ -35,7 +35,10 @@ def synchronize(device: torch.device | str) -> None:
 
 
 class TimedDenoiser:
-    """Counts evaluated rows and accumulates wall-clock spent inside the denoiser."""
+    """Counts evaluated rows and accumulates wall-clock spent inside the denoiser. A denoiser
+    that evaluates its network more than once per row (classifier-free guidance: the
+    conditional and the null-label rows) says so in ``evaluations_per_row``, and the rows
+    count that many times."""
 
     def __init__(self, denoiser: Denoiser, device: torch.device | str = "cpu"):
         self.denoiser, self.device = denoiser, device
@@ -48,7 +51,7 @@ class TimedDenoiser:
         synchronize(self.device)
         self.seconds += time.perf_counter() - t0
         self.calls += 1
-        self.rows += x.shape[0]
+        self.rows += x.shape[0] * getattr(self.denoiser, "evaluations_per_row", 1)
         return out
 
 

@@ -4,7 +4,13 @@ noise with the sampler its method calls for:
 - ``student:PATH``: a training run directory or checkpoint written by
   :func:`fewstep.train.train`;
 - ``student:zoo:NAME``: a built zoo student (:mod:`fewstep.zoo`); it runs only on its own
-  teacher ``zoo:TEACHER`` (on any other teacher the case is listed as skipped);
+  teacher ``zoo:TEACHER`` (on any other teacher the case is listed as skipped); a student of
+  a class-conditional teacher runs as ``student:zoo:NAME@w=W`` on ``zoo:TEACHER@w=W``, the
+  same guidance strength, class-balanced like its teacher (row ``i`` of class ``i mod K``;
+  a w-conditioned guided-distillation student is given ``w=W``, see
+  :class:`~fewstep.bench.teachers.GuidedRows`). A student distilled from another student
+  (a chain of progressive-distillation rounds) belongs to the chain's root teacher and its
+  row's training cost is the whole chain's;
 - ``student:python:MODULE:ATTR``: an external consistency function ``f(x, sigma, **cond) ->
   x0_hat`` that fewstep did not train (or a factory, a callable without required arguments,
   returning one), e.g. an ONNX model wrapped in a few lines; an optional attribute ``nfe`` (a
@@ -24,6 +30,8 @@ Samplers by training method:
   ``x0 = D(sigma_max z, sigma_max)``;
 - ADD students (add): the consistency sampler over ``k`` of their own student levels
   (``method.sampling_sigmas(k)``), at NFE 1 up to their ``num_student_steps``;
+- w-conditioned guided-distillation students (guided, Meng et al. 2023 stage 1): DDIM at
+  any NFE on the case's schedule, like a teacher;
 - progressive-distillation students (pd): DDIM on their own training grid
   ``method.sigmas(k)``, only at NFE ``k``, the step count of the checkpoint's round (point at
   an intermediate ``checkpoints/step_*`` directory for the earlier, longer students);
@@ -57,9 +65,10 @@ ONE_STEP_METHODS = ("kd", "rf_distill", "ufogen", "dfno")
 OWN_GRID_METHODS = ("pd",)
 OWN_LEVELS_METHODS = ("add",)  # re-noise over k of the student's levels, k <= its level count
 GAN_METHODS = ("ddgan", "siddm")  # sampled by the method's own ``sample`` at NFE T
+DDIM_METHODS = ("guided",)  # students that are denoisers at every sigma: DDIM at any NFE
 EXTERNAL = "external"  # a python:MODULE:ATTR consistency function
 METHODS = (CONSISTENCY_METHODS + ONE_STEP_METHODS + OWN_GRID_METHODS + OWN_LEVELS_METHODS
-           + GAN_METHODS)
+           + GAN_METHODS + DDIM_METHODS)
 RENOISE_SIGMA_MIN = 0.821  # Song et al. 2023's two-step re-noise level
 
 
@@ -105,13 +114,24 @@ def info(source: str) -> dict[str, Any]:
     teacher_nfe (sample rows)} or None, and ``teacher`` (its zoo teacher, or None)."""
     if source.startswith("zoo:"):
         from .. import zoo
+        from .teachers import num_classes, split_guidance
 
-        e = zoo.entry(source.removeprefix("zoo:"))
+        base, w = split_guidance(source.removeprefix("zoo:"))
+        e = zoo.entry(base)
         if e.recipe.role != "student":
             raise ValueError(f"student:{source} is a teacher; bench it as --teacher {source}")
-        return {"method": e.method, "step": e.cost.steps, "teacher": f"zoo:{e.recipe.teacher}",
-                "cost": {"seconds": e.cost.seconds,
-                         "teacher_nfe": e.cost.teacher_nfe * e.recipe.batch_size}}
+        if w is not None and not num_classes(f"zoo:{base}"):
+            raise ValueError(f"student:{source}: guidance (@w=) needs a student of a "
+                             "class-conditional teacher")
+        chain = [e]  # the student, its student teachers, ..., up to the root teacher
+        while (t := zoo.RECIPES.get(str(chain[-1].recipe.teacher))) is not None \
+                and t.role == "student":
+            chain.append(zoo.entry(chain[-1].recipe.teacher))
+        root = f"zoo:{chain[-1].recipe.teacher}" + ("" if w is None else f"@w={w:g}")
+        return {"method": e.method, "step": e.cost.steps, "teacher": root,
+                "cost": {"seconds": sum(c.cost.seconds for c in chain),
+                         "teacher_nfe": sum(c.cost.teacher_nfe * c.recipe.batch_size
+                                            for c in chain)}}
     if source.startswith("python:"):
         return {"method": {"name": EXTERNAL, "params": {}}, "step": 0, "teacher": None,
                 "cost": None}
@@ -177,8 +197,10 @@ def wrong_teacher(method: str, teacher: str) -> str | None:
     """Why the student ``method`` cannot run on ``teacher`` (a zoo student records its own
     teacher, whose data and scale it learnt), or None."""
     own = info(_path(method))["teacher"]
-    if own is not None and teacher != own:
+    if own is not None and _guided(teacher)[0] != _guided(own)[0]:
         return f"{method}: a student of {own}, not run on {teacher}"
+    if own is not None and _guided(teacher) != _guided(own):
+        return f"{method}: a student of {own}, not run on {teacher} (another guidance w)"
     return None
 
 
@@ -202,6 +224,14 @@ def unreachable(method: str, nfe: int, teacher: str | None = None) -> str | None
     return None
 
 
+def _guided(teacher: str) -> tuple[str, float]:
+    """A teacher name as (name, guidance strength), ``@w=`` parsed, 0 without it."""
+    from .teachers import split_guidance
+
+    base, w = split_guidance(teacher)
+    return base, w or 0.0
+
+
 def training_cost(method: str) -> tuple[float | None, float | None]:
     """(train_seconds, train_teacher_nfe) of a bench method: the student's recorded cost,
     (None, None) for an external student (not known), (0, 0) for training-free methods."""
@@ -221,9 +251,17 @@ def label(method: str) -> str:
     source = _path(method)
     if source.startswith("zoo:"):
         from .. import zoo
+        from .teachers import split_guidance
 
-        r = zoo.RECIPES.get(source.removeprefix("zoo:"))
-        return f"zoo/{r.method}" if r is not None else source
+        base, w = split_guidance(source.removeprefix("zoo:"))
+        r, root = zoo.RECIPES.get(base), base
+        while root in zoo.RECIPES and zoo.RECIPES[root].teacher is not None:
+            root = str(zoo.RECIPES[root].teacher)
+        if r is None:
+            return source
+        # the name past the root teacher's data set ("cd", "guided-pd4"), and the guidance
+        short = base.removeprefix(root.removesuffix("-edm") + "-")
+        return f"zoo/{short}" + ("" if w is None else f"@w={w:g}")
     if source.startswith("python:"):
         return f"py:{source.rsplit(':', 1)[-1]}"
     parts = [p for p in source.rstrip("/").split("/") if p] or [source]
@@ -239,8 +277,15 @@ def model(method: str) -> Any:
     source = _path(method)
     if source.startswith("zoo:"):
         from .. import zoo
+        from .teachers import GuidedRows, num_classes, split_guidance
 
-        return zoo.load(source.removeprefix("zoo:"))
+        base, w = split_guidance(source.removeprefix("zoo:"))
+        info(source)  # checks the guidance suffix
+        K = num_classes(f"zoo:{base}")
+        if not K:
+            return zoo.load(base)
+        takes_w = bool(zoo.recipe(base).backbone["kwargs"].get("w_embedding"))
+        return GuidedRows(zoo.load(base), K, w or 0.0, takes_w=takes_w)
     if source.startswith("python:"):
         from .teachers import import_attr, is_factory
 
@@ -272,6 +317,9 @@ def run_student(method: str, D: Any, x: Tensor, nfe: int, sigma_max: float, seed
         gan = gan_method(method)
         return gan.sample(D, x / sigma_max, solvers.sample_generators(seed, x.shape[0],
                                                                      x.device)), gan.T
+    if name in DDIM_METHODS:
+        p = solvers.plan("ddim", nfe, schedule, sigma_max=sigma_max)
+        return solvers.get("ddim")(D, x, p.sigmas), p.steps
     if name in OWN_GRID_METHODS:
         k, sigmas = own_grid(method)
         _check_start(method, name, sigmas, sigma_max)

@@ -101,6 +101,11 @@ class Suite:
                 baselines.get(m)
             else:
                 solvers.get(m)
+        for t in self.teachers:
+            if (k := teachers.num_classes(t)) and self.n_samples % k:
+                raise ValueError(f"suite {self.name!r}: n_samples must be a multiple of the "
+                                 f"{k} classes of {t!r} (class-balanced rows); got "
+                                 f"{self.n_samples}")
         if self.dtype not in ("float32", "float64", "float16", "bfloat16"):
             raise ValueError(f"suite {self.name!r}: unknown dtype {self.dtype!r}")
 

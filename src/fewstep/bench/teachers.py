@@ -2,8 +2,13 @@
 
 Built-ins are exact: Gaussian mixtures (closed-form denoiser and density) and the empirical
 optimal denoiser of each built-in data set's train split (scored against its test split).
-Trained teachers come from the zoo (``zoo:NAME``, see :mod:`fewstep.zoo`). A user brings a
-model by name, resolved on first use:
+Trained teachers come from the zoo (``zoo:NAME``, see :mod:`fewstep.zoo`). A
+class-conditional zoo teacher is benched class-balanced and guided: ``zoo:NAME@w=W`` conditions
+row ``i`` of every call on class ``i mod K`` and applies classifier-free guidance of strength
+``W`` in Meng et al.'s convention, ``(1 + W) D_c - W D_u`` (fewstep's CFG scale ``1 + W``; 2
+evaluations per row; ``zoo:NAME`` is ``W = 0``, the conditional model alone); its reference
+samples are the labelled test split, class-balanced, in the same order (see
+:class:`GuidedRows`). A user brings a model by name, resolved on first use:
 
 - ``checkpoint:PATH``: a ``fewstep train`` run directory or checkpoint (EMA weights), scored
   against the test split of the built-in data set it was trained on;
@@ -33,10 +38,12 @@ from torch import Tensor
 from .. import data
 from .. import data as fewstep_data
 from ..analytic import EmpiricalDenoiser, GaussianMixture
-from ..denoiser import Denoiser
+from ..data.registry import NULL_LABEL
+from ..denoiser import CFGDenoiser, Denoiser, as_batch_sigma
 
-__all__ = ["PREFIXES", "Teacher", "available", "checkpoint_teacher", "get", "import_attr",
-           "latent_teacher", "python_teacher", "register", "trained_teacher", "zoo_teacher"]
+__all__ = ["PREFIXES", "GuidedRows", "Teacher", "available", "balanced_rows",
+           "checkpoint_teacher", "get", "import_attr", "latent_teacher", "num_classes",
+           "python_teacher", "register", "split_guidance", "trained_teacher", "zoo_teacher"]
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0  # EDM's range: every fewstep-trained model's
 
@@ -118,6 +125,87 @@ def diffusers_teacher(path: str, data: str | None = None) -> Teacher:
                                                       "; no reference data"))
 
 
+def split_guidance(name: str) -> tuple[str, float | None]:
+    """``"NAME@w=W"`` -> ``("NAME", W)``; a name without the suffix -> ``(name, None)``.
+    ValueError naming a malformed or negative ``W``."""
+    base, sep, suffix = name.partition("@")
+    if not sep:
+        return name, None
+    try:
+        if not suffix.startswith("w="):
+            raise ValueError
+        w = float(suffix.removeprefix("w="))
+    except ValueError:
+        raise ValueError(f"{name!r}: a guidance suffix looks like @w=2 (a number >= 0); got "
+                         f"@{suffix}") from None
+    if not (w >= 0 and w < float("inf")):
+        raise ValueError(f"{name!r}: the guidance strength w must be a finite number >= 0; "
+                         f"got {suffix.removeprefix('w=')}")
+    return base, w
+
+
+class GuidedRows(torch.nn.Module):
+    """A class-conditional denoiser as the bench's unconditional ``D(x, sigma)``: row ``i`` of
+    every call is conditioned on class ``i mod K`` (so a case's ``n`` samples, ``n`` a
+    multiple of ``K``, are class-balanced; a prefix of the rows, as in the warm-up, keeps its
+    labels), guided with strength ``w`` (Meng et al. 2023, Eq. 1: ``(1 + w) D_c - w D_u``).
+    A teacher trained with label dropout applies it by classifier-free guidance
+    (:class:`~fewstep.denoiser.CFGDenoiser` with scale ``1 + w``; ``w = 0`` is one
+    conditional evaluation); a w-conditioned student (``takes_w``) is given ``w=`` instead.
+    """
+
+    def __init__(self, denoiser: Denoiser, num_classes: int, w: float, *,
+                 takes_w: bool = False):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1; got {num_classes}")
+        self.denoiser, self.num_classes, self.w, self.takes_w = denoiser, num_classes, w, takes_w
+
+    @property
+    def evaluations_per_row(self) -> int:
+        """Network evaluations per row of a call: 2 under guidance (conditional and null
+        label), else 1; the bench's row count (:class:`~fewstep.bench.meters.TimedDenoiser`)
+        reads it."""
+        return 1 if self.takes_w or self.w == 0 else 2
+
+    def labels(self, n: int, device: torch.device | str = "cpu") -> Tensor:
+        """The classes of ``n`` rows: ``arange(n) % K``."""
+        return torch.arange(n, device=device) % self.num_classes
+
+    def forward(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
+        c = self.labels(x.shape[0], x.device)
+        sigma = as_batch_sigma(sigma, x)
+        if self.takes_w:
+            return self.denoiser(x, sigma, cond=c, w=torch.full((x.shape[0],), self.w,
+                                                               dtype=x.dtype, device=x.device))
+        if self.w == 0:
+            return self.denoiser(x, sigma, cond=c)
+        return CFGDenoiser(self.denoiser, 1 + self.w,
+                           {"cond": torch.full_like(c, NULL_LABEL)})(x, sigma, cond=c)
+
+
+def _balanced_held_out(ds: Any, num_classes: int, n: int, s: int) -> Tensor:
+    """Class-balanced held-out samples from the labelled test split, row ``i`` of class
+    ``i mod K``: ``m = min(n // K, rarest class's count)`` random rows per class (seed ``s``),
+    so ``K m`` rows in all (the whole split is drawn for a finite set)."""
+    finite = getattr(ds, "finite", True)
+    batch = ds.load_labelled("test", seed=0) if finite else \
+        ds.load_labelled("test", n=2 * n, seed=s)
+    return batch["x"][balanced_rows(batch["cond"], num_classes, n, s)]
+
+
+def balanced_rows(labels: Tensor, num_classes: int, n: int, seed: int) -> Tensor:
+    """Indices of ``K m`` rows of ``labels``, ``m = min(n // K, rarest class's count)`` random
+    ones per class (``seed``), ordered so that row ``i`` has class ``i mod K``."""
+    g = torch.Generator().manual_seed(seed)
+    rows = [torch.nonzero(labels == k).flatten() for k in range(num_classes)]
+    m = min(n // num_classes, *(len(r) for r in rows))
+    if m == 0:
+        raise ValueError(f"no class-balanced sample of {n} rows: the rarest of {num_classes} "
+                         "classes has too few rows")
+    return torch.stack([r[torch.randperm(len(r), generator=g)[:m]] for r in rows], 1).flatten()
+
+
 def _held_out(ds: Any, n: int, s: int) -> Tensor:
     if not getattr(ds, "finite", True):
         return ds.load("test", n=n, seed=s)
@@ -133,10 +221,13 @@ def available() -> list[str]:
 
 def trained_teacher(name: str, denoiser: Denoiser, data_name: str | None, *,
                     sample_shape: tuple[int, ...] | None = None, sigma_min: float = SIGMA_MIN,
-                    sigma_max: float = SIGMA_MAX, description: str = "") -> Teacher:
+                    sigma_max: float = SIGMA_MAX, description: str = "",
+                    num_classes: int = 0) -> Teacher:
     """A trained denoiser as a teacher, scored against the test split of the built-in data set
     ``data_name`` (its shape and kind too); without one, ``sample_shape`` is needed and only
-    the ODE error against the teacher's own reference solution is measured."""
+    the ODE error against the teacher's own reference solution is measured. With
+    ``num_classes`` K > 0 (a :class:`GuidedRows` denoiser) the reference samples are the
+    labelled test split, class-balanced, row ``i`` of class ``i mod K``."""
     if data_name is None:
         if sample_shape is None:
             raise ValueError(f"teacher {name!r}: no data set to score against and no "
@@ -147,48 +238,74 @@ def trained_teacher(name: str, denoiser: Denoiser, data_name: str | None, *,
     ds = data.get(data_name)
 
     def reference(n: int, s: int) -> Tensor:
-        return _held_out(ds, n, s)
+        return _balanced_held_out(ds, num_classes, n, s) if num_classes else \
+            _held_out(ds, n, s)
 
     if sample_shape is not None and tuple(sample_shape) != tuple(ds.shape):
         raise ValueError(f"teacher {name!r}: sample_shape {tuple(sample_shape)} differs from "
                          f"data set {data_name!r}'s {tuple(ds.shape)}")
-    extra = {"extractor": "digits_cnn"} if data_name == "digits" else {}
+    extra: dict[str, Any] = {"extractor": "digits_cnn"} if data_name == "digits" else {}
+    if num_classes:
+        extra["num_classes"] = num_classes
     return Teacher(name, denoiser, tuple(ds.shape), sigma_min, sigma_max, reference,
                    kind=ds.kind, extra=extra, description=f"{description}; scored against the "
-                   f"test split of {data_name} ({ds.licence})")
+                   f"{'class-balanced labelled ' if num_classes else ''}test split of "
+                   f"{data_name} ({ds.licence})")
+
+
+def num_classes(name: str) -> int:
+    """The number of classes of a class-conditional zoo teacher or student ``zoo:NAME[@w=W]``
+    (from its recipe, nothing loaded); 0 for every other name."""
+    from .. import zoo
+
+    if not name.startswith("zoo:"):
+        return 0
+    r = zoo.RECIPES.get(split_guidance(name.removeprefix("zoo:"))[0])
+    return 0 if r is None else int(r.backbone.get("kwargs", {}).get("num_classes", 0))
 
 
 def zoo_teacher(entry: str) -> Teacher:
-    """The built zoo teacher ``entry`` (:mod:`fewstep.zoo`), e.g. ``checkerboard-edm``."""
+    """The built zoo teacher ``entry`` (:mod:`fewstep.zoo`), e.g. ``checkerboard-edm``; a
+    class-conditional one as ``NAME@w=W``, class-balanced and guided (see the module
+    docstring)."""
     from .. import zoo
 
-    e = zoo.entry(entry)
+    base, w = split_guidance(entry)
+    e = zoo.entry(base)
     if e.recipe.role != "teacher":
         raise ValueError(f"zoo:{entry} is a {e.recipe.method} {e.recipe.role}, not a teacher"
                          + (f"; bench it as the method student:zoo:{entry} on "
                             f"zoo:{e.recipe.teacher}" if e.recipe.teacher else ""))
+    K = num_classes(f"zoo:{base}")
+    if w is not None and not K:
+        raise ValueError(f"zoo:{entry}: guidance (@w=) needs a class-conditional teacher; "
+                         f"{base} has no class labels")
+    D: Denoiser = zoo.load(base)
+    guided = ""
+    if K:
+        D = GuidedRows(D, K, w or 0.0)
+        guided = (f"; class-balanced ({K} classes, row i of class i mod {K}), guidance w="
+                  f"{w or 0:g} ((1+w) D_c - w D_u, {1 if not w else 2} evaluations per row)")
     description = (f"{e.recipe.description}; {e.recipe.steps} steps, {e.cost.seconds:.0f} s to "
-                   f"train (fewstep.zoo recipe {entry}); weights sha256 {e.sha256[:12]}")
-    D = zoo.load(entry)
-    if e.method["params"].get("label_dropout"):  # class-conditional: sampled unconditionally
-        from ..latent import NullLabel
-
-        D = NullLabel(D)
+                   f"train (fewstep.zoo recipe {base}); weights sha256 {e.sha256[:12]}{guided}")
     if e.latent is None:
-        return trained_teacher(f"zoo:{entry}", D, e.recipe.data, description=description)
+        return trained_teacher(f"zoo:{entry}", D, e.recipe.data, num_classes=K,
+                               description=description)
     from ..latent import space
 
-    return latent_teacher(f"zoo:{entry}", D, space(entry), e.recipe.data,
+    return latent_teacher(f"zoo:{entry}", D, space(base), e.recipe.data, num_classes=K,
                           description=description)
 
 
 def latent_teacher(name: str, denoiser: Denoiser, latent: Any, data_name: str, *,
-                   description: str = "") -> Teacher:
+                   num_classes: int = 0, description: str = "") -> Teacher:
     """A denoiser in the latent space ``latent`` (a :class:`fewstep.latent.LatentSpace`, or
     anything with ``shape``, one latent's shape, and ``decode``) as a teacher: it samples
     latents of that shape, which are decoded before they are scored against the test split of
-    ``data_name``."""
-    pixel = trained_teacher(name, denoiser, data_name, description=description)
+    ``data_name`` (class-balanced for a ``num_classes``-class teacher, as
+    :func:`trained_teacher`)."""
+    pixel = trained_teacher(name, denoiser, data_name, num_classes=num_classes,
+                            description=description)
     return dataclasses.replace(pixel, sample_shape=tuple(latent.shape), decode=latent.decode,
                                description=f"{pixel.description}; latent samples "
                                f"{tuple(latent.shape)}, decoded before scoring")

@@ -7,6 +7,7 @@ from . import (  # noqa: F401  (registry)
     consistency,
     diffusion_gan,
     direct,
+    guided,
     knowledge,
     lcm,
     operator,
@@ -39,6 +40,7 @@ from .base import (
 )
 from .diffusion_gan import DDGAN, SIDDM, DiffusionGAN, gan_pair
 from .direct import DirectCM
+from .guided import GuidedDistillation, guided_output, sample_pd_stochastic
 from .knowledge import KnowledgeDistillation
 from .lcm import LatentConsistencyDistillation, LatentConsistencyFineTuning
 from .operator import OperatorDistillation
@@ -65,6 +67,7 @@ __all__ = [
     "DiffusionGAN",
     "DirectCM",
     "EDMLoss",
+    "GuidedDistillation",
     "KnowledgeDistillation",
     "LatentConsistencyDistillation",
     "LatentConsistencyFineTuning",
@@ -86,10 +89,12 @@ __all__ = [
     "gan_pair",
     "generator_loss",
     "get_method",
+    "guided_output",
     "r1_penalty",
     "rectified_flows",
     "register_method",
     "rf_sigmas",
+    "sample_pd_stochastic",
     "split_batch",
     "straightness",
     "warm_start",

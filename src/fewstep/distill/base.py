@@ -192,27 +192,27 @@ class MethodBase:
 
 
 def warm_start(template: nn.Module, teacher_model: nn.Module | None, *,
-               keep_new: bool = False) -> nn.Module:
+               new: tuple[str, ...] = ()) -> nn.Module:
     """``template`` with the teacher's weights when their parameter names and shapes match
     (e.g. ``ConsistencyPrecond(net)`` from ``EDMPrecond(net)``); the template unchanged when the
-    teacher has no parameters (an analytic teacher). With ``keep_new``, tensors the teacher
-    lacks keep the template's values (a zero-initialised w embedding: the student then equals
-    the teacher at every w). Other mismatches raise."""
+    teacher has no parameters (an analytic teacher). Tensors whose names contain one of
+    ``new`` (e.g. ``".embed.w."``, a guidance-scale embedding the teacher lacks) may be
+    missing from the teacher and keep the template's initialisation. Other mismatches
+    raise."""
     if teacher_model is None or not isinstance(teacher_model, nn.Module):
         return template
     source = teacher_model.state_dict()
     if not any(isinstance(v, nn.Parameter) for v in teacher_model.parameters()):
         return template
     target = template.state_dict()
-    bad = [k for k, v in target.items() if (k not in source and not keep_new)
-           or (k in source and source[k].shape != v.shape)]
-    bad += [k for k in source if keep_new and k not in target]
+    bad = [k for k, v in target.items() if (k not in source or source[k].shape != v.shape)
+           and not (k not in source and any(part in k for part in new))]
     if bad:
         raise ValueError(f"cannot initialise the student from the teacher: {len(bad)} of its "
                          f"tensors are missing or differ in shape (first: {bad[0]!r}); pass a "
                          "template with the teacher's architecture")
     student = copy.deepcopy(template)
-    student.load_state_dict({k: source.get(k, v) for k, v in target.items()})
+    student.load_state_dict({k: source[k] for k in target if k in source}, strict=not new)
     return student
 
 

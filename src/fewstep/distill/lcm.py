@@ -91,7 +91,7 @@ class LatentConsistencyDistillation(ConsistencyDistillation):
         """The w-conditioned consistency student, warm-started from the teacher where their
         tensors match (the w embedding, absent from the teacher, keeps its zero init)."""
         check_consistency_student(template, self.sigma_min, "LCD")
-        return warm_start(template, teacher_model, keep_new=True)
+        return warm_start(template, teacher_model, new=(".embed.w.",))
 
     def loss(self, student: nn.Module, batch: Batch, ctx: LossContext) -> Tensor:
         x0, cond = split_batch(batch)

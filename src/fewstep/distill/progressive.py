@@ -21,6 +21,7 @@ from .base import (
     split_batch,
     warm_start,
 )
+from .guided import guidance_range, sample_w
 
 __all__ = ["ProgressiveDistillation"]
 
@@ -36,6 +37,15 @@ class ProgressiveDistillation(MethodBase):
     ``teacher_steps / 2^(r+1)`` steps; at each round boundary the student becomes the teacher.
     All grids are nested subsets of ``karras(teacher_steps)``; sample a ``k``-step student with
     ``solvers.get("ddim")(student, x, method.sigmas(k))``.
+
+    ``base_steps`` (default ``teacher_steps``) sets the base grid ``karras(base_steps)`` when a
+    chain of runs continues one distillation (e.g. 16 -> 8, then 8 -> 4 from that student):
+    every run of the chain then uses the same nested grids.
+
+    ``guidance = (w_min, w_max)`` is stage 2 of guided distillation (Meng et al. 2023, Sec.
+    3.2; :mod:`fewstep.distill.guided`): the teacher is a w-conditioned student, each row's
+    ``w ~ U[w_min, w_max]`` is passed as ``w=`` to the student and to its teacher, and a
+    ``k``-step student is sampled with ``w=`` in ``cond``.
     """
 
     name: ClassVar[str] = "pd"
@@ -46,13 +56,22 @@ class ProgressiveDistillation(MethodBase):
     sigma_max: float = 80.0
     rho: float = 7.0
     sigma_data: float = 0.5
+    guidance: tuple[float, float] | None = None
+    base_steps: int | None = None
 
     def __post_init__(self) -> None:
+        if self.guidance is not None:
+            guidance_range(self.guidance)
         ratio = self.teacher_steps // max(self.final_steps, 1)
         if self.final_steps < 1 or ratio < 2 or ratio * self.final_steps != self.teacher_steps \
                 or ratio & (ratio - 1):
             raise ValueError(f"teacher_steps / final_steps must be a power of two >= 2; got "
                              f"{self.teacher_steps} / {self.final_steps}")
+        base = self.grid_steps
+        ratio = base // self.teacher_steps
+        if base % self.teacher_steps or ratio & (ratio - 1):
+            raise ValueError(f"base_steps / teacher_steps must be a power of two; got {base} / "
+                             f"{self.teacher_steps}")
 
     @property
     def rounds(self) -> int:
@@ -69,12 +88,18 @@ class ProgressiveDistillation(MethodBase):
     def student_steps(self, round_: int) -> int:
         return self.teacher_steps // 2 ** (round_ + 1)
 
+    @property
+    def grid_steps(self) -> int:
+        """Steps of the base grid ``karras(grid_steps)``: ``base_steps``, else
+        ``teacher_steps``."""
+        return self.teacher_steps if self.base_steps is None else self.base_steps
+
     def sigmas(self, steps: int) -> Tensor:
-        """The ``steps``-step grid: every ``teacher_steps/steps``-th value of the base grid."""
-        if steps < 1 or self.teacher_steps % steps:
-            raise ValueError(f"steps must divide teacher_steps={self.teacher_steps}; got {steps}")
-        base = karras(self.teacher_steps, self.sigma_min, self.sigma_max, self.rho)
-        return base[:: self.teacher_steps // steps]
+        """The ``steps``-step grid: every ``grid_steps/steps``-th value of the base grid."""
+        if steps < 1 or self.grid_steps % steps:
+            raise ValueError(f"steps must divide the base grid's {self.grid_steps}; got {steps}")
+        base = karras(self.grid_steps, self.sigma_min, self.sigma_max, self.rho)
+        return base[:: self.grid_steps // steps]
 
     def init_student(self, teacher_model: nn.Module | None, template: nn.Module) -> nn.Module:
         return warm_start(template, teacher_model)
@@ -99,6 +124,8 @@ class ProgressiveDistillation(MethodBase):
         teacher = ctx.state.get("teacher")
         teacher = ctx.require_teacher() if teacher is None else teacher
         x0, cond = split_batch(batch)
+        if self.guidance is not None:
+            cond = {**cond, "w": sample_w(ctx, x0, self.guidance)}
         n = self.student_steps(self.round_at(ctx.step))
         i = ctx.randint(n, x0.shape[0], device=x0.device)
         sigma = self.sigmas(n).to(x0)[i]

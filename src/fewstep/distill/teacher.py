@@ -11,7 +11,14 @@ from ..data.registry import NULL_LABEL
 from ..denoiser import append_dims
 from .base import Batch, LossContext, MethodBase, edm_weight, register_method, split_batch
 
-__all__ = ["EDMLoss"]
+__all__ = ["EDMLoss", "lognormal_sigma"]
+
+
+def lognormal_sigma(x0: Tensor, ctx: LossContext, P_mean: float, P_std: float) -> Tensor:
+    """EDM's training noise levels ``ln sigma ~ N(P_mean, P_std^2)`` (Karras et al. 2022,
+    Sec. 5), one per row of ``x0``, shape ``(batch,)``, from the loop's generator."""
+    n = ctx.randn_like(x0[:, :1].flatten(1)[:, 0])
+    return (P_mean + P_std * n).exp()
 
 
 @register_method
@@ -45,8 +52,7 @@ class EDMLoss(MethodBase):
             drop = ctx.rand(len(x0), like=x0) < self.label_dropout
             cond = {**cond, "cond": cond["cond"].masked_fill(drop.to(cond["cond"].device),
                                                              NULL_LABEL)}
-        n = ctx.randn_like(x0[:, :1].flatten(1)[:, 0])
-        sigma = (self.P_mean + self.P_std * n).exp()
+        sigma = lognormal_sigma(x0, ctx, self.P_mean, self.P_std)
         x = x0 + append_dims(sigma, x0.ndim) * ctx.randn_like(x0)
         err = (student(x, sigma, **cond) - x0).flatten(1).pow(2).mean(1)
         return (edm_weight(sigma, self.sigma_data) * err).mean()

@@ -201,15 +201,21 @@ def build(name: str | Recipe, out: str | Path, *, teacher_root: Path | None = No
 
 
 def _training_data(r: Recipe, root: Path | None) -> tuple[Any, dict[str, Any] | None]:
-    """A recipe's training data: its data set's name, or for a latent teacher the train split
-    encoded by its zoo autoencoder in ``root`` (labels kept), with the record's ``latent``
-    field ``{"autoencoder", "scale"}``."""
-    if r.autoencoder is None:
-        return r.data, None
-    from ..latent import encode_data, space
+    """A recipe's training data: its data set's name; for a class-conditional backbone
+    (``num_classes`` > 0) its labelled train split ``{"x", "cond"}``; for a latent teacher the
+    train split encoded by its zoo autoencoder in ``root`` (labels kept), with the record's
+    ``latent`` field ``{"autoencoder", "scale"}``."""
+    if r.autoencoder is not None:
+        from ..latent import encode_data, space
 
-    latent = space(r.autoencoder, root)
-    return encode_data(latent, r.data), {"autoencoder": r.autoencoder, "scale": latent.scale}
+        latent = space(r.autoencoder, root)
+        return encode_data(latent, r.data), {"autoencoder": r.autoencoder,
+                                             "scale": latent.scale}
+    if not r.backbone.get("kwargs", {}).get("num_classes"):
+        return r.data, None
+    from .. import data
+
+    return data.get(r.data).load_labelled("train", n=r.data_n, seed=r.seed), None
 
 
 def _jsonable(obj: Any) -> Any:

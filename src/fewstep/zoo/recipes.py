@@ -59,17 +59,23 @@ class Recipe:
         return {"edm": "teacher", "autoencoder": "autoencoder"}.get(self.method, "student")
 
 
-def _mlp(hidden: int = 128, depth: int = 3) -> dict[str, Any]:
-    return {"class": "MLPDenoiserNet", "kwargs": {"dim": 2, "hidden": hidden, "depth": depth,
-                                                   "emb_dim": 64, "cond_type": "none",
-                                                   "num_classes": 0}}
+def _mlp(hidden: int = 128, depth: int = 3, num_classes: int = 0) -> dict[str, Any]:
+    return {"class": "MLPDenoiserNet", "kwargs": {
+        "dim": 2, "hidden": hidden, "depth": depth, "emb_dim": 64,
+        "cond_type": "label" if num_classes else "none", "num_classes": num_classes}}
 
 
-def _unet(in_channels: int, channels: int) -> dict[str, Any]:
-    return {"class": "UNet", "kwargs": {"in_channels": in_channels, "channels": channels,
-                                        "channel_mult": [1, 2], "num_res_blocks": 1,
-                                        "emb_dim": 64, "cond_type": "none", "num_classes": 0,
-                                        "dropout": 0.0}}
+def _unet(in_channels: int, channels: int, num_classes: int = 0,
+          w_embedding: bool = False) -> dict[str, Any]:
+    """A 2-level UNet spec; ``num_classes`` > 0 makes it class-conditional (``cond=labels``)
+    and ``w_embedding`` adds a guidance-scale input ``w=`` (a guided-distillation student)."""
+    kwargs: dict[str, Any] = {"in_channels": in_channels, "channels": channels,
+                              "channel_mult": [1, 2], "num_res_blocks": 1, "emb_dim": 64,
+                              "cond_type": "label" if num_classes else "none",
+                              "num_classes": num_classes, "dropout": 0.0}
+    if w_embedding:
+        kwargs["w_embedding"] = True
+    return {"class": "UNet", "kwargs": kwargs}
 
 
 def _toy_teacher(data: str) -> Recipe:
@@ -115,6 +121,59 @@ _DIGITS_LATENT = Recipe("digits-latent-edm", "digits", "edm",
                         description="class-conditional latent EDM teacher (label dropout 0.1), "
                         "UNet (32/64 channels) on digits-vae's 2x4x4 latents")
 
+# A class-conditional digits teacher for classifier-free guidance: digits-edm's UNet with a
+# label embedding, trained with label dropout 0.15 (Ho & Salimans 2022) on the labelled train
+# split (a backbone with num_classes > 0 is trained on Dataset.load_labelled).
+_DIGITS_COND = Recipe("digits-cond-edm", "digits", "edm", _unet(1, 16, num_classes=10),
+                      steps=500, batch_size=64, lr=2e-3, sigma_data=0.5,
+                      params={"sigma_data": 0.5, "label_dropout": 0.15}, ema_decay=0.998,
+                      warmup_steps=100,
+                      description="class-conditional EDM teacher (label dropout 0.15), UNet "
+                      "(16/32 channels, 2 levels) on digits 8x8, 10 classes")
+
+_GAUSSIANS_COND = Recipe("8gaussians-cond-edm", "8gaussians", "edm", _mlp(num_classes=8),
+                         steps=1500, batch_size=256, lr=2e-3, sigma_data=1.0,
+                         params={"sigma_data": 1.0, "label_dropout": 0.15}, ema_decay=0.998,
+                         warmup_steps=100, data_n=20_000,
+                         description="class-conditional EDM teacher (label dropout 0.15), "
+                         "residual MLP (128 wide, 3 blocks) on 8gaussians, 8 classes (modes)")
+
+
+def _guided_chain(teacher: Recipe, w_range: tuple[float, float], steps: int,
+                  base_steps: int, final_steps: int, steps_per_round: int) -> list[Recipe]:
+    """Guided distillation of a class-conditional ``teacher`` (Meng et al. 2023): stage 1
+    (``NAME-guided``, a w-conditioned student, ``steps`` optimiser steps), then stage 2 as a
+    chain of one-round progressive distillations ``NAME-guided-pdK`` halving the student's
+    steps from ``base_steps`` to ``final_steps``, each distilled from the previous one on
+    the nested grids of ``karras(base_steps)``."""
+    base = teacher.name.removesuffix("-edm")
+    kwargs = {**teacher.backbone["kwargs"], "w_embedding": True}
+    backbone = {**teacher.backbone, "kwargs": kwargs}
+    common: dict[str, Any] = {"data": teacher.data, "backbone": backbone,
+                              "batch_size": teacher.batch_size,
+                              "sigma_data": teacher.sigma_data, "data_n": teacher.data_n}
+    chain = [Recipe(f"{base}-guided", method="guided", steps=steps, lr=4e-4, ema_decay=0.99,
+                    params={"w_min": w_range[0], "w_max": w_range[1],
+                            "sigma_data": teacher.sigma_data}, teacher=teacher.name,
+                    description=f"guided distillation stage 1 (w in [{w_range[0]:g}, "
+                    f"{w_range[1]:g}]) of {teacher.name}", **common)]
+    k = base_steps
+    while k > final_steps:
+        chain.append(Recipe(
+            f"{base}-guided-pd{k // 2}", method="pd", steps=steps_per_round, lr=4e-4,
+            ema_decay=0.98, teacher=chain[-1].name,
+            params={"teacher_steps": k, "final_steps": k // 2, "base_steps": base_steps,
+                    "steps_per_round": steps_per_round, "sigma_data": teacher.sigma_data,
+                    "guidance": list(w_range)},
+            description=f"guided distillation stage 2: {k // 2}-step PD student of "
+            f"{chain[-1].name}", **common))
+        k //= 2
+    return chain
+
+
+_DIGITS_GUIDED = _guided_chain(_DIGITS_COND, (0.0, 4.0), steps=300, base_steps=16,
+                               final_steps=1, steps_per_round=100)
+
 _TOY_STUDENTS = _students(
     _CHECKERBOARD,
     steps={"cd": 300, "ct": 300, "ect": 200, "pd": 150, "kd": 200, "direct_cm": 150},
@@ -136,6 +195,7 @@ _DIGITS_STUDENTS = _students(
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     _CHECKERBOARD, *_TOY_STUDENTS, _DIGITS, *_DIGITS_STUDENTS, _DIGITS_VAE, _DIGITS_LATENT,
+    _DIGITS_COND, *_DIGITS_GUIDED, _GAUSSIANS_COND,
     *(_toy_teacher(d) for d in ("moons", "8gaussians", "swissroll", "rings", "pinwheel")))}
 
 
