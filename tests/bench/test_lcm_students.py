@@ -67,8 +67,8 @@ def test_lcm_students_run_in_a_suite(lcm_dir, tmp_path):
 
 
 @pytest.mark.parametrize("suffix,match", [
-    ("", r"sampled at a guidance scale, student:PATH@w=SCALE"),
-    ("@w=abc", "must be a finite number >= 0; got 'abc'"),
+    ("", r"sampled at a guidance scale: student:PATH@w=SCALE"),
+    ("@w=abc", r"a guidance suffix looks like @w=2 \(a number >= 0\); got @w=abc"),
     ("@w=-1", "must be a finite number >= 0"),
 ])
 def test_bad_lcm_entries_are_named(lcm_dir, suffix, match):

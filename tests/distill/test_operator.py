@@ -1,5 +1,7 @@
 """Operator learning of the teacher's trajectory (DFNO, Zheng et al. 2023)."""
 
+import copy
+
 import pytest
 import torch
 
@@ -67,7 +69,7 @@ def test_reproduces_a_linear_trajectory_map_it_can_represent():
 
 
 def test_training_is_deterministic_and_resumes_exactly(single_gaussian, tmp_path):
-    gm = single_gaussian.float()
+    gm = copy.deepcopy(single_gaussian).float()  # .float() is in place: keep the shared fixture
     data = gm.sample(64, generator=torch.Generator().manual_seed(0))
     m = OperatorDistillation(num_pairs=64, nfe=6, slots=3)
 

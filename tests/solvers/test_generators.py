@@ -2,6 +2,7 @@
 function face's answer bit for bit; knobs are checked against the solver's signature; ``cond``
 reaches the network unchanged and nothing else does; no thread anywhere in the solver path."""
 
+import copy
 import importlib
 import inspect
 from pathlib import Path
@@ -170,4 +171,4 @@ def test_overflow_in_the_final_step_raises(name, mixture):
     x = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
     sigmas = torch.tensor([1.0, 1e-100], dtype=torch.float64)
     with pytest.raises(NonFiniteError, match="final sample"):
-        solvers.get(name)(mixture.float(), x, sigmas)
+        solvers.get(name)(copy.deepcopy(mixture).float(), x, sigmas)  # .float() is in place

@@ -78,17 +78,15 @@ def _path(method: str) -> str:
 
 def guidance(method: str) -> float | None:
     """The guidance scale of ``student:PATH@w=SCALE``, or None without one; ValueError for a
-    scale that is not a finite number >= 0."""
-    if "@w=" not in method:
+    scale that is not a finite number >= 0 (:func:`~fewstep.bench.teachers.split_guidance`)."""
+    from .teachers import split_guidance
+
+    if "@" not in method:
         return None
-    text = method.rsplit("@w=", 1)[1]
-    try:
-        w = float(text)
-    except ValueError:
-        w = math.nan
-    if not (math.isfinite(w) and w >= 0):
+    w = split_guidance(method)[1]
+    if w is not None and not math.isfinite(w):
         raise ValueError(f"{method!r}: the guidance scale after @w= must be a finite number "
-                         f">= 0; got {text!r}")
+                         f">= 0")
     return w
 
 
@@ -185,11 +183,14 @@ def check(method: str) -> str:
     if name not in METHODS:
         raise ValueError(f"{method!r} was trained with {name!r}; the bench samples students of "
                          f"{', '.join(METHODS)}")
-    if (guidance(method) is None) == (name in GUIDED_METHODS):
+    w = guidance(method)
+    if name in GUIDED_METHODS and w is None:
         raise ValueError(f"{method!r}: an LCM ({', '.join(GUIDED_METHODS)}) student is sampled "
-                         "at a guidance scale, student:PATH@w=SCALE, and only it takes one"
-                         if name in GUIDED_METHODS else
-                         f"{method!r}: a {name} student takes no guidance scale (@w=)")
+                         "at a guidance scale: student:PATH@w=SCALE")
+    if w is not None and name not in GUIDED_METHODS and not source.startswith("zoo:"):
+        raise ValueError(f"{method!r}: a {name} student takes no guidance scale (@w=); only "
+                         f"LCMs ({', '.join(GUIDED_METHODS)}) and the students of a "
+                         "class-conditional zoo teacher do")
     return name
 
 
@@ -199,8 +200,9 @@ def wrong_teacher(method: str, teacher: str) -> str | None:
     own = info(_path(method))["teacher"]
     if own is not None and _guided(teacher)[0] != _guided(own)[0]:
         return f"{method}: a student of {own}, not run on {teacher}"
-    if own is not None and _guided(teacher) != _guided(own):
-        return f"{method}: a student of {own}, not run on {teacher} (another guidance w)"
+    if own is not None and _guided(teacher)[1] != (guidance(method) or 0.0):
+        return (f"{method}: a student of {own} at guidance w={guidance(method) or 0:g}, not "
+                f"run on {teacher}")
     return None
 
 
@@ -253,7 +255,7 @@ def label(method: str) -> str:
         from .. import zoo
         from .teachers import split_guidance
 
-        base, w = split_guidance(source.removeprefix("zoo:"))
+        base, w = split_guidance(source.removeprefix("zoo:"))[0], guidance(method)
         r, root = zoo.RECIPES.get(base), base
         while root in zoo.RECIPES and zoo.RECIPES[root].teacher is not None:
             root = str(zoo.RECIPES[root].teacher)
