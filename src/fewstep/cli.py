@@ -551,7 +551,7 @@ def _cmd_solvers(args: argparse.Namespace) -> int:
 def _cmd_zoo_list(args: argparse.Namespace) -> int:
     from . import zoo
 
-    print(f"{'name':24s} {'role':7s} {'method':9s} {'data':12s} {'steps':>5s} "
+    print(f"{'name':24s} {'role':11s} {'method':11s} {'data':12s} {'steps':>5s} "
           f"{'train s':>7s} {'teacher NFE':>11s}  sha256")
     for name in zoo.available():
         r = zoo.recipe(name)
@@ -561,7 +561,7 @@ def _cmd_zoo_list(args: argparse.Namespace) -> int:
                 f"{e.sha256[:12]}"
         else:
             cost = f"{'-':>7s} {'-':>11s}  not built (fewstep zoo build {name})"
-        print(f"{name:24s} {r.role:7s} {r.method:9s} {r.data:12s} {r.steps:5d} {cost}")
+        print(f"{name:24s} {r.role:11s} {r.method:11s} {r.data:12s} {r.steps:5d} {cost}")
     print("teacher NFE: teacher network evaluations per sample row during training")
     return 0
 
