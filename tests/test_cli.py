@@ -307,3 +307,22 @@ def test_sample_with_an_adaptive_solver_states_its_nfe(tmp_path, capsys):
     assert main(["sample", "--solver", "rk45", "--n", "8", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"solver 'rk45' is adaptive: it spent [0-9.]+ evaluations per sample", out)
+
+
+def test_sample_refuses_a_run_student_of_another_data_shape(files, tmp_path, capsys):
+    """A KD student trained on moons (2-D) sampled with an image teacher died in a shape
+    traceback; now one line names both shapes."""
+    out = tmp_path / "s"
+    assert main(["sample", "--teacher", "digits", "--student", str(files / "kd"), "--n", "4",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was trained on moons (2,)" in err[0] and "(1, 8, 8)" in err[0]
+    assert not out.exists()
+
+
+def test_sample_a_pd_student_defaults_to_its_own_steps(tmp_path, capsys):
+    """`sample --student` picks a PD student's own step count (it said 'at NFE 10: a 4-step PD
+    student' unless --nfe 4 was given)."""
+    assert main(["sample", "--teacher", "zoo:digits-cond-edm@w=2", "--student",
+                 "zoo:digits-cond-guided-pd4@w=2", "--n", "10", "--out", str(tmp_path / "s")]) == 0
+    assert (tmp_path / "s" / "samples.pt").exists()

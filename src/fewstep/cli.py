@@ -275,8 +275,18 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         students.check(f"student:{args.student}")
         if why := students.wrong_teacher(f"student:{args.student}", args.teacher):
             raise ValueError(f"{why} (--teacher)")
+        own_data = students.info(students._path(f"student:{args.student}")).get("dataset")
+        if own_data is not None:  # a run directory records its built-in data set
+            from . import data as datasets
+
+            if tuple(datasets.get(own_data).shape) != tuple(teacher.sample_shape):
+                raise ValueError(f"--student {args.student} was trained on {own_data} "
+                                 f"{tuple(datasets.get(own_data).shape)}; --teacher "
+                                 f"{args.teacher} samples {tuple(teacher.sample_shape)}")
         denoiser = students.model(f"student:{args.student}")
         method = students.method_name(args.student)
+        if method in OWN_GRID_METHODS and args.nfe is None:  # its own k steps
+            args.nfe = students.own_grid(f"student:{args.student}")[0]
         if method in ONE_STEP_METHODS + OWN_LEVELS_METHODS and args.nfe is None:
             args.nfe = 1  # a one-step (or ADD) student samples in its one step
         if method in GAN_METHODS and args.nfe is None:  # its T posterior steps
@@ -356,7 +366,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         if not sep:
             raise ValueError(f"--param {pair!r}: expected KEY=VALUE")
         options[key] = _literal(value)
-    tuned = tune.tune(args.teacher, args.method, args.nfe, base=args.base, n_cal=args.n_cal,
+    base = args.base or ("ddim" if args.method == "pas" else "dpmpp_2m")
+    tuned = tune.tune(args.teacher, args.method, args.nfe, base=base, n_cal=args.n_cal,
                       n_val=args.n_val, seed=args.seed, cache=args.cache, **options)
     path = tuned.save(args.out)
     print(tuned.describe())
@@ -670,7 +681,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("distill", help="distil a teacher checkpoint into a few-step student",
                        epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("--method", required=True,
-                   help="cd, ct, ect, pd, kd, direct_cm, rf, reflow, rf_distill")
+                   help="a registered method (fewstep.distill.available_methods()): cd, ct, ect, "
+                   "pd, kd, direct_cm, rf, reflow, rf_distill, ddgan, siddm, ufogen, add, dfno, "
+                   "lcd, lcf, guided, autoencoder, edm")
     d.add_argument("--teacher", default=None, help="teacher run directory or checkpoint "
                    "(not needed by ct)")
     d.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
@@ -711,8 +724,8 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--teacher", required=True, help="built-in teacher (gmm16, moons, ...)")
     tu.add_argument("--method", required=True, help="gits, ays, ld3 or s4s")
     tu.add_argument("--nfe", type=positive_int, required=True)
-    tu.add_argument("--base", default="dpmpp_2m", help="registered multistep solver to start "
-                    "from (default dpmpp_2m)")
+    tu.add_argument("--base", default=None, help="registered multistep solver to start "
+                    "from (default dpmpp_2m; ddim for pas, which corrects ddim or ipndm)")
     tu.add_argument("--n-cal", type=positive_int, default=128, help="calibration start noises")
     tu.add_argument("--n-val", type=positive_int, default=128, help="validation start noises")
     tu.add_argument("--seed", type=int, default=0)

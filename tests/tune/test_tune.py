@@ -16,6 +16,7 @@ from fewstep import GaussianMixture, cli, solvers, tune
 from fewstep.bench.runner import start_noise
 from fewstep.bench.suite import Suite
 from fewstep.bench.teachers import get as get_teacher
+from fewstep.tune import api as tune_api
 from fewstep.tune.calibration import CountingDenoiser, seeds
 from fewstep.tune.learned import fit
 from fewstep.tune.schedule import ays, base_plan, cheapest_path, endpoint_loss, gits
@@ -212,6 +213,11 @@ def test_cli_sample_with_a_tuned_solver(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "tuning method 'gits' has no option 'grid_sise'; it accepts grid_size, substeps" \
         in err and "_gits" not in err  # the option's name and the method's, not a function's
+    assert cli.main([*tune_args, "--param", "grid_size=abc"]) == 2
+    err = capsys.readouterr().err.strip()  # a number option given text: one line, no TypeError
+    assert err.endswith("tuning method 'gits': option grid_size='abc' must be a number "
+                        "(default 200)") or "option grid_size='abc' must be a number" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert cli.main([*tune_args, "--param", "grid_size=20", "--param", "substeps=2"]) == 0
     assert "gits on dpmpp_2m, NFE 3, teacher gmm2" in capsys.readouterr().out
     assert tune.load(tmp_path / "g").info["grid_size"] == 20
@@ -323,3 +329,18 @@ def test_fingerprint_is_hashed_once_per_teacher_object_until_its_weights_change(
         tuned.check_teacher(copy)
     net.bias = torch.nn.Parameter(torch.zeros(3))  # replaced
     assert tune.fingerprint(net) != tuned.teacher_fingerprint and len(calls) == 4
+
+
+def test_pas_tunes_from_its_own_default_base_and_a_worse_tuning_warns(tmp_path, monkeypatch):
+    """`fewstep tune --method pas` without --base starts from ddim (PAS corrects ddim or
+    ipndm; the general default dpmpp_2m was refused); a tuned solver worse on validation than
+    its base is flagged."""
+    args = ["tune", "--teacher", "gmm2", "--method", "pas", "--nfe", "4", "--n-cal", "8",
+            "--n-val", "8", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "p")]
+    assert cli.main(args) == 0
+    assert tune.load(tmp_path / "p").info["from"] == "ddim"
+    # the tuned solver's loss (called with its schedule, weights and knobs) above the base's
+    monkeypatch.setattr(tune_api, "validation_loss", lambda *a, **k: 2.0 if len(a) >= 8 else 1.0)
+    with pytest.warns(UserWarning, match=r"worse on validation than its untuned base 'ddim' "
+                                         r"\(2 vs 1\)"):
+        tune_api.tune("gmm2", "pas", 4, base="ddim", n_cal=8, n_val=8, cache=tmp_path / "c")

@@ -138,6 +138,7 @@ def info(source: str) -> dict[str, Any]:
     rec = checkpoint_info(source)
     batch = int(rec.get("config", {}).get("batch_size", 1))
     return {"method": rec.get("method", {}), "step": rec["step"], "teacher": None,
+            "dataset": rec.get("dataset"),
             "cost": {"seconds": rec["cost"]["seconds"],
                      "teacher_nfe": rec["cost"]["teacher_nfe"] * batch}}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,12 @@ def tune(teacher: Teacher | str, method: str, nfe: int, *, base: str = "dpmpp_2m
     if unknown := sorted(set(options) - set(accepted)):
         raise ValueError(f"tuning method {method!r} has no option {unknown[0]!r}; it accepts "
                          f"{', '.join(accepted)}")
+    defaults = {n: p.default for n, p in inspect.signature(METHODS[method]).parameters.items()}
+    for key, value in options.items():  # a number option given text (e.g. k=abc)
+        if isinstance(defaults.get(key), int | float) and not isinstance(defaults[key], bool) \
+                and not isinstance(value, int | float):
+            raise ValueError(f"tuning method {method!r}: option {key}={value!r} must be a "
+                             f"number (default {defaults[key]!r})")
     if isinstance(teacher, str):
         teacher = get_teacher(teacher)
     wall, cpu = time.perf_counter(), time.process_time()
@@ -190,6 +197,10 @@ def tune(teacher: Teacher | str, method: str, nfe: int, *, base: str = "dpmpp_2m
     untuned = validation_loss(D.inner, c, base, base_plan(base, int(nfe), teacher.sigma_min,
                                                           teacher.sigma_max))
     tuned = validation_loss(D.inner, c, base_used, sigmas, xi, W, A, knobs)
+    if tuned > untuned:
+        warnings.warn(f"tuning method {method!r} at NFE {nfe}: the tuned solver is worse on "
+                      f"validation than its untuned base {base!r} ({tuned:.4g} vs {untuned:.4g});"
+                      " keep the base solver", stacklevel=2)
     return TunedSolver(
         method=method, base=base_used, nfe=int(nfe), sigmas=sigmas.double().detach(),
         teacher=teacher.name, teacher_fingerprint=fingerprint(teacher.denoiser), n_cal=n_cal,
