@@ -405,6 +405,21 @@ def run_floor(name: str, setup: Setup, out: Path) -> None:
     atomic_write(path, lambda p: p.write_text(text))
 
 
+def make_context(name: str, setup: Setup, sp: Splits, seed: int, out: Path, *,
+                 sample_seeds: int, scale: float, feats: Any) -> Context:
+    """The scoring context of data set ``name`` at training ``seed``: validation and test
+    scorers (distances in ``feats``' space; None: raw samples) and the start noises, one
+    validation set (``VAL_NOISE_SEED``) and one test set per sampling seed j
+    (``TEST_NOISE_SEED + j``), shared by every protocol script so that methods compare on the
+    same noise."""
+    noise = [SIGMA_MAX * torch.randn(setup.n_eval, *sp.train.shape[1:],
+                                     generator=torch.Generator().manual_seed(s))
+             for s in (VAL_NOISE_SEED, *(TEST_NOISE_SEED + j for j in range(sample_seeds)))]
+    return Context(name, setup, tuple(sp.train.shape[1:]), sp.train,
+                   Scorer(sp.val, feats, PRIMARY[name]), Scorer(sp.test, feats, PRIMARY[name]),
+                   noise[0], noise[1:], out, scale, seed)
+
+
 def run_dataset(name: str, seed: int, methods: list[str], args: argparse.Namespace) -> None:
     """Train and score everything of one data set at one training seed (resumable)."""
     setup = quick(SETUPS[name]) if args.quick else SETUPS[name]
@@ -412,12 +427,8 @@ def run_dataset(name: str, seed: int, methods: list[str], args: argparse.Namespa
     results = Results(out / "scores.json")
     sp = splits(name, setup, seed)
     feats = feature_fn(name)
-    noise = [SIGMA_MAX * torch.randn(setup.n_eval, *sp.train.shape[1:],
-                                     generator=torch.Generator().manual_seed(s))
-             for s in (VAL_NOISE_SEED, *(TEST_NOISE_SEED + j for j in range(args.sample_seeds)))]
-    ctx = Context(name, setup, tuple(sp.train.shape[1:]), sp.train,
-                  Scorer(sp.val, feats, PRIMARY[name]), Scorer(sp.test, feats, PRIMARY[name]),
-                  noise[0], noise[1:], out, args.scale, seed)
+    ctx = make_context(name, setup, sp, seed, out, sample_seeds=args.sample_seeds,
+                       scale=args.scale, feats=feats)
     results.get_or_run("setup", lambda: {
         "n_eval": setup.n_eval, "n_ref": setup.n_ref, "ref_tol": setup.ref_tol,
         "batch": setup.batch, "n_train": len(sp.train), "n_val": len(sp.val),

@@ -111,14 +111,8 @@ def run_dataset(name: str, seed: int, args: argparse.Namespace) -> None:
     results = ds.Results(out / "gan_scores.json")
     sp = ds.splits(name, setup, seed)
     feats = ds.feature_fn(name)
-    noise = [ds.SIGMA_MAX * torch.randn(setup.n_eval, *sp.train.shape[1:],
-                                        generator=torch.Generator().manual_seed(s))
-             for s in (ds.VAL_NOISE_SEED,
-                       *(ds.TEST_NOISE_SEED + j for j in range(args.sample_seeds)))]
-    ctx = ds.Context(name, setup, tuple(sp.train.shape[1:]), sp.train,
-                     ds.Scorer(sp.val, feats, ds.PRIMARY[name]),
-                     ds.Scorer(sp.test, feats, ds.PRIMARY[name]),
-                     noise[0], noise[1:], out, 1.0, seed)
+    ctx = ds.make_context(name, setup, sp, seed, out, sample_seeds=args.sample_seeds,
+                          scale=1.0, feats=feats)
     teacher = load_teacher(name, seed, Path(args.teachers))
     results.get_or_run("setup", lambda: {
         "n_eval": setup.n_eval, "batch": setup.batch, "n_train": len(sp.train),

@@ -89,14 +89,8 @@ def run_dataset(name: str, seed: int, args: argparse.Namespace) -> None:
     out = Path(args.out) / name / f"seed{seed}"
     results = ds.Results(out / "rf_scores.json")
     sp = ds.splits(name, setup, seed)
-    noise = [ds.SIGMA_MAX * torch.randn(setup.n_eval, *sp.train.shape[1:],
-                                        generator=torch.Generator().manual_seed(s))
-             for s in (ds.VAL_NOISE_SEED,
-                       *(ds.TEST_NOISE_SEED + j for j in range(args.sample_seeds)))]
-    ctx = ds.Context(name, setup, tuple(sp.train.shape[1:]), sp.train,
-                     ds.Scorer(sp.val, None, ds.PRIMARY[name]),
-                     ds.Scorer(sp.test, None, ds.PRIMARY[name]),
-                     noise[0], noise[1:], out, args.scale, seed)
+    ctx = ds.make_context(name, setup, sp, seed, out, sample_seeds=args.sample_seeds,
+                          scale=args.scale, feats=None)
     pairs = PAIRS if not args.quick else 256
     results.get_or_run("setup", lambda: {
         "n_eval": setup.n_eval, "n_ref": setup.n_ref, "batch": setup.batch,

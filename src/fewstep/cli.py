@@ -275,7 +275,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         students.check(f"student:{args.student}")
         if why := students.wrong_teacher(f"student:{args.student}", args.teacher):
             raise ValueError(f"{why} (--teacher)")
-        own_data = students.info(students._path(f"student:{args.student}")).get("dataset")
+        own_data = students.trained_on(f"student:{args.student}")
         if own_data is not None:  # a run directory records its built-in data set
             from . import data as datasets
 

@@ -81,13 +81,13 @@ def guidance(method: str) -> float | None:
     scale that is not a finite number >= 0 (:func:`~fewstep.bench.teachers.split_guidance`)."""
     from .teachers import split_guidance
 
-    if "@" not in method:
-        return None
-    w = split_guidance(method)[1]
-    if w is not None and not math.isfinite(w):
-        raise ValueError(f"{method!r}: the guidance scale after @w= must be a finite number "
-                         f">= 0")
-    return w
+    return split_guidance(method)[1]
+
+
+def trained_on(method: str) -> str | None:
+    """The built-in data set a run-directory student records (None for zoo, python: and
+    students trained on a tensor)."""
+    return info(_path(method)).get("dataset")
 
 
 def class_labels(seed: int, n: int, num_classes: int) -> Tensor:

@@ -175,12 +175,11 @@ def tune(teacher: Teacher | str, method: str, nfe: int, *, base: str = "dpmpp_2m
                          + (", stochastic" if spec.stochastic else ""))
     if int(nfe) != nfe or nfe < 2:
         raise ValueError(f"nfe must be an integer >= 2; got {nfe!r}")
-    accepted = [n for n, p in inspect.signature(METHODS[method]).parameters.items()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY]
-    if unknown := sorted(set(options) - set(accepted)):
+    defaults = {n: p.default for n, p in inspect.signature(METHODS[method]).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    if unknown := sorted(set(options) - set(defaults)):
         raise ValueError(f"tuning method {method!r} has no option {unknown[0]!r}; it accepts "
-                         f"{', '.join(accepted)}")
-    defaults = {n: p.default for n, p in inspect.signature(METHODS[method]).parameters.items()}
+                         f"{', '.join(defaults)}")
     for key, value in options.items():  # a number option given text (e.g. k=abc)
         if isinstance(defaults.get(key), int | float) and not isinstance(defaults[key], bool) \
                 and not isinstance(value, int | float):
