@@ -84,10 +84,15 @@ def test_distill_and_sample_a_gan_student(tmp_path, capsys, method, nfe, bad_nfe
     assert re.search(rf"(--nfe|NFE) {bad_nfe}\b", capsys.readouterr().err)
 
 
-def test_unknown_method_is_a_clear_error(tmp_path, capsys):
-    assert main(["distill", "--method", "magic", "--data", "moons", "--out",
-                 str(tmp_path)]) == 2
-    assert "unknown method 'magic'" in capsys.readouterr().err
+@pytest.mark.parametrize("command", ["distill", "tune"])
+def test_unknown_method_is_a_clear_error(tmp_path, capsys, command):
+    with pytest.raises(SystemExit) as e:  # argparse: checked against the registry
+        main([command, "--method", "magic", "--teacher", "moons", "--data", "moons", "--nfe",
+              "4", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown " in err and "method 'magic'; available: " in err and len(err.splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 # --- user errors: one line naming the bad value, exit status 2, no traceback ----------------

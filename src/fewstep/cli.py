@@ -16,15 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .bench.students import (
-    CONSISTENCY_METHODS,
-    EXTERNAL,
-    GAN_METHODS,
-    ONE_STEP_METHODS,
-    OWN_GRID_METHODS,
-    OWN_LEVELS_METHODS,
-    RENOISE_SIGMA_MIN,
-)
+from .bench.students import RENOISE_SIGMA_MIN
 
 DEFAULT_STEPS = 2000
 RESULTS_DB = "results.sqlite"  # the database inside a results directory
@@ -285,17 +277,18 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                                  f"{args.teacher} samples {tuple(teacher.sample_shape)}")
         denoiser = students.model(f"student:{args.student}")
         method = students.method_name(args.student)
-        if method in OWN_GRID_METHODS and args.nfe is None:  # its own k steps
+        kind = students.sampler(method)
+        if kind == "own_grid" and args.nfe is None:  # its own k steps
             args.nfe = students.own_grid(f"student:{args.student}")[0]
-        if method in ONE_STEP_METHODS + OWN_LEVELS_METHODS and args.nfe is None:
+        if kind in ("one_step", "own_levels") and args.nfe is None:
             args.nfe = 1  # a one-step (or ADD) student samples in its one step
-        if method in GAN_METHODS and args.nfe is None:  # its T posterior steps
+        if kind == "gan" and args.nfe is None:  # its T posterior steps
             args.nfe = students.gan_method(f"student:{args.student}").T
-        if method in ONE_STEP_METHODS and args.nfe != 1:
+        if kind == "one_step" and args.nfe != 1:
             raise ValueError(f"--nfe {args.nfe}: {args.student} is a one-step ({method}) "
                              "student; sample it with --nfe 1")
         if solver is None:
-            solver = "consistency" if method in (*CONSISTENCY_METHODS, EXTERNAL) else "ddim"
+            solver = "consistency" if kind in ("consistency", "lcm") else "ddim"
     else:
         method = None
     solver = solver or "dpmpp_2m"
@@ -323,8 +316,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if spec.stochastic:
         knobs["generator"] = solvers.sample_generators(args.seed, args.n)
     with torch.no_grad():
-        if args.student and method in OWN_GRID_METHODS + ONE_STEP_METHODS + GAN_METHODS \
-                + OWN_LEVELS_METHODS and solver == "ddim":
+        if args.student and kind in ("own_grid", "one_step", "gan", "own_levels") \
+                and solver == "ddim":
             out = _sample_own_grid(args, denoiser, x, teacher.sigma_max)
         else:
             out = spec(denoiser, x, sigmas, **knobs)
@@ -398,7 +391,10 @@ def _template(data_name: str, method: str, hidden: int, seed: int, sigma_max: fl
     torch.manual_seed(seed)
     if method == "dfno":
         return nets.TrajectoryOperator(list(ds.shape), sigma_max=sigma_max, width=hidden)
-    if method in GAN_METHODS:  # a generator and its discriminator
+    from .distill import available_methods, student_sampler
+
+    kind = student_sampler(method) if method in available_methods() else None
+    if kind == "gan":  # a generator and its discriminator
         from .distill import gan_pair
 
         return gan_pair(tuple(ds.shape), method,
@@ -410,7 +406,7 @@ def _template(data_name: str, method: str, hidden: int, seed: int, sigma_max: fl
         net = nets.UNet(in_channels=ds.shape[0], channels=max(16, hidden // 8))
     if method in FLOW_METHODS:
         return nets.FlowPrecond(net)
-    return nets.ConsistencyPrecond(net) if method in CONSISTENCY_METHODS else \
+    return nets.ConsistencyPrecond(net) if kind in ("consistency", "lcm") else \
         nets.EDMPrecond(net)
 
 
@@ -680,10 +676,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("distill", help="distil a teacher checkpoint into a few-step student",
                        epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
-    d.add_argument("--method", required=True,
-                   help="a registered method (fewstep.distill.available_methods()): cd, ct, ect, "
-                   "pd, kd, direct_cm, rf, reflow, rf_distill, ddgan, siddm, ufogen, add, dfno, "
-                   "lcd, lcf, guided, autoencoder, edm")
+    from .distill import available_methods
+    from .tune import METHODS as TUNE_METHODS
+
+    d.add_argument("--method", required=True, type=registered("method", available_methods),
+                   help="a registered method (fewstep.distill.available_methods()): "
+                   + ", ".join(available_methods()))
     d.add_argument("--teacher", default=None, help="teacher run directory or checkpoint "
                    "(not needed by ct)")
     d.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
@@ -722,7 +720,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "one NFE; writes a tuned-solver directory", epilog=EPILOG_TUNE,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     tu.add_argument("--teacher", required=True, help="built-in teacher (gmm16, moons, ...)")
-    tu.add_argument("--method", required=True, help="gits, ays, ld3 or s4s")
+    tu.add_argument("--method", required=True, type=registered("tuning method",
+                                                               lambda: list(TUNE_METHODS)),
+                    help="a tuning method (fewstep.tune.METHODS): " + ", ".join(TUNE_METHODS))
     tu.add_argument("--nfe", type=positive_int, required=True)
     tu.add_argument("--base", default=None, help="registered multistep solver to start "
                     "from (default dpmpp_2m; ddim for pas, which corrects ddim or ipndm)")

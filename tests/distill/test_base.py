@@ -133,3 +133,37 @@ def test_ema_update_blends_every_parameter_and_copies_buffers():
     assert (ema[1].running_mean == 2.0).all()
     with pytest.raises(ValueError, match="parameter tensors"):
         ema_update_(ema, nn.Linear(3, 4), 0.9)
+
+
+def test_a_sampler_outside_the_student_samplers_is_refused():
+    @dataclass(frozen=True)
+    class Oddly(MethodBase):
+        name: ClassVar[str] = "oddly_sampled"
+        sampler: ClassVar[str | None] = "euler"
+
+    with pytest.raises(ValueError, match=r"Oddly.sampler='euler'; expected one of consistency"):
+        register_method(Oddly)
+    assert "oddly_sampled" not in available_methods()
+
+
+@pytest.mark.parametrize("name", available_methods())
+def test_every_method_says_how_its_student_is_sampled(name):
+    from fewstep.bench import students
+    from fewstep.cli import _template
+    from fewstep.distill import STUDENT_SAMPLERS, student_methods, student_sampler
+
+    kind = student_sampler(name)
+    assert kind is None or kind in STUDENT_SAMPLERS
+    assert (name in student_methods()) == (kind is not None) and students.sampler(name) == kind
+    # a consistency-type student is a consistency function (f(x, sigma_min) = x) from birth
+    template = _template("moons", name, hidden=16, seed=0)
+    assert isinstance(template, ConsistencyPrecond) == (kind in ("consistency", "lcm"))
+
+
+def test_teachers_make_no_student_and_students_have_their_samplers():
+    from fewstep.distill import student_sampler
+
+    assert student_sampler("edm") is None and student_sampler("autoencoder") is None
+    assert {m: student_sampler(m) for m in ("cd", "lcd", "kd", "pd", "add", "ddgan", "guided")} \
+        == {"cd": "consistency", "lcd": "lcm", "kd": "one_step", "pd": "own_grid",
+            "add": "own_levels", "ddgan": "gan", "guided": "ddim"}

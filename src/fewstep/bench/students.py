@@ -55,21 +55,34 @@ from torch import Tensor
 
 from .. import solvers
 
-__all__ = ["CONSISTENCY_METHODS", "EXTERNAL", "GUIDED_METHODS", "RENOISE_SIGMA_MIN", "check",
-           "class_labels", "guidance", "label", "model", "run_student", "training_cost",
-           "unreachable", "wrong_teacher"]
+__all__ = [
+    "EXTERNAL",
+    "RENOISE_SIGMA_MIN",
+    "check",
+    "class_labels",
+    "guidance",
+    "label",
+    "model",
+    "run_student",
+    "sampler",
+    "training_cost",
+    "unreachable",
+    "wrong_teacher",
+]
 
-GUIDED_METHODS = ("lcd", "lcf")  # w-conditioned consistency students: student:PATH@w=SCALE
-CONSISTENCY_METHODS = ("cd", "ct", "ect", "direct_cm", *GUIDED_METHODS)
-ONE_STEP_METHODS = ("kd", "rf_distill", "ufogen", "dfno")
-OWN_GRID_METHODS = ("pd",)
-OWN_LEVELS_METHODS = ("add",)  # re-noise over k of the student's levels, k <= its level count
-GAN_METHODS = ("ddgan", "siddm")  # sampled by the method's own ``sample`` at NFE T
-DDIM_METHODS = ("guided",)  # students that are denoisers at every sigma: DDIM at any NFE
 EXTERNAL = "external"  # a python:MODULE:ATTR consistency function
-METHODS = (CONSISTENCY_METHODS + ONE_STEP_METHODS + OWN_GRID_METHODS + OWN_LEVELS_METHODS
-           + GAN_METHODS + DDIM_METHODS)
 RENOISE_SIGMA_MIN = 0.821  # Song et al. 2023's two-step re-noise level
+
+
+def sampler(name: str) -> str | None:
+    """How a student trained with the method ``name`` is sampled: the method's registered
+    ``sampler`` (:data:`fewstep.distill.STUDENT_SAMPLERS`), ``consistency`` for an external
+    student, None for a method that makes no few-step student or an unknown name."""
+    from ..distill import available_methods, student_sampler
+
+    if name == EXTERNAL:
+        return "consistency"
+    return student_sampler(name) if name in available_methods() else None
 
 
 def _path(method: str) -> str:
@@ -181,17 +194,19 @@ def check(method: str) -> str:
     if name == EXTERNAL:
         model(method)  # imports it: a bad module or attribute fails here, named
         return name
-    if name not in METHODS:
+    from ..distill import student_methods
+
+    if sampler(name) is None:
         raise ValueError(f"{method!r} was trained with {name!r}; the bench samples students of "
-                         f"{', '.join(METHODS)}")
+                         f"{', '.join(student_methods())}")
     w = guidance(method)
-    if name in GUIDED_METHODS and w is None:
-        raise ValueError(f"{method!r}: an LCM ({', '.join(GUIDED_METHODS)}) student is sampled "
-                         "at a guidance scale: student:PATH@w=SCALE")
-    if w is not None and name not in GUIDED_METHODS and not source.startswith("zoo:"):
+    lcms = ", ".join(m for m in student_methods() if sampler(m) == "lcm")
+    if sampler(name) == "lcm" and w is None:
+        raise ValueError(f"{method!r}: an LCM ({lcms}) student is sampled at a guidance scale: "
+                         "student:PATH@w=SCALE")
+    if w is not None and sampler(name) != "lcm" and not source.startswith("zoo:"):
         raise ValueError(f"{method!r}: a {name} student takes no guidance scale (@w=); only "
-                         f"LCMs ({', '.join(GUIDED_METHODS)}) and the students of a "
-                         "class-conditional zoo teacher do")
+                         f"LCMs ({lcms}) and the students of a class-conditional zoo teacher do")
     return name
 
 
@@ -212,14 +227,14 @@ def unreachable(method: str, nfe: int, teacher: str | None = None) -> str | None
     name = check(method)
     if teacher is not None and (why := wrong_teacher(method, teacher)):
         return why
-    if name in ONE_STEP_METHODS and nfe != 1:
+    if sampler(name) == "one_step" and nfe != 1:
         return f"{method} at NFE {nfe}: a one-step ({name.upper()}) student"
-    if name in OWN_LEVELS_METHODS and not 1 <= nfe <= gan_method(method).num_student_steps:
+    if sampler(name) == "own_levels" and not 1 <= nfe <= gan_method(method).num_student_steps:
         n = gan_method(method).num_student_steps
         return f"{method} at NFE {nfe}: an {name.upper()} student samples in 1..{n} steps"
-    if name in OWN_GRID_METHODS and nfe != own_grid(method)[0]:
+    if sampler(name) == "own_grid" and nfe != own_grid(method)[0]:
         return f"{method} at NFE {nfe}: a {own_grid(method)[0]}-step PD student (its own grid)"
-    if name in GAN_METHODS and nfe != gan_method(method).T:
+    if sampler(name) == "gan" and nfe != gan_method(method).T:
         return f"{method} at NFE {nfe}: a {gan_method(method).T}-step {name.upper()} student"
     if name == EXTERNAL and (allowed := getattr(model(method), "nfe", None)) is not None \
             and nfe not in tuple(allowed):
@@ -314,20 +329,21 @@ def run_student(method: str, D: Any, x: Tensor, nfe: int, sigma_max: float, seed
                 schedule: str = "karras") -> tuple[Tensor, int]:
     """Sample the student ``D`` (its model, possibly wrapped); returns (samples, steps)."""
     name = check(method)
-    if name in ONE_STEP_METHODS:
+    kind = sampler(name)
+    if kind == "one_step":
         return solvers.get("ddim")(D, x, torch.tensor([sigma_max, 0.0])), 1
-    if name in GAN_METHODS:
+    if kind == "gan":
         gan = gan_method(method)
         return gan.sample(D, x / sigma_max, solvers.sample_generators(seed, x.shape[0],
                                                                      x.device)), gan.T
-    if name in DDIM_METHODS:
+    if kind == "ddim":
         p = solvers.plan("ddim", nfe, schedule, sigma_max=sigma_max)
         return solvers.get("ddim")(D, x, p.sigmas), p.steps
-    if name in OWN_GRID_METHODS:
+    if kind == "own_grid":
         k, sigmas = own_grid(method)
         _check_start(method, name, sigmas, sigma_max)
         return solvers.get("ddim")(D, x, sigmas), k
-    if name in OWN_LEVELS_METHODS:
+    if kind == "own_levels":
         sigmas = gan_method(method).sampling_sigmas(nfe)
         _check_start(method, name, sigmas, sigma_max)
         gens = solvers.sample_generators(seed, x.shape[0], x.device)
@@ -336,7 +352,7 @@ def run_student(method: str, D: Any, x: Tensor, nfe: int, sigma_max: float, seed
                      sigma_max=sigma_max)
     gens = solvers.sample_generators(seed, x.shape[0], x.device)
     cond: dict[str, Tensor] = {}
-    if name in GUIDED_METHODS:
+    if kind == "lcm":
         cond["w"] = torch.full((x.shape[0],), float(guidance(method) or 0.0), device=x.device)
         if k := _num_classes(model(method)):
             cond["cond"] = class_labels(seed, x.shape[0], k).to(x.device)

@@ -27,6 +27,7 @@ from .adversarial import (
 )
 from .autoencoder import AutoencoderLoss
 from .base import (
+    STUDENT_SAMPLERS,
     Batch,
     LossContext,
     Method,
@@ -36,6 +37,8 @@ from .base import (
     get_method,
     register_method,
     split_batch,
+    student_methods,
+    student_sampler,
     warm_start,
 )
 from .diffusion_gan import DDGAN, SIDDM, DiffusionGAN, gan_pair
@@ -61,6 +64,7 @@ __all__ = [
     "ADD",
     "DDGAN",
     "SIDDM",
+    "STUDENT_SAMPLERS",
     "AdversarialPair",
     "AutoencoderLoss",
     "Batch",
@@ -97,5 +101,7 @@ __all__ = [
     "sample_pd_stochastic",
     "split_batch",
     "straightness",
+    "student_methods",
+    "student_sampler",
     "warm_start",
 ]

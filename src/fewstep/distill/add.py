@@ -66,6 +66,8 @@ class ADD(MethodBase):
     levels (the multistep consistency sampler with ``sigma_min = 0``)."""
 
     name: ClassVar[str] = "add"
+
+    sampler: ClassVar[str | None] = "own_levels"
     num_student_steps: int = 4
     student_sigma_min: float = 0.5
     sigma_min: float = 0.002

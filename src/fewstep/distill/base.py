@@ -179,10 +179,27 @@ class Method(Protocol):
         ...
 
 
+STUDENT_SAMPLERS = ("consistency", "lcm", "one_step", "own_grid", "own_levels", "gan", "ddim")
+"""How a method's student is sampled (by the bench and ``fewstep sample``); a method's
+``sampler`` is one of these, or None for a method whose output is not a few-step student (a
+teacher, a flow, an autoencoder):
+
+- ``consistency``: the multistep consistency sampler at any NFE (Song et al. 2023, Alg. 1);
+- ``lcm``: the same at a guidance scale ``w`` given to the student (Luo et al. 2023);
+- ``one_step``: ``x0 = D(sigma_max z, sigma_max)``, NFE 1 only;
+- ``own_grid``: DDIM on the student's own training grid, NFE = its step count only;
+- ``own_levels``: the consistency sampler over k of the student's own levels;
+- ``gan``: the method's own posterior sampler, NFE = its T only;
+- ``ddim``: a denoiser at every sigma, DDIM at any NFE on the case's schedule.
+"""
+
+
 class MethodBase:
-    """Defaults for :class:`Method`: train ``template`` as given, no per-step hook."""
+    """Defaults for :class:`Method`: train ``template`` as given, no per-step hook, no
+    few-step student (``sampler`` None, see :data:`STUDENT_SAMPLERS`)."""
 
     name: ClassVar[str] = ""
+    sampler: ClassVar[str | None] = None
 
     def init_student(self, teacher_model: nn.Module | None, template: nn.Module) -> nn.Module:
         return template
@@ -226,6 +243,9 @@ def register_method(cls: type) -> type:
         raise ValueError(f"{cls.__name__} needs a non-empty class attribute `name`")
     if name in _METHODS and _METHODS[name] is not cls:
         raise ValueError(f"method {name!r} is already registered (by {_METHODS[name].__name__})")
+    if (sampler := getattr(cls, "sampler", None)) is not None and sampler not in STUDENT_SAMPLERS:
+        raise ValueError(f"{cls.__name__}.sampler={sampler!r}; expected one of "
+                         f"{', '.join(STUDENT_SAMPLERS)} or None")
     _METHODS[name] = cls
     return cls
 
@@ -242,3 +262,15 @@ def get_method(name: str) -> type:
 def available_methods() -> list[str]:
     """Registered method names, sorted."""
     return sorted(_METHODS)
+
+
+def student_sampler(name: str) -> str | None:
+    """How a student of the registered method ``name`` is sampled (one of
+    :data:`STUDENT_SAMPLERS`), or None when the method makes no few-step student; ValueError
+    for an unknown method."""
+    return getattr(get_method(name), "sampler", None)
+
+
+def student_methods() -> list[str]:
+    """Registered methods whose students the bench and ``fewstep sample`` can sample."""
+    return [m for m in available_methods() if student_sampler(m) is not None]

@@ -156,6 +156,8 @@ class ConsistencyDistillation(MethodBase):
     of decay ``mu`` (0: the student under stop-gradient); ``n`` uniform per row."""
 
     name: ClassVar[str] = "cd"
+
+    sampler: ClassVar[str | None] = "consistency"
     N: int = 18
     sigma_min: float = 0.002
     sigma_max: float = 80.0
@@ -221,6 +223,8 @@ class ImprovedConsistencyTraining(MethodBase):
     ``N`` curriculum over ``total_steps`` and pseudo-Huber; no teacher, no EMA target."""
 
     name: ClassVar[str] = "ct"
+
+    sampler: ClassVar[str | None] = "consistency"
     total_steps: int = 10_000
     s0: int = 10
     s1: int = 1280
@@ -261,6 +265,8 @@ class EasyConsistencyTuning(MethodBase):
     ``r <= sigma_min`` the target is ``x0 + r z`` (the boundary condition)."""
 
     name: ClassVar[str] = "ect"
+
+    sampler: ClassVar[str | None] = "consistency"
     double_every: int = 1000
     q: float = 2.0
     k: float = 8.0

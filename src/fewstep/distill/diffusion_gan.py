@@ -159,6 +159,8 @@ class DDGAN(DiffusionGAN):
 
     name: ClassVar[str] = "ddgan"
 
+    sampler: ClassVar[str | None] = "gan"
+
     def critic(self, D: Any, x_prev: Tensor, c_noise: Tensor, x_t: Tensor) -> Tensor:
         return D(x_prev, c_noise, x_t)
 
@@ -170,6 +172,8 @@ class SIDDM(DiffusionGAN):
     auxiliary forward-diffusion cross-entropy (Xu et al. 2023)."""
 
     name: ClassVar[str] = "siddm"
+
+    sampler: ClassVar[str | None] = "gan"
     lambda_afd: float = 1.0
 
     def __post_init__(self) -> None:

@@ -37,6 +37,8 @@ class DirectCM(MethodBase):
     the solve uses ``solver`` at ``nfe`` evaluations on a Karras grid from sigma."""
 
     name: ClassVar[str] = "direct_cm"
+
+    sampler: ClassVar[str | None] = "consistency"
     num_scales: int = 18
     solver: str = "ipndm"
     nfe: int = 17

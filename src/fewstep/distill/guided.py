@@ -97,6 +97,8 @@ class GuidedDistillation(MethodBase):
     Raises ValueError for a bad range and, at the first step, for a batch without labels."""
 
     name: ClassVar[str] = "guided"
+
+    sampler: ClassVar[str | None] = "ddim"
     w_min: float = 0.0
     w_max: float = 4.0
     P_mean: float = -1.2

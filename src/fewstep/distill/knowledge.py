@@ -22,6 +22,8 @@ class KnowledgeDistillation(MethodBase):
     Eq. 6, with squared error), the pairs made once with ``solver`` at ``nfe`` evaluations."""
 
     name: ClassVar[str] = "kd"
+
+    sampler: ClassVar[str | None] = "one_step"
     num_pairs: int = 4096
     solver: str = "ipndm"
     nfe: int = 35

@@ -74,6 +74,8 @@ class LatentConsistencyDistillation(ConsistencyDistillation):
     solver being linear in D); higher-order solvers solve the guided ODE itself."""
 
     name: ClassVar[str] = "lcd"
+
+    sampler: ClassVar[str | None] = "lcm"
     k: int = 1
     w_min: float = 1.0
     w_max: float = 4.0
@@ -116,6 +118,8 @@ class LatentConsistencyFineTuning(MethodBase):
     template; a ``teacher`` given to ``train`` is never evaluated."""
 
     name: ClassVar[str] = "lcf"
+
+    sampler: ClassVar[str | None] = "lcm"
     N: int = 50
     k: int = 5
     sigma_min: float = 0.002

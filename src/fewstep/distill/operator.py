@@ -29,6 +29,8 @@ class OperatorDistillation(KnowledgeDistillation):
     sigma grid is set to :meth:`slot_sigmas` (weights kept)."""
 
     name: ClassVar[str] = "dfno"
+
+    sampler: ClassVar[str | None] = "one_step"
     slots: int = 8
 
     def __post_init__(self) -> None:

@@ -49,6 +49,8 @@ class ProgressiveDistillation(MethodBase):
     """
 
     name: ClassVar[str] = "pd"
+
+    sampler: ClassVar[str | None] = "own_grid"
     teacher_steps: int = 64
     final_steps: int = 1
     steps_per_round: int = 1000

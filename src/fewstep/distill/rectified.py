@@ -301,6 +301,8 @@ class RectifiedFlowDistill(_Coupled, MethodBase):
 
     name: ClassVar[str] = "rf_distill"
 
+    sampler: ClassVar[str | None] = "one_step"
+
     def loss(self, student: nn.Module, batch: Batch, ctx: LossContext) -> Tensor:
         z, x1 = self.pairs(batch, ctx, "rf_distill")
         sigma = z.new_full((z.shape[0],), self.sigma_max)

@@ -47,6 +47,8 @@ class UFOGen(MethodBase):
     with ``solver="ddim", nfe=1``). The teacher is used only to initialise both players."""
 
     name: ClassVar[str] = "ufogen"
+
+    sampler: ClassVar[str | None] = "one_step"
     num_scales: int = 1
     sigma_min: float = 0.002
     sigma_max: float = 80.0
