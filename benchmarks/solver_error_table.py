@@ -49,7 +49,7 @@ def main() -> None:
     print("|---|" + "---|" * len(NFES))
     for name in solvers.available(aliases=False):
         spec = solvers.get(name)
-        if spec.kind == "adaptive" or spec.requires:  # e.g. consistency: students only
+        if not spec.plannable or spec.requires:  # e.g. consistency: students only
             continue
         cells = []
         for nfe in NFES:

@@ -29,7 +29,7 @@ def run(name: str, x: torch.Tensor, nfe: int, network=MIXTURE) -> torch.Tensor:
     solver's ``min_nfe`` where that is more)."""
     spec = solvers.get(name)
     knobs = {}
-    if spec.kind == "adaptive":
+    if not spec.plannable:
         sigmas = torch.tensor([SIGMA_MAX, 0.002, 0.0], dtype=torch.float64)
         knobs = {} if spec.stochastic else {k: 1e-3 for k in ("rtol", "atol", "tol")
                                             if k in spec.fn.knobs}

@@ -54,7 +54,7 @@ def untuned(D, teacher, x, ref, nfe):
     out = []
     for name in solvers.available(aliases=False):
         spec = solvers.get(name)
-        if spec.kind == "adaptive" or spec.stochastic or spec.requires or nfe < spec.min_nfe:
+        if not spec.plannable or spec.stochastic or spec.requires or nfe < spec.min_nfe:
             continue
         for sched in SCHEDULES:
             p = solvers.plan(name, nfe, sched, sigma_min=teacher.sigma_min,

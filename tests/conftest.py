@@ -18,14 +18,14 @@ def _general() -> list[str]:
 def deterministic_solvers() -> list[str]:
     """Canonical deterministic solvers with a fixed NFE budget."""
     return [n for n in _general() if not fewstep.solvers.get(n).stochastic
-            and fewstep.solvers.get(n).kind != "adaptive"]
+            and fewstep.solvers.get(n).plannable]
 
 
 def stochastic_solvers() -> list[str]:
     """Canonical stochastic solvers with a fixed NFE budget (adaptive SDE solvers have their
     own tests)."""
     return [n for n in _general() if fewstep.solvers.get(n).stochastic
-            and fewstep.solvers.get(n).kind != "adaptive"]
+            and fewstep.solvers.get(n).plannable]
 
 
 def adaptive_ode_solvers() -> list[str]:
@@ -36,7 +36,7 @@ def adaptive_ode_solvers() -> list[str]:
 
 def planned_solvers() -> list[str]:
     return [n for n in fewstep.solvers.available(aliases=False)
-            if fewstep.solvers.get(n).kind != "adaptive"]
+            if fewstep.solvers.get(n).plannable]
 
 
 @pytest.fixture(scope="session")

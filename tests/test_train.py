@@ -142,7 +142,7 @@ def test_loaded_checkpoint_is_a_denoiser_for_every_solver(tmp_path):
         for name in fewstep.solvers.available(aliases=False):
             spec = fewstep.solvers.get(name)
             knobs = {"generator": torch.Generator().manual_seed(1)} if spec.stochastic else {}
-            if spec.kind == "adaptive":
+            if not spec.plannable:
                 out = spec(model, x, torch.tensor([80.0, 0.002, 0.0]), **knobs)
             else:
                 out = fewstep.sample(model, x, name, nfe=max(spec.min_nfe, 4), **knobs)

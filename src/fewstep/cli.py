@@ -297,15 +297,22 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if spec.tuned is not None:  # a tuned solver: its own teacher, at its own NFE
         spec.tuned.check_teacher(teacher.denoiser, args.teacher)  # not a student's weights
         args.nfe = args.nfe or spec.tuned.nfe
-    if spec.kind == "adaptive" and nfe_given:
-        raise ValueError(f"--nfe {args.nfe}: solver {solver!r} is adaptive, its NFE follows "
+    if not spec.plannable and nfe_given:
+        raise ValueError(f"--nfe {args.nfe}: solver {solver!r} is {spec.kind}, its NFE follows "
                          "its error tolerances; leave --nfe out")
+    if args.steps is not None and spec.kind != "parallel":
+        raise ValueError(f"--steps {args.steps}: only a parallel solver (paradigms) runs a "
+                         f"sequential grid; solver {solver!r} spends --nfe")
     args.nfe = args.nfe or 10
     x = start_noise(teacher, args.seed, args.n).float()
     knobs: dict = {}
     info: dict = {}
     if spec.kind == "adaptive":  # it reports the evaluations it spent
         sigmas = torch.tensor([teacher.sigma_max, teacher.sigma_min, 0.0])
+        knobs["info"] = info
+    elif spec.kind == "parallel":  # the sequential DDIM grid it runs in fewer rounds
+        sigmas = solvers.plan("ddim", args.steps or 50, args.schedule,
+                              sigma_min=teacher.sigma_min, sigma_max=teacher.sigma_max).sigmas
         knobs["info"] = info
     else:
         sigma_min = args.sigma_min if args.sigma_min is not None else (
@@ -322,9 +329,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         else:
             out = spec(denoiser, x, sigmas, **knobs)
     if info:
-        args.nfe = f"{info['nfe']:.3g} (adaptive)"
-        print(f"solver {solver!r} is adaptive: it spent {info['nfe']:.3g} evaluations per "
-              "sample (mean)")
+        args.nfe = f"{info['nfe']:.3g} ({spec.kind})"
+        rounds = (f" in {info['rounds']} sequential rounds over a {info['steps']}-step DDIM grid"
+                  if spec.kind == "parallel" else "")
+        print(f"solver {solver!r} is {spec.kind}: it spent {info['nfe']:.3g} evaluations per "
+              f"sample (mean){rounds}")
     paths = save_samples(teacher.to_data(out), args.out, kind=teacher.kind,
                          title=f"{args.teacher} / {args.solver} / NFE {args.nfe}")
     for path in paths:
@@ -660,7 +669,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "teacher, on the teacher's sigma range")
     sp.add_argument("--nfe", type=positive_int, default=None,
                     help="evaluations (default 10; a tuned solver's own NFE; not for adaptive "
-                    "solvers, whose NFE follows their tolerances and is printed)")
+                    "or parallel solvers, whose NFE follows their tolerances and is printed)")
+    sp.add_argument("--steps", type=positive_int, default=None,
+                    help="a parallel solver's (paradigms) sequential grid: the DDIM steps it "
+                    "runs in fewer rounds (default 50); its NFE and rounds are printed")
     sp.add_argument("--schedule", default="karras")
     sp.add_argument("--sigma-min", type=float, default=None, help="last nonzero sigma of the "
                     "plan (default: the teacher's; 0.821 for the consistency sampler)")

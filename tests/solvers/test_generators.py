@@ -19,7 +19,7 @@ def _problem(name):
     """Start sample, sigmas and plan knobs of a short run of solver ``name``."""
     spec = solvers.get(name)
     x = 20.0 * torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    if spec.kind == "adaptive":
+    if not spec.plannable:
         tols = {k: 1e-2 for k in ("rtol", "atol", "tol") if k in spec.fn.knobs}
         return x, torch.tensor([20.0, 0.01, 0.0], dtype=torch.float64), tols
     p = solvers.plan(name, max(spec.min_nfe, 5), sigma_max=20.0)

@@ -71,3 +71,34 @@ def test_bad_knobs_are_named(knobs, match, mixture):
     with pytest.raises(ValueError, match=match):
         solvers.get("paradigms")(mixture, torch.randn(2, 4, dtype=torch.float64),
                                  [5.0, 1.0, 0.0], **knobs)
+
+
+@pytest.mark.parametrize("name", solvers.available(kind="parallel"))
+def test_parallel_solvers_are_not_planned_and_the_error_says_which_grid(name, mixture):
+    """A parallel solver's NFE follows its tolerance: plan() refuses it and suggests the
+    sequential grid, which, filled in, runs and reports NFE >= steps and rounds <= steps."""
+    assert not solvers.get(name).plannable
+    with pytest.raises(ValueError, match=rf"'{name}' is parallel.*plan\('ddim', steps\)"):
+        solvers.plan(name, 10)
+    grid, info = solvers.plan("ddim", 12, sigma_max=20.0).sigmas, {}
+    x = 20.0 * torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    gens = solvers.generators([0, 1, 2]) if solvers.get(name).stochastic else None
+    solvers.get(name)(mixture, x, grid, info=info, generator=gens)
+    assert info["steps"] == 12 and info["nfe"] >= 12 and 1 <= info["rounds"] <= 12
+
+
+def test_cli_samples_paradigms_on_its_sequential_grid(tmp_path, capsys):
+    """`fewstep sample --solver paradigms --steps N` runs the N-step DDIM grid (it used to run
+    a 2-step DDIM on [sigma_max, sigma_min, 0]); it reaches that DDIM sample."""
+    from fewstep.cli import main
+
+    assert main(["sample", "--teacher", "gmm2", "--solver", "paradigms", "--steps", "12",
+                 "--n", "8", "--out", str(tmp_path / "p")]) == 0
+    assert "over a 12-step DDIM grid" in capsys.readouterr().out
+    assert main(["sample", "--teacher", "gmm2", "--solver", "ddim", "--nfe", "12",
+                 "--n", "8", "--out", str(tmp_path / "d")]) == 0
+    par, seq = (torch.load(tmp_path / d / "samples.pt") for d in ("p", "d"))
+    assert float((par - seq).abs().max()) < 1e-3 * float(seq.abs().max())  # 2-step: 0.7
+    assert main(["sample", "--teacher", "gmm2", "--solver", "ddim", "--steps", "12",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--steps 12: only a parallel solver" in capsys.readouterr().err

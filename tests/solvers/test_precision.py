@@ -11,7 +11,7 @@ EVERY = solvers.available(aliases=False)  # aliases run the same generator
 
 def _run(name, D, x):
     spec = solvers.get(name)
-    if spec.kind == "adaptive":
+    if not spec.plannable:
         # tight tolerances for the ODE solvers (ParaDiGMS has its own ``tol``); Gotta Go Fast
         # keeps its defaults (at 1e-3 it takes ~40x the steps)
         sigmas = [SIGMA_MAX, 0.002, 0.0]
@@ -47,7 +47,7 @@ def test_low_precision_network_against_float32(name, dtype, x, mixture):
     out = _run(name, mixture, x.to(dtype))
     assert out.dtype == dtype and torch.isfinite(out).all()
     spec = solvers.get(name)
-    if spec.kind == "adaptive" and spec.stochastic:
+    if not spec.plannable and spec.stochastic:
         # accept/reject decisions follow the error estimate, so a rounding flips a decision
         # and the path draws other noise: compare distributions, not paths (the bf16 test
         # below still pins the solver's own arithmetic to float32)

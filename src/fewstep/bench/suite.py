@@ -183,7 +183,7 @@ def _unreachable(method: str, nfe: int, teacher: str | None = None) -> str | Non
     spec = solvers.get(method)
     if spec.tuned is not None and nfe != spec.tuned.nfe:
         return f"{method} at NFE {nfe}: tuned for NFE {spec.tuned.nfe} only"
-    if spec.kind == "adaptive" and "window" in spec.fn.knobs:  # a parallel (Picard) sampler
+    if spec.kind == "parallel":  # a Picard sampler over a sequential grid
         return (f"{method}: parallel sampler, not run on an NFE grid: it spends more NFE than "
                 f"its sequential grid (for fewer rounds), so no NFE budget can be held; "
                 f"compare it by rounds (docs/solvers.md, ParaDiGMS)")

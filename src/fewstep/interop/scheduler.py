@@ -249,9 +249,9 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
                  schedule_kwargs: dict[str, Any] | None = None,
                  source_config: dict[str, Any] | None = None):
         self.spec = solvers.get(solver)
-        if self.spec.kind == "adaptive":
-            raise ValueError(f"solver {solver!r} is adaptive: where it evaluates the network "
-                             "depends on error estimates from the sample, so its timesteps "
+        if not self.spec.plannable:
+            raise ValueError(f"solver {solver!r} is {self.spec.kind}: where it evaluates the "
+                             "network depends on error estimates from the sample, so its timesteps "
                              "cannot be published before sampling; use a multistep or "
                              "singlestep solver")
         if self.spec.tuned is not None:  # its sigmas belong to the teacher it was tuned on

@@ -88,9 +88,9 @@ def paradigms_steps(x: Tensor, sigmas: Tensor, *, window: int = 8, tol: float = 
 
 sample_paradigms = SolverFunction(paradigms_steps, "sample_paradigms")
 
-register("paradigms", sample_paradigms, order=1, kind="adaptive",
+register("paradigms", sample_paradigms, order=1, kind="parallel",
          reference="Shih et al. 2023, ParaDiGMS (Alg. 1) over DDIM: Picard iterations on a "
                    "sliding window, one batched call per round")
-register("paradigms_ddpm", sample_paradigms, order=1, kind="adaptive", stochastic=True,
+register("paradigms_ddpm", sample_paradigms, order=1, kind="parallel", stochastic=True,
          knobs={"eta": 1.0},
          reference="Shih et al. 2023, ParaDiGMS (Alg. 1) over DDPM (noise drawn up front)")

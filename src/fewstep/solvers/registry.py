@@ -7,6 +7,9 @@ Kinds:
   the per-step ``orders`` are a knob so any NFE is reachable, and the step to sigma = 0 is
   always first order.
 - ``adaptive``: NFE follows the error tolerances; there is no plan.
+- ``parallel``: runs the grid of a sequential first-order sampler (DDIM, DDPM) with more
+  evaluations in fewer sequential rounds (ParaDiGMS); its NFE follows its tolerance, so there
+  is no plan either: pass the sequential grid, e.g. ``plan("ddim", steps).sigmas``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from .driver import SolverFunction, Steps, drive
 __all__ = ["KINDS", "Plan", "SolverSpec", "alias", "available", "get", "plan", "register",
            "sample"]
 
-KINDS = ("multistep", "singlestep", "adaptive")
+KINDS = ("multistep", "singlestep", "adaptive", "parallel")
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,12 @@ class SolverSpec:
     requires: str | None = None  # what the denoiser must be, e.g. "consistency" (a student)
     history: int = 1
     tuned: Any = None  # the fewstep.tune.TunedSolver this spec was loaded from, if any
+
+    @property
+    def plannable(self) -> bool:
+        """Whether :func:`plan` can make it spend an exact NFE (multistep and singlestep
+        solvers; not adaptive or parallel ones)."""
+        return self.kind in ("multistep", "singlestep")
 
     @property
     def evals_per_step(self) -> int:
@@ -165,6 +174,11 @@ def plan(name: str, nfe: int, schedule: str = "karras", *, denoise_to_zero: bool
         tolerances = "/".join(k for k in spec.fn.knobs if k in ("rtol", "atol", "tol"))
         raise ValueError(f"solver {name!r} is adaptive: its NFE follows {tolerances} and cannot "
                          "be planned; pass sigmas=[sigma_max, sigma_min, 0] (sigma_min > 0) "
+                         "instead of nfe")
+    if spec.kind == "parallel":
+        raise ValueError(f"solver {name!r} is parallel: it runs a sequential sampler's grid with "
+                         "more evaluations in fewer rounds, its NFE following its tolerance, and "
+                         "cannot be planned; pass that grid, sigmas=plan('ddim', steps).sigmas, "
                          "instead of nfe")
     if int(nfe) != nfe or nfe < spec.min_nfe:
         raise ValueError(f"nfe={nfe!r} is below the minimum of {spec.min_nfe} for solver "
