@@ -15,6 +15,7 @@ too: that row is shown beside its twin, not as a rival.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,19 +40,22 @@ PEER_TWINS: dict[str, str] = {
 }
 
 
-def _paired(a: Agg, b: Agg) -> tuple[list[float], list[float]]:
-    """Values of ``a`` and ``b`` on the seeds both ran."""
-    vb = dict(b.per_seed)
-    common = [(x, vb[s]) for s, x in a.per_seed if s in vb]
-    return [x for x, _ in common], [y for _, y in common]
-
-
 def p_worse(a: Agg, b: Agg) -> float:
     """One-sided paired p-value that ``a`` is worse than ``b`` on their metric."""
-    spec = metric_registry.get(a.metric)
-    xa, xb = _paired(a, b)
-    if not xa:
+    return _p_worse(a.metric, a.per_seed, b.per_seed)
+
+
+@functools.lru_cache(maxsize=65536)
+def _p_worse(metric: str, per_a: tuple[tuple[int, float], ...],
+             per_b: tuple[tuple[int, float], ...]) -> float:
+    """:func:`p_worse` on per-seed values: the report asks the same pair once per table
+    and plot (memoised; ~38k calls, a quarter of the quick report's time, measured)."""
+    spec = metric_registry.get(metric)
+    vb = dict(per_b)
+    common = [(x, vb[s]) for s, x in per_a if s in vb]
+    if not common:
         return 1.0
+    xa, xb = [x for x, _ in common], [y for _, y in common]
     return paired_p(xb, xa, log=spec.positive) if spec.higher_is_better else \
         paired_p(xa, xb, log=spec.positive)
 
