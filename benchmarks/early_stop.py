@@ -207,8 +207,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--ufogen-steps", type=int, default=300)
     p.add_argument("--runs", default="runs/early_stop", help="where the UFOGen prior trains")
-    p.add_argument("--split", default="test", choices=("test", "train"),
-                   help="score against this split (train: to choose sigma_s for the bench)")
+    p.add_argument("--split", default="test", choices=("test", "val", "train"),
+                   help="score against this split (to choose sigma_s for the bench: val, or "
+                   "train for a data set without a val split)")
     p.add_argument("--priors", default=None, help="only these priors (comma-separated)")
     p.add_argument("--sigmas", default=None, help="only these sigma_s (comma-separated)")
     a = p.parse_args()
