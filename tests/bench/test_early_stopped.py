@@ -11,6 +11,7 @@ from fewstep.bench.report import amortised, peer_comparison
 from fewstep.bench.runner import run_suite, start_noise
 from fewstep.bench.store import Store
 from fewstep.bench.suite import Suite
+from fewstep.cli import main
 from fewstep.distill import get_method
 from fewstep.early_stop import OneStepPrior, sample_early_stopped
 from fewstep.train import TrainConfig, train
@@ -153,3 +154,13 @@ def test_vae_prior_cost_is_the_autoencoders_training():
     assert early_stopped.training_cost(method) == (zoo.entry("digits-vae").cost.seconds, 0.0)
     assert "1 network pass(es) per sample" in early_stopped.notes(method)[0]
     assert early_stopped.training_cost("early_stop:ddim:gaussian@sigma_s=1") == (0.0, 0.0)
+
+
+def test_cli_names_a_bad_sigma_s_in_one_line(tmp_path, capsys):
+    suite = tmp_path / "es.toml"
+    suite.write_text('name = "es"\nteachers = ["moons"]\nnfe = [2]\nseeds = [0]\n'
+                     'methods = ["early_stop:ddim:gaussian@sigma_s=200"]\n')
+    assert main(["bench", "--suite", str(suite), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "sigma_s=200 is above the teacher's sigma_max=80" in err and "\n" not in err
+    assert not (tmp_path / "out" / "results.sqlite").exists()  # nothing half-written
