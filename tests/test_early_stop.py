@@ -94,6 +94,12 @@ def test_errors(gm):
         sample_early_stopped(gm, x0, x0, 0.001)
     with pytest.raises(ValueError, match="got -1"):
         sample_early_stopped(gm, x0, x0, -1.0)
+    with pytest.raises(ValueError, match="got nan"):
+        sample_early_stopped(gm, x0, x0, float("nan"))
+    with pytest.raises(ValueError, match="sigma_s=81 is above the denoiser's sigma_max=80"):
+        sample_early_stopped(gm, x0, x0, 81.0)
+    with pytest.raises(ValueError, match="sigma_s=2 is above the denoiser's sigma_max=1"):
+        sample_early_stopped(gm, x0, x0, 2.0, sigma_max=1.0)
     with pytest.raises(ValueError, match=r"x_prior \(4, 2\) and noise \(4, 3\) differ"):
         sample_early_stopped(gm, x0, torch.zeros(4, 3), 1.0)
     with pytest.raises(ValueError, match="at least 2 samples; got 1"):

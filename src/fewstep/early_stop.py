@@ -12,7 +12,12 @@ network passes one sample costs (the denoiser NFE does not include it):
 
 - :class:`GaussianPrior`: a Gaussian fit (mean and full covariance) of data; 0 network passes;
 - :class:`DecodedPrior`: a prior in a latent space, decoded (the VAE prior of the paper: a
-  decoder on Gaussian latents); 1 decoder pass.
+  decoder on Gaussian latents); 1 decoder pass;
+- :class:`OneStepPrior`: a one-step generator ``x0 = G(sigma_max z, sigma_max)`` (the paper's
+  GAN prior: any one-step student, UFOGen or a KD / rectified-flow / DFNO student); 1 pass.
+
+The bench runs ES-DDPM as a method row ``early_stop:SOLVER:PRIOR@sigma_s=S``
+(:mod:`fewstep.bench.early_stopped`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from torch import Tensor
 from . import solvers
 from .denoiser import Denoiser
 
-__all__ = ["DecodedPrior", "GaussianPrior", "Prior", "sample_early_stopped"]
+__all__ = ["DecodedPrior", "GaussianPrior", "OneStepPrior", "Prior", "sample_early_stopped"]
 
 
 class Prior(Protocol):
@@ -78,21 +83,45 @@ class DecodedPrior:
             return self.decode(self.latent.sample(n, generator).float()).double()
 
 
+@dataclass(frozen=True)
+class OneStepPrior:
+    """``x0 = G(sigma_max z, sigma_max)`` with ``z ~ N(0, I)`` of shape ``shape``: a one-step
+    generator as the prior (Lyu et al. 2022 use a GAN; any one-step student is one, e.g.
+    UFOGen, Xu et al. 2023, or a KD student, Luhman & Luhman 2021). ``G`` is a denoiser-like
+    ``G(x, sigma) -> x0``; ``sigma_max`` the level it was trained to start from."""
+
+    G: Callable[..., Tensor]
+    shape: tuple[int, ...]
+    sigma_max: float
+    evaluations: int = 1
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` samples (float64)."""
+        z = torch.randn(n, *self.shape, generator=generator)
+        sigma = torch.full((n,), float(self.sigma_max))
+        with torch.no_grad():
+            return self.G(self.sigma_max * z, sigma).double()
+
+
 def sample_early_stopped(denoiser: Denoiser, x_prior: Tensor, noise: Tensor, sigma_s: float,
                          solver: str = "heun", nfe: int = 10, *, schedule: str = "karras",
-                         sigma_min: float = 0.002, generator: Any = None,
+                         sigma_min: float = 0.002, sigma_max: float = 80.0,
+                         generator: Any = None,
                          cond: dict[str, Any] | None = None) -> Tensor:
     """ES-DDPM: ``x_s = x_prior + sigma_s * noise`` denoised by ``solver`` with ``nfe``
     evaluations on ``schedule`` from ``sigma_s`` to 0 (Lyu et al. 2022, Alg. 2). ``x_prior`` and
     ``noise`` have one shape ``(batch, ...)``; ``sigma_s = 0`` returns ``x_prior`` unchanged
     (no evaluation). ``generator`` feeds a stochastic solver. Raises ValueError for a negative
-    ``sigma_s``, for ``0 < sigma_s <= sigma_min``, or for mismatched shapes."""
+    ``sigma_s``, for ``0 < sigma_s <= sigma_min``, for ``sigma_s`` above the denoiser's
+    ``sigma_max`` (it was never trained there), or for mismatched shapes."""
     if x_prior.shape != noise.shape:
         raise ValueError(f"x_prior {tuple(x_prior.shape)} and noise {tuple(noise.shape)} differ "
                          "in shape")
-    if sigma_s < 0 or 0 < sigma_s <= sigma_min:
+    if not sigma_s >= 0 or 0 < sigma_s <= sigma_min:
         raise ValueError(f"sigma_s must be 0 (the prior alone) or above sigma_min={sigma_min}; "
                          f"got {sigma_s}")
+    if sigma_s > sigma_max:
+        raise ValueError(f"sigma_s={sigma_s:g} is above the denoiser's sigma_max={sigma_max:g}")
     if sigma_s == 0:
         return x_prior
     p = solvers.plan(solver, nfe, schedule, sigma_min=sigma_min, sigma_max=sigma_s)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .. import metrics, solvers
 from .._io import atomic_write
 from ..solvers import reference_solution
-from . import baselines, peers, students
+from . import baselines, early_stopped, peers, students
 from .meters import EnergyMeter, MemoryMeter, TimedDenoiser, environment, synchronize
 from .store import Store, distinct_errors
 from .suite import Case, Suite
@@ -124,6 +124,10 @@ def _prepare(case: Case, teacher: Teacher, x: Tensor, ref: Tensor | None = None)
     if case.impl == "student":
         return _Prepared(lambda D, x: students.run_student(
             case.method, D, x, case.nfe, teacher.sigma_max, case.seed, case.schedule))
+    if case.impl == "early_stop":
+        early_stopped.prior(early_stopped.parse(case.method)[1], teacher.name)  # built once
+        return _Prepared(lambda D, x: early_stopped.run(case.method, D, x, case.nfe, teacher,
+                                                        case.seed, case.schedule))
     if case.impl == "diffusers":
         peer = peers.PreparedPeer(case.method, case.nfe, teacher.sigma_min, teacher.sigma_max)
         return _Prepared(lambda eps, x: (peer.sample(eps, x), peer.steps), peer.model)
@@ -359,7 +363,9 @@ def _run_case(case: Case, ctx: _Context) -> dict[str, Any]:
             f"{case.timing_repeats}"
             if joules["joules"] is not None else "not measured",
             metrics=_score(case, teacher, out.cpu(), ref, held, extractor))
-        row["train_seconds"], row["train_teacher_nfe"] = students.training_cost(case.method)
+        row["train_seconds"], row["train_teacher_nfe"] = (
+            early_stopped.training_cost if case.impl == "early_stop"
+            else students.training_cost)(case.method)
         if held is not None and inception is not None:
             row["metrics"].update(_inception_metrics(case, inception, teacher.to_data(out.cpu()),
                                                      held.samples))
@@ -392,6 +398,11 @@ def _notes(case: Case) -> dict[str, Any]:
                 "notes": [f"{case.method}: one-off tuning cost {tuned.tuning_seconds:.1f} s "
                           f"({tuned.teacher_rows} teacher evaluations, {tuned.method} on "
                           f"{tuned.base}, calibration {tuned.n_cal} start noises)"]}
+    if case.impl == "early_stop":  # its prior's passes per sample and one-off cost
+        try:
+            return {"notes": early_stopped.notes(case.method)}
+        except ValueError:  # a bad entry fails as the case itself, not here
+            return {}
     note = peers.NOTES.get(case.method.removeprefix("diffusers:")) if case.impl == "diffusers" \
         else None
     return {"notes": [f"{case.method}: {note}"]} if note else {}

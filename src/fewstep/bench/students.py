@@ -263,7 +263,12 @@ def training_cost(method: str) -> tuple[float | None, float | None]:
 def label(method: str) -> str:
     """A short name that tells students apart in tables: ``zoo/cd`` (a zoo student, on its
     own teacher's rows), the run directory's name (``moons-cd``; ``moons-pd/step_00000400`` for
-    an intermediate checkpoint) or ``py:ATTR``; other methods unchanged."""
+    an intermediate checkpoint) or ``py:ATTR``; early-stopped rows by
+    :func:`fewstep.bench.early_stopped.label`; other methods unchanged."""
+    if method.startswith("early_stop:"):
+        from .early_stopped import label as es_label
+
+        return es_label(method)
     if not method.startswith("student:"):
         return method
     source = _path(method)

@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import solvers
 from ..schedules import get_schedule
-from . import baselines, peers, students, teachers
+from . import baselines, early_stopped, peers, students, teachers
 from .store import case_key
 
 __all__ = ["BY_TEACHER", "Case", "Suite", "load_suite"]
@@ -97,6 +97,11 @@ class Suite:
                                      f"{', '.join(peers.available())}")
             elif m.startswith("student:"):
                 students.check(m)
+            elif m.startswith(early_stopped.PREFIX):
+                early_stopped.check(m)
+                for t in self.teachers:  # sigma_s within each teacher it runs on
+                    if early_stopped.wrong_teacher(m, t) is None:
+                        early_stopped.check(m, teachers.get(t).sigma_max)
             elif baselines.is_baseline(m):
                 baselines.get(m)
             else:
@@ -173,6 +178,9 @@ def _unreachable(method: str, nfe: int, teacher: str | None = None) -> str | Non
         return None
     if method.startswith("student:"):
         return students.unreachable(method, nfe, teacher)
+    if method.startswith(early_stopped.PREFIX):
+        assert teacher is not None
+        return early_stopped.unreachable(method, nfe, teacher)
     if method.startswith("diffusers:"):
         peer = peers.PEERS[method.removeprefix("diffusers:")]
         try:

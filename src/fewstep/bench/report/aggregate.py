@@ -64,10 +64,11 @@ def metric_summary(values: Iterable[Any], metric: str) -> Summary:
 
 def role(method: str, impl: str | None) -> str:
     """"baseline", "peer" (another library's implementation) or "own" (fewstep, students,
-    tuned solvers)."""
+    tuned solvers, early-stopped rows)."""
     if method.startswith("baseline:") or impl == "baseline":
         return "baseline"
-    if method.startswith(("student:", "tuned:")) or impl in ("student", "tuned"):
+    if method.startswith(("student:", "tuned:", "early_stop:")) or \
+            impl in ("student", "tuned", "early_stop"):
         return "own"
     return "peer" if (impl not in (None, "", "fewstep")) or ":" in method else "own"
 
