@@ -101,10 +101,13 @@ def _prior_source(method: str, prior_name: str) -> dict[str, Any]:
         return {"kind": "autoencoder", "data": e.recipe.data, "teacher": None,
                 "cost": (float(e.cost.seconds), 0.0), "passes": 1}
     if prior_name.startswith("student:"):
+        from ..distill import student_methods
+
         kind = students.check(prior_name)
-        if kind not in students.ONE_STEP_METHODS:
+        if students.sampler(kind) != "one_step":
+            one_step = [m for m in student_methods() if students.sampler(m) == "one_step"]
             raise ValueError(f"{method!r}: the prior {prior_name} is a {kind} student; a prior "
-                             f"is a one-step student ({', '.join(students.ONE_STEP_METHODS)})")
+                             f"is a one-step student ({', '.join(one_step)})")
         seconds, nfe = students.training_cost(prior_name)
         return {"kind": "student", "data": students.trained_on(prior_name),
                 "teacher": students.info(students._path(prior_name))["teacher"],
