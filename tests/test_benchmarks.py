@@ -195,3 +195,29 @@ def test_scorer_sw_equals_sliced_wasserstein_with_the_reference_prepared_once():
     direct = sliced_wasserstein(x.double(), ref.double(), n_projections=256,
                                 generator=torch.Generator().manual_seed(0))
     assert scorer.distance(x) == direct and scorer.distance(x) == scorer.distance(x)
+
+
+def test_zoo_hybrids_table_gives_paired_verdicts_at_equal_nfe():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "zoo_hybrids.py"
+    spec = importlib.util.spec_from_file_location("zoo_hybrids", path)
+    zh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zh)
+
+    def row(name, nfe, seed, sw):
+        return {"suite": "s", "teacher": "zoo:checkerboard-edm", "impl": "student",
+                "method": f"student:zoo:checkerboard-{name}", "nfe_target": nfe,
+                "nfe": float(nfe), "seed": seed, "n_samples": 256, "status": "ok",
+                "time_per_sample_s": 1e-3, "setup_time_s": 0.0, "metrics": {"sw": sw},
+                "train_seconds": 100.0, "train_teacher_nfe": 0.0}
+
+    noise = (1.0, 1.1, 0.95)  # the same seed effect on every method: pairs separate them
+    rows = [row(m, 4, s, base * noise[s] * wobble)
+            for m, base in (("ddgan", 0.2), ("cd", 0.1), ("ct", 0.4), ("ect", 0.2))
+            for s, wobble in enumerate((1.0, 1.02, 0.99) if m == "ect" else (1.0,) * 3)]
+    rows += [row("ufogen", 1, s, 0.3) for s in range(3)]  # no consistency student at NFE 1
+    line = next(ln for ln in zh.table(rows, "sw").splitlines() if "zoo/ddgan" in ln)
+    assert "| 4 |" in line and "| 100 | 0 |" in line
+    cd, ct, ect, dcm = line.split("|")[6:10]
+    assert "2.00x, worse" in cd and "0.50x, better" in ct and "tie" in ect and dcm.strip() == "-"
+    ufo = next(ln for ln in zh.table(rows, "sw").splitlines() if "zoo/ufogen" in ln)
+    assert ufo.count("| - ") == 4

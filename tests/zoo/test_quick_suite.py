@@ -47,15 +47,20 @@ def test_committed_entries_load_and_denoise():
         shape = teachers.get(f"zoo:{root}").sample_shape
         x = torch.randn(3, *shape)
         kwargs = e.recipe.backbone["kwargs"]
-        cond = {"cond": torch.arange(3) % kwargs["num_classes"]} if kwargs["num_classes"] else {}
+        k = kwargs.get("num_classes", 0)  # a whole-student spec (GAN pair, operator) has none
+        cond = {"cond": torch.arange(3) % k} if k else {}
         if kwargs.get("w_embedding"):  # a guided-distillation student takes w
             cond["w"] = torch.full((3,), 2.0)
+        if e.recipe.method in ("ddgan", "siddm"):  # a generator draws x0 given its latent z
+            cond["z"] = torch.randn(3, *shape)
+        # an operator maps noise at its sigma_max to the sample
+        sigma = e.method["params"]["sigma_max"] if e.recipe.method == "dfno" else 1.0
         with torch.no_grad():
-            out = D(x, torch.full((3,), 1.0), **cond)
+            out = D(x, torch.full((3,), sigma), **cond)
         assert out.shape == x.shape and torch.isfinite(out).all(), name
         assert e.cost.seconds > 0 and e.cost.steps == e.recipe.steps, name
         assert (e.cost.teacher_nfe > 0) == (e.recipe.method in ("cd", "pd", "kd", "direct_cm",
-                                                                "guided"))
+                                                                "guided", "add", "dfno"))
 
 
 @pytest.mark.slow

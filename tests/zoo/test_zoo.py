@@ -95,7 +95,11 @@ def test_every_student_recipe_names_a_teacher_recipe():
         assert (r.teacher is None) == (r.role != "student"), name
         if r.teacher is not None:
             t = zoo.recipe(r.teacher)
-            assert (t.data, _without_w(t.backbone)) == (r.data, _without_w(r.backbone))
+            assert t.data == r.data, name
+            if r.method in zoo.WHOLE_STUDENT:  # its own architecture (a GAN pair, an operator)
+                assert r.backbone["class"] != t.backbone["class"], name
+                continue
+            assert _without_w(t.backbone) == _without_w(r.backbone), name  # warm-startable
             assert r.backbone["kwargs"].get("w_embedding", False) == (
                 r.method == "guided" or t.backbone["kwargs"].get("w_embedding", False)), name
 
@@ -104,7 +108,7 @@ def _clear_caches():
     from fewstep.bench import students, teachers
 
     for f in (zoo.entry, zoo.load, students.info, students.method_name, students.model,
-              students.own_grid, teachers.get):
+              students.own_grid, students.gan_method, teachers.get):
         f.cache_clear()
 
 
@@ -165,3 +169,93 @@ def test_a_student_is_not_a_teacher(tiny_zoo):
 
     with pytest.raises(ValueError, match="is a cd student, not a teacher"):
         teachers.get("zoo:tiny-checkerboard-cd")
+
+
+HYBRIDS = ("ddgan", "siddm", "ufogen", "add", "dfno")
+
+
+@pytest.mark.parametrize("method", ["ddgan", "siddm"])
+def test_a_gan_pair_recipe_is_the_pair_gan_pair_builds(method):
+    from fewstep.distill import gan_pair
+    from fewstep.nets import build_model, model_spec
+
+    backbone = zoo.recipe(f"checkerboard-{method}").backbone
+    assert model_spec(build_model(backbone)) == model_spec(gan_pair((2,), method))
+
+
+@pytest.fixture(scope="module")
+def tiny_hybrids(tiny_teacher):
+    """Tiny builds of the checkerboard hybrid students of the tiny teacher, twice each."""
+    root, _ = tiny_teacher
+    built = {}
+    for m in HYBRIDS:
+        kw = {"params": {**zoo.recipe(f"checkerboard-{m}").params, "num_pairs": 64}} \
+            if m == "dfno" else {}
+        r = dataclasses.replace(_tiny(f"checkerboard-{m}", **kw),
+                                teacher="tiny-checkerboard-edm")
+        built[m] = (zoo.build(r, root, teacher_root=root),
+                    zoo.build(r, root / "again", teacher_root=root))
+    return root, {m: first for m, (first, _) in built.items()}, built
+
+
+@pytest.mark.parametrize("method", HYBRIDS)
+def test_hybrid_students_build_bitwise_and_keep_only_the_sampler(tiny_hybrids, method):
+    from safetensors.torch import load_file
+
+    from fewstep.nets import build_model
+
+    _, _, built = tiny_hybrids
+    first, again = built[method]
+    assert first.sha256 == again.sha256 == zoo.sha256(first.weights)
+    assert first.weights.read_bytes() == again.weights.read_bytes()
+    # a generator/discriminator pair keeps its generator: the entry is what the bench samples
+    kept = {"ddgan": "LatentPrecond", "siddm": "LatentPrecond", "ufogen": "EDMPrecond",
+            "add": "EDMPrecond", "dfno": "TrajectoryOperator"}[method]
+    assert first.model["class"] == kept
+    assert set(build_model(first.model).state_dict()) == set(load_file(first.weights))
+    assert first.recipe.betas == zoo.recipe(f"checkerboard-{method}").betas  # a tuple again
+    assert (first.cost.teacher_nfe > 0) == (method in ("add", "dfno"))
+
+
+def test_hybrid_students_run_at_their_native_nfe_and_reach_the_report(tiny_hybrids, tmp_path,
+                                                                      monkeypatch):
+    """On their zoo teacher: DDGAN and SIDDM at NFE T = 4 only, UFOGen and DFNO at 1, ADD at
+    1..4; each row carries its training cost and the report's amortised-cost section and
+    front see them."""
+    from fewstep.bench.report import amortised, amortised_fronts, write_report
+    from fewstep.bench.runner import run_suite
+    from fewstep.bench.store import Store
+    from fewstep.bench.suite import Suite
+
+    root, entries, _ = tiny_hybrids
+    monkeypatch.setattr(zoo, "weights_dir", lambda: root)
+    _clear_caches()
+    try:
+        t = "zoo:tiny-checkerboard-edm"
+        methods = {m: f"student:zoo:tiny-checkerboard-{m}" for m in HYBRIDS}
+        suite = Suite(name="h", teachers=[t], methods=[*methods.values(), "ddim"],
+                      nfe=[1, 2, 4], seeds=[0], n_samples=16, reference_rtol=1e-4)
+        ran = {(c.method, c.nfe) for c in suite.cases()}
+        assert ran == {(methods["ddgan"], 4), (methods["siddm"], 4), (methods["ufogen"], 1),
+                       (methods["dfno"], 1), *((methods["add"], k) for k in (1, 2, 4)),
+                       *(("ddim", k) for k in (1, 2, 4))}
+        assert f"{methods['ddgan']} at NFE 1: a 4-step DDGAN student" in suite.skipped
+        assert run_suite(suite, tmp_path, progress=False).failed == 0
+        rows = Store(tmp_path / "results.sqlite").rows()
+        for m, method in methods.items():
+            e = entries[m]
+            measured = {r["nfe"] for r in rows if r["method"] == method}
+            assert measured == {"ddgan": {4.0}, "siddm": {4.0}, "ufogen": {1.0},
+                                "dfno": {1.0}, "add": {1.0, 2.0, 4.0}}[m], m
+            for r in (r for r in rows if r["method"] == method):
+                assert r["train_seconds"] == e.cost.seconds > 0, m
+                assert r["train_teacher_nfe"] == e.cost.teacher_nfe * e.recipe.batch_size, m
+        points = amortised(rows, "sw")
+        assert {p.agg.method for p in points} >= set(methods.values())
+        fronts = amortised_fronts(points)
+        assert all(t in front for front in fronts.values())
+        html = write_report(rows, tmp_path / "report").read_text()
+        for m in HYBRIDS:
+            assert f"tiny-checkerboard-{m}" in html, m
+    finally:
+        _clear_caches()

@@ -34,10 +34,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .._io import atomic_write
-from .recipes import RECIPES, SIGMA_MIN, Recipe, recipe
+from .recipes import RECIPES, SIGMA_MIN, WHOLE_STUDENT, Recipe, recipe
 
-__all__ = ["RECIPES", "Entry", "Recipe", "available", "build", "built", "entry", "load",
-           "recipe", "sha256", "weights_dir"]
+__all__ = ["RECIPES", "WHOLE_STUDENT", "Entry", "Recipe", "available", "build", "built",
+           "entry", "load", "recipe", "sha256", "weights_dir"]
 
 CONSISTENCY = ("cd", "ct", "ect", "direct_cm")  # trained as ConsistencyPrecond
 
@@ -141,7 +141,7 @@ def _template(r: Recipe) -> nn.Module:
 
     torch.manual_seed(r.seed)
     net = build_model(dict(r.backbone))
-    if r.role == "autoencoder":
+    if r.role == "autoencoder" or r.method in WHOLE_STUDENT:
         return net
     return ConsistencyPrecond(net, SIGMA_MIN, r.sigma_data) if r.method in CONSISTENCY else \
         EDMPrecond(net, r.sigma_data)
@@ -175,7 +175,8 @@ def build(name: str | Recipe, out: str | Path, *, teacher_root: Path | None = No
     out = Path(out)
     method = _method(r)
     teacher = load(r.teacher, teacher_root) if r.teacher else None
-    config = TrainConfig(steps=r.steps, batch_size=r.batch_size, lr=r.lr, ema_decay=r.ema_decay,
+    config = TrainConfig(steps=r.steps, batch_size=r.batch_size, lr=r.lr, betas=r.betas,
+                         grad_clip=r.grad_clip, ema_decay=r.ema_decay,
                          warmup_steps=r.warmup_steps, seed=r.seed, data_n=r.data_n,
                          out_dir=str(out / "runs" / r.name), checkpoint_every=100,
                          keep_checkpoints=1, progress=progress)
@@ -184,10 +185,11 @@ def build(name: str | Recipe, out: str | Path, *, teacher_root: Path | None = No
         student = method.init_student(teacher, _template(r))
         result = train(method, student, data, config, teacher=teacher)
     weights = out / f"{r.name}.safetensors"
-    state = {k: v.detach().cpu().contiguous() for k, v in result.ema.state_dict().items()}
+    model = _sampler(result.ema)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(weights, lambda tmp: save_file(state, tmp))
     cost = {**dataclasses.asdict(result.cost), "seconds": round(result.cost.seconds, 2)}
-    record = {"name": r.name, "recipe": _jsonable(r), "model": model_spec(result.ema),
+    record = {"name": r.name, "recipe": _jsonable(r), "model": model_spec(model),
               "method": {"name": method.name, "params": _jsonable(method)},
               "sha256": sha256(weights), "cost": cost,
               "environment": {"torch": torch.__version__, "threads": 1, "device": "cpu"}}
@@ -198,6 +200,14 @@ def build(name: str | Recipe, out: str | Path, *, teacher_root: Path | None = No
     entry.cache_clear()
     load.cache_clear()
     return entry(r.name, out)
+
+
+def _sampler(model: nn.Module) -> nn.Module:
+    """What an entry keeps of a trained model: the generator of a generator/discriminator pair
+    (DDGAN, SIDDM, UFOGen, ADD; the discriminator only trains it), else the model."""
+    from ..distill import AdversarialPair
+
+    return model.generator if isinstance(model, AdversarialPair) else model
 
 
 def _training_data(r: Recipe, root: Path | None) -> tuple[Any, dict[str, Any] | None]:

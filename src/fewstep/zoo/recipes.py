@@ -17,9 +17,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RECIPES", "Recipe", "recipe"]
+__all__ = ["RECIPES", "WHOLE_STUDENT", "Recipe", "recipe"]
 
 SIGMA_MIN = 0.002
+WHOLE_STUDENT = ("ddgan", "siddm", "dfno")  # methods whose backbone spec is the whole student
 
 
 @dataclass(frozen=True)
@@ -27,12 +28,17 @@ class Recipe:
     """Everything that makes one zoo entry (see the module docstring).
 
     ``backbone`` is a :func:`fewstep.nets.spec.model_spec` of the raw network, wrapped in
-    ``EDMPrecond`` (teachers, PD and KD students) or ``ConsistencyPrecond`` (consistency
-    students) with ``sigma_data``; an autoencoder (method ``autoencoder``) is the backbone
-    itself. A latent teacher names the zoo ``autoencoder`` whose latents (of ``data``'s train
-    split, labels kept, scaled to unit std) it is trained on (:mod:`fewstep.latent`).
+    ``EDMPrecond`` (teachers, PD, KD, UFOGen and ADD students) or ``ConsistencyPrecond``
+    (consistency students) with ``sigma_data``; an autoencoder (method ``autoencoder``) and a
+    student of its own architecture (``WHOLE_STUDENT``: a DDGAN or SIDDM
+    generator/discriminator pair, a DFNO trajectory operator) is the backbone itself; the
+    entry keeps a pair's generator only. A latent teacher names the zoo ``autoencoder`` whose
+    latents (of ``data``'s train split, labels kept, scaled to unit std) it is trained on
+    (:mod:`fewstep.latent`).
     ``params`` are the method's hyper-parameters; for iCT ``total_steps`` defaults to
-    ``steps``, and PD's ``steps`` must equal its rounds' total.
+    ``steps``, and PD's ``steps`` must equal its rounds' total. ``betas`` and ``grad_clip``
+    are the loop's Adam betas and gradient-norm clip (adversarial students use GAN-style
+    ``beta1 = 0.5``, DDGAN and SIDDM no clipping, as their benchmarks did).
     """
 
     name: str
@@ -51,6 +57,11 @@ class Recipe:
     data_n: int | None = None  # samples drawn from an infinite (2-D toy) data set
     description: str = ""
     autoencoder: str | None = None  # a latent teacher's zoo autoencoder
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's
+    grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(self.betas))  # a JSON list reads back equal
 
     @property
     def role(self) -> str:
@@ -85,15 +96,72 @@ def _toy_teacher(data: str) -> Recipe:
                   description=f"EDM teacher, residual MLP (128 wide, 3 blocks) on {data}")
 
 
+def _student(teacher: Recipe, method: str, **kw: Any) -> Recipe:
+    """A ``method`` student of ``teacher`` on its data, batch and sigma_data (its backbone
+    unless ``backbone=`` says otherwise); ``kw`` sets the rest of the recipe."""
+    kw.setdefault("backbone", teacher.backbone)
+    return Recipe(f"{teacher.name.removesuffix('-edm')}-{method}", teacher.data, method,
+                  batch_size=teacher.batch_size, sigma_data=teacher.sigma_data,
+                  teacher=teacher.name, data_n=teacher.data_n,
+                  description=kw.pop("description", f"{method} student of {teacher.name}"), **kw)
+
+
 def _students(teacher: Recipe, steps: Mapping[str, int], lr: Mapping[str, float],
               params: Mapping[str, Mapping[str, Any]]) -> list[Recipe]:
     """The students of ``teacher``: its data, backbone and sigma_data, one recipe per method."""
-    base = teacher.name.removesuffix("-edm")
-    return [Recipe(f"{base}-{m}", teacher.data, m, teacher.backbone, steps=n,
-                   batch_size=teacher.batch_size, lr=lr[m], sigma_data=teacher.sigma_data,
-                   params=dict(params.get(m, {})), teacher=teacher.name,
-                   data_n=teacher.data_n, description=f"{m} student of {teacher.name}")
+    return [_student(teacher, m, steps=n, lr=lr[m], params=dict(params.get(m, {})))
             for m, n in steps.items()]
+
+
+def _gan_pair(method: str, dim: int = 2, hidden: int = 128, depth: int = 2,
+              emb_dim: int = 64) -> dict[str, Any]:
+    """The spec of :func:`fewstep.distill.gan_pair` ``((dim,), method, width=hidden,
+    depth=depth)``: a DDGAN/SIDDM generator (an MLP on ``[x, z]``) and an MLP discriminator
+    that takes ``x_t`` beside ``x_{t-1}`` for DDGAN and not for SIDDM."""
+    size = {"hidden": hidden, "depth": depth, "emb_dim": emb_dim}
+    net = {"class": "MLPDenoiserNet", "kwargs": {"dim": 2 * dim, **size}}
+    return {"class": "AdversarialPair", "kwargs": {
+        "generator": {"class": "LatentPrecond", "kwargs": {"net": net, "channels": dim}},
+        "discriminator": {"class": "MLPDiscriminator", "kwargs": {
+            "dim": dim, "cond_dim": dim if method == "ddgan" else 0, **size}}}}
+
+
+def _hybrids(teacher: Recipe, gan_steps: int, distill_steps: int, dfno_steps: int,
+             dfno_width: int) -> list[Recipe]:
+    """The diffusion-GAN, adversarial-distillation and operator students of a 2-D ``teacher``,
+    with the settings their standalone benchmarks found to work (issue 15):
+
+    - DDGAN and SIDDM (``benchmarks/diffusion_gan.py``): T = 4, width-128 MLP pair, Adam lr
+      2e-4 with betas (0.5, 0.9), no gradient clipping, EMA 0.999; trained on the data (the
+      teacher only names the bench rows they sit on);
+    - UFOGen and ADD (``benchmarks/gan_distill.py``): initialised from the teacher, Adam lr
+      5e-4 with betas (0.5, 0.999), EMA 0.995; UFOGen one level and reconstruction weight
+      0.1, ADD four student levels;
+    - DFNO (``benchmarks/operator_vs_kd.py``): 4 096 iPNDM-16 teacher trajectories kept at 8
+      slots, depth 2, 4 Fourier modes, lr 1e-3, EMA 0.995.
+    """
+    sd = teacher.sigma_data
+    gan = dict(steps=gan_steps, lr=2e-4, betas=(0.5, 0.9), grad_clip=None, ema_decay=0.999,
+               params={"T": 4})
+    distill = dict(steps=distill_steps, lr=5e-4, betas=(0.5, 0.999), ema_decay=0.995)
+    operator = {"class": "TrajectoryOperator", "kwargs": {
+        "shape": [2], "sigma_max": 80.0, "width": dfno_width, "depth": 2, "modes": 4,
+        "emb_dim": 64, "sigma_data": sd}}
+    return [
+        _student(teacher, "ddgan", backbone=_gan_pair("ddgan"), **gan,
+                 description=f"DDGAN (T=4) trained on {teacher.data}, benched on "
+                 f"{teacher.name}"),
+        _student(teacher, "siddm", backbone=_gan_pair("siddm"), **gan,
+                 description=f"SIDDM (T=4, AFD weight 1) trained on {teacher.data}, benched "
+                 f"on {teacher.name}"),
+        _student(teacher, "ufogen", params={"num_scales": 1, "rec_weight": 0.1},
+                 **distill),
+        _student(teacher, "add", params={"num_student_steps": 4},
+                 **distill),
+        _student(teacher, "dfno", backbone=operator, steps=dfno_steps, lr=1e-3,
+                 ema_decay=0.995, params={"num_pairs": 4096, "solver": "ipndm", "nfe": 16,
+                                          "slots": 8}),
+    ]
 
 
 _CHECKERBOARD = _toy_teacher("checkerboard")
@@ -193,9 +261,12 @@ _DIGITS_STUDENTS = _students(
             "kd": {"num_pairs": 256, "solver": "ipndm", "nfe": 10},
             "direct_cm": {"num_scales": 8, "solver": "ipndm", "nfe": 6}})
 
+_TOY_HYBRIDS = _hybrids(_CHECKERBOARD, gan_steps=1000, distill_steps=300, dfno_steps=400,
+                        dfno_width=64)
+
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
-    _CHECKERBOARD, *_TOY_STUDENTS, _DIGITS, *_DIGITS_STUDENTS, _DIGITS_VAE, _DIGITS_LATENT,
-    _DIGITS_COND, *_DIGITS_GUIDED, _GAUSSIANS_COND,
+    _CHECKERBOARD, *_TOY_STUDENTS, *_TOY_HYBRIDS, _DIGITS, *_DIGITS_STUDENTS, _DIGITS_VAE,
+    _DIGITS_LATENT, _DIGITS_COND, *_DIGITS_GUIDED, _GAUSSIANS_COND,
     *(_toy_teacher(d) for d in ("moons", "8gaussians", "swissroll", "rings", "pinwheel")))}
 
 

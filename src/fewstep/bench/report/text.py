@@ -214,12 +214,16 @@ def format_convergence(conv: Sequence[Convergence]) -> str:
 
 def format_amortised(fronts: dict[int, dict[str, list[CostPoint]]]) -> str:
     """Per number of samples and teacher, the amortised-cost Pareto front as plain text:
-    ``case (seconds per sample, metric)``, cheapest first."""
+    ``method@NFE (seconds per sample, metric)``, cheapest first, students by their short
+    names (``zoo/cd@2``, as the decision table)."""
     lines = ["Pareto front, metric vs cost per sample with one-off training/tuning cost spread "
              "over M samples (eligible cases, cheapest first):"]
+    names = short_labels(p.agg.method for by_teacher in fronts.values()
+                         for front in by_teacher.values() for p in front)
     for samples, by_teacher in fronts.items():
         for teacher, front in by_teacher.items():
-            pts = ", ".join(f"{p.agg.label} ({format_seconds(p.seconds(samples))}, "
+            pts = ", ".join(f"{names[p.agg.method]}@{p.agg.nfe_target} "
+                            f"({format_seconds(p.seconds(samples))}, "
                             f"{num(p.agg.summary.mean)})" for p in front)
             lines.append(f"  M = {samples:.0e} {teacher}: {pts or NO_DATA}")
     return "\n".join(lines)
