@@ -97,7 +97,8 @@ def test_every_student_recipe_names_a_teacher_recipe():
             t = zoo.recipe(r.teacher)
             assert (t.data, _without_w(t.backbone)) == (r.data, _without_w(r.backbone))
             assert r.backbone["kwargs"].get("w_embedding", False) == (
-                r.method == "guided" or t.backbone["kwargs"].get("w_embedding", False)), name
+                r.method in ("guided", "lcd", "lcf")
+                or t.backbone["kwargs"].get("w_embedding", False)), name
 
 
 def _clear_caches():

@@ -39,7 +39,7 @@ from .recipes import RECIPES, SIGMA_MIN, Recipe, recipe
 __all__ = ["RECIPES", "Entry", "Recipe", "available", "build", "built", "entry", "load",
            "recipe", "sha256", "weights_dir"]
 
-CONSISTENCY = ("cd", "ct", "ect", "direct_cm")  # trained as ConsistencyPrecond
+CONSISTENCY = ("cd", "ct", "ect", "direct_cm", "lcd", "lcf")  # trained as ConsistencyPrecond
 
 
 @dataclass(frozen=True)
