@@ -467,3 +467,13 @@ def test_a_checkpoint_from_before_ema_rampup_resumes_with_its_old_constant_decay
     for a, b in ((full.student, resumed.student), (full.ema, resumed.ema)):
         for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
             assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("keep", [1, 2, 3, 4, 5])
+def test_keep_checkpoints_keeps_the_newest_keep(tmp_path, keep):
+    """``keep_checkpoints=k`` keeps the k newest checkpoints, all of them while there are
+    fewer than k (a negative slice end once dropped the oldest early: keep=4 kept 2 of 3)."""
+    train(get_method("edm")(), _template(), DATA,
+          _cfg(tmp_path, steps=8, checkpoint_every=2, keep_checkpoints=keep))
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert kept == [f"step_{s:08d}" for s in (2, 4, 6, 8)][-keep:]

@@ -454,12 +454,69 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
     method, steps = _method_and_steps(get_method(args.method), args.param, args.steps)
     teacher = load_checkpoint(args.teacher) if args.teacher else None
-    template = _template(args.data, args.method, args.hidden, args.seed,
-                         sigma_max=getattr(method, "sigma_max", 80.0))
+    labelled = _labelled(teacher, args.data, args.teacher)
+    if labelled is None:
+        template = _template(args.data, args.method, args.hidden, args.seed,
+                             sigma_max=getattr(method, "sigma_max", 80.0))
+    else:
+        template = _conditional_template(teacher, method, args.seed)
     student = method.init_student(teacher, template)
-    result = train(method, student, args.data, _train_config(args, steps), teacher=teacher)
+    data = args.data if labelled is None else labelled
+    result = train(method, student, data, _train_config(args, steps), teacher=teacher)
     _report_training(result)
     return 0
+
+
+def _labelled(teacher: Any, data_name: str, source: str | None) -> dict[str, Any] | None:
+    """The labelled train split ``{"x", "cond"}`` of ``data_name`` when ``teacher`` is
+    class-conditional (its class labels go to the teacher and the student); None for an
+    unconditional teacher or none. ValueError naming the data set when it has no labels or
+    another number of classes than the teacher."""
+    from . import data
+    from .bench.students import _num_classes
+
+    K = _num_classes(teacher)
+    if not K:
+        return None
+    ds = data.get(data_name)
+    labelled = [n for n in data.available() if data.get(n).num_classes == K]
+    if not ds.num_classes:
+        raise ValueError(f"--data {data_name!r} has no class labels, but the teacher {source} "
+                         f"is class-conditional ({K} classes); use a labelled data set with "
+                         f"{K} classes ({', '.join(labelled) or 'none built in'})")
+    if ds.num_classes != K:
+        raise ValueError(f"--data {data_name!r} has {ds.num_classes} classes, the teacher "
+                         f"{source} was trained on {K}; use a data set with {K} classes "
+                         f"({', '.join(labelled) or 'none built in'})")
+    return ds.load_labelled("train")
+
+
+def _conditional_template(teacher: Any, method: Any, seed: int) -> Any:
+    """A fresh student with a class-conditional teacher's architecture (its recorded spec and
+    sigma_data), initialised from ``seed``: a consistency function for consistency methods,
+    else an EDM denoiser; a guidance-scale input (``w_embedding``) for the w-conditioned
+    methods (those with a ``w_min`` field: lcd, lcf, guided)."""
+    import torch
+
+    from . import nets
+    from .distill import student_sampler
+    from .nets.spec import build_model, model_spec
+
+    kind = student_sampler(method.name)
+    if method.name in FLOW_METHODS or method.name == "dfno" or kind == "gan":
+        raise ValueError(f"--method {method.name} has no class-conditional student in the CLI; "
+                         "distil a class-conditional teacher from Python with a template")
+    spec = model_spec(getattr(teacher, "net", teacher))
+    if spec is None:
+        raise ValueError("the class-conditional teacher records no buildable architecture; "
+                         "distil it from Python with a student template")
+    if hasattr(method, "w_min"):
+        spec = {**spec, "kwargs": {**spec["kwargs"], "w_embedding": True}}
+    torch.manual_seed(seed)
+    net, sigma_data = build_model(spec), float(getattr(teacher, "sigma_data", 0.5))
+    if kind in ("consistency", "lcm"):
+        return nets.ConsistencyPrecond(net, getattr(method, "sigma_min", 0.002), sigma_data)
+    return nets.EDMPrecond(net, sigma_data)
 
 
 def _method_and_steps(cls: Any, pairs: Sequence[str], steps: int | None):
@@ -695,7 +752,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a registered method (fewstep.distill.available_methods()): "
                    + ", ".join(available_methods()))
     d.add_argument("--teacher", default=None, help="teacher run directory or checkpoint "
-                   "(not needed by ct)")
+                   "(not needed by ct); a class-conditional teacher trains on --data's "
+                   "labelled train split a student of its own architecture (plus a guidance "
+                   "input w for lcd, lcf, guided; --hidden unused)")
     d.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a method hyper-parameter, e.g. --param N=18 --param solver=heun "
                    "(pd: --param teacher_steps=16 --param steps_per_round=200); repeatable")

@@ -299,7 +299,7 @@ def _write_checkpoint(root: Path, step: int, files: Callable[[Path], None], keep
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     others = [p for p in _checkpoints(root, run) if p != final]
-    for stale in others[:len(others) - (keep - 1)]:
+    for stale in others[:max(0, len(others) - (keep - 1))]:  # all while fewer than keep
         _discard(stale)
     return final
 

@@ -76,6 +76,19 @@ def test_by_teacher_nfe_runs_on_its_teacher_only(tmp_path):
     assert s.nfe_of("moons") == [2, 5] and s.nfe_of("gmm2") == [2, 5, 20, 50]
 
 
+def test_by_teacher_takes_a_teacher_name_with_a_dot(tmp_path):
+    """A guided zoo teacher's name has a dot (@w=1.5); its by_teacher table is found (the
+    check once split the key on dots: KeyError 'zoo:digits-cond-edm@w=1')."""
+    s = load_suite(_write(tmp_path, 'name="x"\nteachers=["zoo:digits-cond-edm@w=1.5"]\n'
+                          'methods=["ddim"]\nnfe=[2]\nseeds=[0]\nn_samples=20\n'
+                          '[by_teacher."zoo:digits-cond-edm@w=1.5"]\nnfe=[1, 4]\n'))
+    assert s.nfe_of("zoo:digits-cond-edm@w=1.5") == [1, 4]
+    with pytest.raises(ValueError, match=r"by_teacher.zoo:digits-cond-edm@w=1.5.nfe must be"):
+        load_suite(_write(tmp_path, 'name="x"\nteachers=["zoo:digits-cond-edm@w=1.5"]\n'
+                          'methods=["ddim"]\nnfe=[2]\nseeds=[0]\nn_samples=20\n'
+                          '[by_teacher."zoo:digits-cond-edm@w=1.5"]\nnfe=[0]\n'))
+
+
 def test_every_builtin_suite_reaches_nfe_50_on_a_teacher():
     """Convergence as NFE grows needs NFE 50 on at least one teacher of every suite."""
     for name in ("smoke", "quick", "full"):

@@ -72,3 +72,58 @@ def test_export_errors(tmp_path):
     with pytest.raises(ValueError, match="beta_schedule"):
         export_lcm(_lcm(), tmp_path / "d", scheduler_config={"beta_schedule": "sigmoid"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # nothing half-written
+
+
+def _trained(net, x0, steps=3):
+    """A consistency student ``net`` trained by consistency training for ``steps`` steps."""
+    from fewstep.distill import get_method
+    from fewstep.train import TrainConfig, train
+
+    torch.manual_seed(0)
+    res = train(get_method("ct")(), ConsistencyPrecond(net), x0,
+                TrainConfig(steps=steps, batch_size=16, lr=1e-2, progress=False))
+    return res.ema.eval()
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+@pytest.mark.parametrize("kind", ["vector", "latent"])
+def test_the_export_is_a_pipeline_directory_that_samples_like_fewstep(tmp_path, steps, kind):
+    from diffusers import DDPMPipeline, DiffusionPipeline
+
+    from fewstep.nets import UNet
+
+    if kind == "vector":
+        shape, f = (2,), _trained(MLPDenoiserNet(2, hidden=16, depth=1, emb_dim=16),
+                                  torch.randn(64, 2))
+        sample_shape = None  # an MLP knows its width
+    else:  # a student in a 2x4x4 latent space
+        shape = (2, 4, 4)
+        f = _trained(UNet(2, 8, (1, 2), 1, emb_dim=16), torch.randn(32, *shape))
+        sample_shape = shape
+    root = export_lcm(f, tmp_path / "lcm", sample_shape=sample_shape)
+    pipe = DiffusionPipeline.from_pretrained(str(root))
+    assert isinstance(pipe, DDPMPipeline)
+    assert isinstance(pipe.unet, FewstepLCMModel) and isinstance(pipe.scheduler, LCMScheduler)
+    n = 16
+    with torch.no_grad():
+        got = pipe(batch_size=n, generator=solvers.sample_generators(3, n),
+                   num_inference_steps=steps, output_type="pt").images
+        gens = solvers.sample_generators(3, n)  # the same draws: start noise, then re-noising
+        noise = torch.cat([torch.randn(1, *shape, generator=g) for g in gens])
+        sigmas = lcm_sigmas(pipe.scheduler)
+        x = noise * (1 + sigmas[0] ** 2).sqrt().float()
+        want = solvers.get("consistency")(f, x, sigmas, sigma_min=0.0, generator=gens)
+    assert got.shape == (n, *shape)
+    torch.testing.assert_close(got, (want / 2 + 0.5).clamp(0, 1), rtol=1e-4, atol=1e-4)
+    assert ((got > 0) & (got < 1)).float().mean() > 0.5  # mostly inside the clamp
+
+
+def test_a_convolutional_student_needs_its_sample_shape(tmp_path):
+    from fewstep.nets import UNet
+
+    f = ConsistencyPrecond(UNet(2, 8, (1, 2), 1, emb_dim=16))
+    with pytest.raises(ValueError, match=r"sample_shape=\(C, H, W\)"):
+        export_lcm(f, tmp_path / "a")
+    with pytest.raises(ValueError, match=r"sample_shape=\(3, 4, 4\)"):
+        export_lcm(f, tmp_path / "b", sample_shape=(3, 4, 4))
+    assert not any(tmp_path.iterdir())

@@ -60,7 +60,8 @@ def test_committed_entries_load_and_denoise():
         assert out.shape == x.shape and torch.isfinite(out).all(), name
         assert e.cost.seconds > 0 and e.cost.steps == e.recipe.steps, name
         assert (e.cost.teacher_nfe > 0) == (e.recipe.method in ("cd", "pd", "kd", "direct_cm",
-                                                                "guided", "add", "dfno"))
+                                                                "guided", "add", "dfno",
+                                                                "lcd"))
 
 
 @pytest.mark.slow

@@ -101,7 +101,8 @@ def test_every_student_recipe_names_a_teacher_recipe():
                 continue
             assert _without_w(t.backbone) == _without_w(r.backbone), name  # warm-startable
             assert r.backbone["kwargs"].get("w_embedding", False) == (
-                r.method == "guided" or t.backbone["kwargs"].get("w_embedding", False)), name
+                r.method in ("guided", "lcd", "lcf")
+                or t.backbone["kwargs"].get("w_embedding", False)), name
 
 
 def _clear_caches():

@@ -302,13 +302,17 @@ def model(method: str) -> Any:
         from .. import zoo
         from .teachers import GuidedRows, num_classes, split_guidance
 
-        base, w = split_guidance(source.removeprefix("zoo:"))
+        base, w = split_guidance(source.removeprefix("zoo:"))[0], guidance(method)
         info(source)  # checks the guidance suffix
         K = num_classes(f"zoo:{base}")
         if not K:
             return zoo.load(base)
-        takes_w = bool(zoo.recipe(base).backbone["kwargs"].get("w_embedding"))
-        return GuidedRows(zoo.load(base), K, w or 0.0, takes_w=takes_w)
+        r = zoo.recipe(base)
+        takes_w = bool(r.backbone["kwargs"].get("w_embedding"))
+        # an LCM's w is the CFG scale D_u + w (D_c - D_u) (fewstep.distill.lcm); the zoo
+        # teacher's @w=W is Meng et al.'s (1 + W) D_c - W D_u: the LCM is given 1 + W
+        scale = (w or 0.0) + (1.0 if sampler(r.method) == "lcm" else 0.0)
+        return GuidedRows(zoo.load(base), K, scale, takes_w=takes_w)
     if source.startswith("python:"):
         from .teachers import import_attr, is_factory
 

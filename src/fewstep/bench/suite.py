@@ -128,8 +128,8 @@ class Suite:
                 ("seeds", int, lambda v: v >= 0, "non-negative integers"),
                 *((f"by_teacher.{t}.nfe", int, lambda v: v >= 1, "positive integers")
                   for t, o in self.by_teacher.items() if "nfe" in o)):
-            values = self.by_teacher[key.split(".")[1]]["nfe"] if "." in key else \
-                getattr(self, key)
+            values = getattr(self, key) if not key.startswith("by_teacher.") else \
+                self.by_teacher[key.removeprefix("by_teacher.").removesuffix(".nfe")]["nfe"]
             if not isinstance(values, list) or not values:
                 raise ValueError(f"{where}: {key} must be a non-empty list of {what}; got "
                                  f"{values!r}")

@@ -7,7 +7,19 @@
   ``diffusion_pytorch_model.safetensors`` (``FewstepLCMModel.from_pretrained(path,
   subfolder="unet")``);
 - ``scheduler/``: an ``LCMScheduler`` config (``LCMScheduler.from_pretrained(path,
-  subfolder="scheduler")``), ``prediction_type="sample"``.
+  subfolder="scheduler")``), ``prediction_type="sample"``;
+- ``model_index.json``: the folder is a standard diffusers pipeline directory, a
+  ``DDPMPipeline`` (diffusers' plain ``unet`` + ``scheduler.step`` loop) whose ``unet`` is the
+  model above (library ``fewstep.interop.export``, which diffusers takes from the modules
+  already imported: ``import fewstep.interop`` first) and whose scheduler is the
+  ``LCMScheduler``: ``DiffusionPipeline.from_pretrained(path)`` loads it and ``pipe(batch_size,
+  generator=gens, num_inference_steps=k, output_type="pt")`` gives fewstep's samples mapped
+  by DDPMPipeline's image post-processing ``(x / 2 + 0.5).clamp(0, 1)`` (tested). That loop
+  passes no conditioning: a class- or w-conditioned student (an LCM) runs the same loop over
+  ``pipe.unet`` and ``pipe.scheduler`` with ``cond=`` and ``w=`` keywords. For a latent
+  student the pipeline's samples are latents (clamped by that post-processing; take them
+  from the loop instead) and the decoder stays fewstep's (:meth:`fewstep.latent.LatentSpace
+  .decode`): diffusers never sees the autoencoder.
 
 The model is called as diffusers calls a UNet, ``model(x_t, timestep, **cond).sample`` on the
 VP sample ``x_t = sqrt(abar_t) x`` of the scheduler's table; it evaluates the fewstep
@@ -32,6 +44,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import torch
 from diffusers import ConfigMixin, LCMScheduler, ModelMixin
 from diffusers.configuration_utils import register_to_config
@@ -62,7 +75,9 @@ class FewstepLCMModel(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, spec: dict[str, Any] | None = None,
-                 scheduler: dict[str, Any] | None = None):
+                 scheduler: dict[str, Any] | None = None, in_channels: int | None = None,
+                 sample_size: list[int] | None = None):
+        # in_channels, sample_size: one sample's shape (C, *spatial), read by DDPMPipeline
         super().__init__()
         if spec is None or scheduler is None:
             raise ValueError("FewstepLCMModel needs spec= and scheduler= (use export_lcm)")
@@ -96,21 +111,27 @@ def lcm_sigmas(scheduler: Any) -> Tensor:
 
 
 def export_lcm(student: nn.Module, path: str | Path, *,
-               scheduler_config: dict[str, Any] | None = None) -> Path:
+               scheduler_config: dict[str, Any] | None = None,
+               sample_shape: tuple[int, ...] | None = None) -> Path:
     """Write ``student`` (a :class:`~fewstep.nets.ConsistencyPrecond`, e.g.
-    ``load_checkpoint(lcd_run)``) as ``path/unet`` + ``path/scheduler`` (an ``LCMScheduler``
-    with ``prediction_type="sample"``; ``scheduler_config`` overrides its defaults, e.g. the
-    beta table of the latent teacher's autoencoder pipeline). Returns ``path``. The folder
-    is written beside ``path`` and renamed into place, so an interrupted export leaves
-    nothing at ``path``. Raises ValueError for a student that is not a consistency function,
-    a scheduler config fewstep cannot map, a ``prediction_type`` other than ``sample``, or an
-    existing non-empty ``path``."""
+    ``load_checkpoint(lcd_run)``) as a diffusers pipeline directory: ``path/unet``,
+    ``path/scheduler`` (an ``LCMScheduler`` with ``prediction_type="sample"``;
+    ``scheduler_config`` overrides its defaults, e.g. the beta table of the latent teacher's
+    autoencoder pipeline) and ``path/model_index.json`` (a ``DDPMPipeline``; module
+    docstring). ``sample_shape`` is one sample's shape, ``(C, H, W)`` (a latent student: the
+    latent's shape) or ``(dim,)``; it may be left out for an MLP student (``(dim,)``).
+    Returns ``path``. The folder is written beside ``path`` and renamed into place, so an
+    interrupted export leaves nothing at ``path``. Raises ValueError for a student that is not
+    a consistency function, a convolutional student without ``sample_shape``, a scheduler
+    config fewstep cannot map, a ``prediction_type`` other than ``sample``, or an existing
+    non-empty ``path``."""
     if not isinstance(student, ConsistencyPrecond):
         raise ValueError(f"export_lcm writes a consistency function (ConsistencyPrecond); got "
                          f"{type(student).__name__}")
     spec = model_spec(student)
     if spec is None:
         raise ValueError("the student's architecture has no spec (build it from fewstep.nets)")
+    shape = _sample_shape(spec, sample_shape)
     given = dict(scheduler_config or {})
     if given.get("prediction_type", "sample") != "sample":
         raise ValueError(f"the exported model predicts the sample; got prediction_type="
@@ -122,19 +143,41 @@ def export_lcm(student: nn.Module, path: str | Path, *,
     root = Path(path)
     if root.exists() and any(root.iterdir()):
         raise ValueError(f"{root} exists and is not empty; export to a new folder")
-    model = FewstepLCMModel(spec=spec, scheduler=json.loads(json.dumps(full, default=_plain)))
+    model = FewstepLCMModel(spec=spec, scheduler=json.loads(json.dumps(full, default=_plain)),
+                            in_channels=shape[0], sample_size=list(shape[1:]))
     model.f.load_state_dict(student.state_dict())
     tmp = root.parent / f".tmp-{root.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(str(tmp / "unet"), safe_serialization=True)
         scheduler.save_config(str(tmp / "scheduler"))
+        index = {"_class_name": "DDPMPipeline", "_diffusers_version": diffusers.__version__,
+                 "scheduler": ["diffusers", "LCMScheduler"],
+                 "unet": [FewstepLCMModel.__module__, "FewstepLCMModel"]}
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         if root.exists():
             root.rmdir()
         os.replace(tmp, root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _sample_shape(spec: dict[str, Any], given: tuple[int, ...] | None) -> tuple[int, ...]:
+    """One sample's shape: ``given`` (checked against the network's input width), else an
+    MLP's ``(dim,)``."""
+    kwargs = spec["kwargs"]["net"]["kwargs"] if "net" in spec["kwargs"] else {}
+    width = kwargs.get("in_channels", kwargs.get("dim"))
+    if given is None:
+        if "dim" not in kwargs:
+            raise ValueError("export_lcm needs sample_shape=(C, H, W) for a convolutional "
+                             "student (one sample's, or one latent's, shape)")
+        return (int(kwargs["dim"]),)
+    shape = tuple(int(n) for n in given)
+    if not shape or min(shape) < 1 or (width is not None and shape[0] != width):
+        raise ValueError(f"sample_shape={tuple(given)} does not fit the student (its input has "
+                         f"{width} channels or features)")
+    return shape
 
 
 def _plain(value: Any) -> Any:

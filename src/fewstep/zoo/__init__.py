@@ -39,7 +39,6 @@ from .recipes import RECIPES, SIGMA_MIN, WHOLE_STUDENT, Recipe, recipe
 __all__ = ["RECIPES", "WHOLE_STUDENT", "Entry", "Recipe", "available", "build", "built",
            "entry", "load", "recipe", "sha256", "weights_dir"]
 
-CONSISTENCY = ("cd", "ct", "ect", "direct_cm")  # trained as ConsistencyPrecond
 
 
 @dataclass(frozen=True)
@@ -136,6 +135,7 @@ def _one_thread() -> Iterator[None]:
 
 def _template(r: Recipe) -> nn.Module:
     """The untrained denoiser of a recipe, initialised from its seed."""
+    from ..distill import student_sampler
     from ..nets import ConsistencyPrecond, EDMPrecond
     from ..nets.spec import build_model
 
@@ -143,7 +143,8 @@ def _template(r: Recipe) -> nn.Module:
     net = build_model(dict(r.backbone))
     if r.role == "autoencoder" or r.method in WHOLE_STUDENT:
         return net
-    return ConsistencyPrecond(net, SIGMA_MIN, r.sigma_data) if r.method in CONSISTENCY else \
+    consistency = student_sampler(r.method) in ("consistency", "lcm")  # f(x, sigma_min) = x
+    return ConsistencyPrecond(net, SIGMA_MIN, r.sigma_data) if consistency else \
         EDMPrecond(net, r.sigma_data)
 
 

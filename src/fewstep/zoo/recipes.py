@@ -21,6 +21,7 @@ __all__ = ["RECIPES", "WHOLE_STUDENT", "Recipe", "recipe"]
 
 SIGMA_MIN = 0.002
 WHOLE_STUDENT = ("ddgan", "siddm", "dfno")  # methods whose backbone spec is the whole student
+LCD_STEPS, LCD_W_MAX = 500, 4.0  # digits-latent-lcd: chosen on validation
 
 
 @dataclass(frozen=True)
@@ -242,6 +243,21 @@ def _guided_chain(teacher: Recipe, w_range: tuple[float, float], steps: int,
 _DIGITS_GUIDED = _guided_chain(_DIGITS_COND, (0.0, 4.0), steps=300, base_steps=16,
                                final_steps=1, steps_per_round=100)
 
+# A latent consistency model (Luo et al. 2023) of the latent teacher: LCD on the guided PF-ODE
+# in digits-vae's latent space, w (fewstep's CFG scale D_u + w (D_c - D_u)) drawn per row from
+# [1, W_MAX]; the w range and step count are the ones chosen on validation by
+# benchmarks/lcm_digits.py --latent (benchmarks/results/lcm_latent.md).
+_DIGITS_LATENT_LCD = Recipe(
+    "digits-latent-lcd", "digits", "lcd",
+    {**_DIGITS_LATENT.backbone, "kwargs": {**_DIGITS_LATENT.backbone["kwargs"],
+                                           "w_embedding": True}},
+    steps=LCD_STEPS, batch_size=64, lr=4e-4, sigma_data=1.0, ema_decay=0.99,
+    params={"N": 30, "k": 3, "solver": "euler", "w_min": 1.0, "w_max": LCD_W_MAX, "mu": 0.95,
+            "distance": "pseudo_huber"},
+    teacher="digits-latent-edm", autoencoder="digits-vae",
+    description=f"latent consistency distillation (w in [1, {LCD_W_MAX:g}], k=3) of "
+    "digits-latent-edm in digits-vae's 2x4x4 latents")
+
 _TOY_STUDENTS = _students(
     _CHECKERBOARD,
     steps={"cd": 300, "ct": 300, "ect": 200, "pd": 150, "kd": 200, "direct_cm": 150},
@@ -266,7 +282,7 @@ _TOY_HYBRIDS = _hybrids(_CHECKERBOARD, gan_steps=1000, distill_steps=300, dfno_s
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     _CHECKERBOARD, *_TOY_STUDENTS, *_TOY_HYBRIDS, _DIGITS, *_DIGITS_STUDENTS, _DIGITS_VAE,
-    _DIGITS_LATENT, _DIGITS_COND, *_DIGITS_GUIDED, _GAUSSIANS_COND,
+    _DIGITS_LATENT, _DIGITS_LATENT_LCD, _DIGITS_COND, *_DIGITS_GUIDED, _GAUSSIANS_COND,
     *(_toy_teacher(d) for d in ("moons", "8gaussians", "swissroll", "rings", "pinwheel")))}
 
 
