@@ -186,7 +186,8 @@ class TunedSolver:
         """One line: method, base, NFE, teacher, validation loss vs untuned, cost."""
         return (f"{self.method} on {self.base}, NFE {self.nfe}, teacher {self.teacher}: "
                 f"val ode_rmse {self.val_loss:.4g} (untuned {self.base_val_loss:.4g}), tuned in "
-                f"{self.tuning_seconds:.1f} s, {self.teacher_rows} teacher evaluations")
+                f"{self.tuning_seconds:.1f} s, {self.teacher_rows} teacher evaluations"
+                + (f"; {self.info['fallback']}" if "fallback" in self.info else ""))
 
 
 def nest_knobs(knob_tensors: dict[str, Any]) -> dict[str, Any]:
