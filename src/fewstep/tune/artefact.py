@@ -4,7 +4,8 @@ for learned solvers, the evaluation sigmas, multistep weights and x weights, flo
 
 It loads by path wherever a solver name goes: :func:`fewstep.solvers.get` returns its
 :class:`~fewstep.solvers.SolverSpec`, :func:`fewstep.solvers.plan` its sigmas at exactly its
-NFE, :func:`fewstep.solvers.sample` checks the teacher, and the bench runs ``tuned:PATH``.
+NFE, :func:`fewstep.solvers.sample` checks the teacher, the bench runs ``tuned:PATH`` and
+:class:`~fewstep.interop.FewstepScheduler` drives the diffusers model it was tuned on.
 """
 
 from __future__ import annotations
