@@ -2,7 +2,7 @@
 
     nice -n 10 .venv/bin/python benchmarks/tune_suite.py [--teachers gmm16 moons checkerboard]
         [--nfe 4 5 6 8 10] [--methods gits ays ld3 s4s dpm_solver_v3 pas]
-        [--out benchmarks/results/tune_suite]
+        [--out benchmarks/results/tune_suite] [--set s4s.iters=40 ...]
 
 For each (teacher, NFE): the best untuned solver (every deterministic fewstep solver on the
 karras, log_snr and polyexponential schedules, and every diffusers peer) and each tuned method,
@@ -10,13 +10,17 @@ all scored by ode_rmse against the tight reference ODE endpoint on held-out star
 bench's seed-0 noise: never calibration or validation, which use reserved seeds). ratio = best
 tuned / best untuned (target <= 0.5); tuning cost in process CPU-seconds (target <= 300) and
 wall-clock seconds (on a shared machine). Rows are appended to ``OUT/rows.jsonl`` as they
-finish (a rerun resumes); the table is written to ``OUT.md``.
+finish (a rerun resumes); the table is written to ``OUT.md``. Each row records its options
+and the command that made it; ``--set METHOD.KEY=VALUE`` overrides a method's option for one run
+(cheaper settings for costly teachers), and the table header lists every command and override.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +37,29 @@ OPTIONS = {"gits": {"grid_size": 60, "substeps": 3}, "ays": {"sweeps": 2},
            "ld3": {"iters": 100}, "s4s": {"iters": 150}, "dpm_solver_v3": {"grid_size": 80},
            "pas": {"base": "ddim"}}
 TARGET = 0.5
+# the command of the rows made before rows recorded their own
+FIRST_RUN = ("benchmarks/tune_suite.py --teachers gmm16 moons checkerboard --nfe 4 5 6 8 10 "
+             "--n-cal 96 --n-val 64 --n-test 256")
+
+
+def options(overrides: list[str]) -> dict[str, dict[str, object]]:
+    """:data:`OPTIONS` with ``METHOD.KEY=VALUE`` overrides (VALUE an int, float or string)."""
+    out = {m: dict(o) for m, o in OPTIONS.items()}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or method not in out:
+            raise SystemExit(f"--set {item!r}: expected METHOD.KEY=VALUE with METHOD one of "
+                             f"{', '.join(out)}")
+        value: object = text
+        for kind in (int, float):
+            try:
+                value = kind(text)
+                break
+            except ValueError:
+                pass
+        out[method][name] = value
+    return out
 
 
 def per_sample(y, ref):
@@ -86,6 +113,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (shared machine)")
     ap.add_argument("--redo", nargs="*", default=[], help="methods (or 'untuned') to run "
                     "again although rows exist, e.g. after the registry gained solvers")
+    ap.add_argument("--set", nargs="*", default=[], metavar="METHOD.KEY=VALUE",
+                    help="override a method's option for this run (recorded in each row)")
     ap.add_argument("--table-only", action="store_true",
                     help="only write OUT.md from the rows in OUT/rows.jsonl")
     args = ap.parse_args()
@@ -95,6 +124,8 @@ def main() -> None:
         write_table(out / "rows.jsonl", out.with_suffix(".md"), args)
         return
     out.mkdir(parents=True, exist_ok=True)
+    opts = options(args.set)
+    command = shlex.join(["benchmarks/tune_suite.py", *sys.argv[1:]])
     rows_path, cache = out / "rows.jsonl", Path(".fewstep-cache/references")
     # rows without per-sample errors (made before the interval was reported) are redone
     done = {(r["teacher"], r["nfe"], r["method"]) for r in map(json.loads, rows_path.open())
@@ -108,7 +139,7 @@ def main() -> None:
             todo = [m for m in ["untuned", *args.methods] if (name, nfe, m) not in done]
             for method in todo:
                 row = {"teacher": name, "nfe": nfe, "method": method, "n_cal": args.n_cal,
-                       "n_val": args.n_val, "n_test": args.n_test}
+                       "n_val": args.n_val, "n_test": args.n_test, "command": command}
                 if method == "untuned":
                     scores = sorted(untuned(D, teacher, x, ref, nfe), key=lambda r: r[1])
                     row.update(best=scores[0][0], ode_rmse=scores[0][1],
@@ -116,7 +147,7 @@ def main() -> None:
                 else:
                     t0 = time.process_time()
                     ts = tune.tune(teacher, method, nfe, n_cal=args.n_cal, n_val=args.n_val,
-                                   cache=cache, **OPTIONS.get(method, {}))
+                                   cache=cache, **opts.get(method, {}))
                     ts.save(out / "tuned" / f"{name}-{method}-{nfe}")
                     spec = ts.spec("tuned")
                     with torch.no_grad():
@@ -124,7 +155,9 @@ def main() -> None:
                     row.update(ode_rmse=float(sq.mean().sqrt()), sq=sq.tolist(),
                                val_loss=ts.val_loss, base_val_loss=ts.base_val_loss,
                                cpu_s=time.process_time() - t0, wall_s=ts.tuning_seconds,
-                               teacher_rows=ts.teacher_rows)
+                               teacher_rows=ts.teacher_rows, options=opts.get(method, {}),
+                               **({"fallback": ts.info["fallback"]}
+                                  if "fallback" in ts.info else {}))
                 print(json.dumps(row), flush=True)
                 with rows_path.open("a") as f:
                     f.write(json.dumps(row) + "\n")
@@ -152,7 +185,8 @@ def write_table(rows_path: Path, md: Path, args: argparse.Namespace) -> None:
                 lines.append(f"| {teacher} | {nfe} | {u['best']} | {u['ode_rmse']:.4f} | "
                              + " | ".join(["not run"] * len(methods)) + " | - | - | not run |")
                 continue
-            cells = [f"{by[m]['ode_rmse']:.4f} ({by[m]['cpu_s']:.0f})" if m in by else "-"
+            cells = [f"{by[m]['ode_rmse']:.4f} ({by[m]['cpu_s']:.0f}"
+                     + (", no EMS)" if "fallback" in by[m] else ")") if m in by else "-"
                      for m in methods]
             best = min(tuned, key=lambda t: t[1]["ode_rmse"])
             ratio = best[1]["ode_rmse"] / u["ode_rmse"]
@@ -172,16 +206,24 @@ def write_table(rows_path: Path, md: Path, args: argparse.Namespace) -> None:
     sizes = sorted({(r["teacher"], r.get("n_cal"), r.get("n_val"), r.get("n_test"))
                     for r in rows if r.get("n_cal")})
     sets = "; ".join(f"{t}: n_cal {a}, n_val {b}, n_test {c}" for t, a, b, c in sizes)
-    md.write_text(f"# Tuned vs untuned solvers (issue 12)\n\nCommand: `nice -n 10 .venv/bin/python "
-                  f"benchmarks/tune_suite.py --teachers {' '.join(args.teachers)} --nfe "
-                  f"{' '.join(map(str, args.nfe))} --n-cal {args.n_cal} --n-val {args.n_val} "
-                  f"--n-test {args.n_test}` (set sizes per row, where they differ: {sets})"
+    commands = "\n".join(f"    nice -n 10 .venv/bin/python {c}" for c in
+                          dict.fromkeys(r.get("command", FIRST_RUN) for r in latest.values()))
+    changed = sorted({(r["teacher"], r["method"], json.dumps(r["options"], sort_keys=True))
+                      for r in rows if r.get("options", OPTIONS.get(r["method"]))
+                      != OPTIONS.get(r["method"])})
+    overrides = "; ".join(f"{t} {m}: {o}" for t, m, o in changed) or "none"
+    md.write_text(f"# Tuned vs untuned solvers (issue 12)\n\nCommands (rows resume from "
+                  f"`{rows_path}`; a later row of a (teacher, NFE, method) replaces an earlier "
+                  f"one):\n\n{commands}\n\nSet sizes per teacher: {sets}."
                   "\n\node_rmse on the held-out start noises "
                   "(bench seed 0) against the RK45 reference (rtol 1e-6); tuned cells: ode_rmse "
                   "(process CPU-seconds of tuning, calibration references included unless "
                   "cached). ratio = best tuned / best untuned, with its paired-bootstrap 95% "
-                  "interval over the held-out noises. Options per method: "
-                  f"{json.dumps(OPTIONS)}.\n\nTarget (ratio <= 0.5 at <= 300 CPU s) met in "
+                  "interval over the held-out noises; \"no EMS\": dpm_solver_v3 dropped its "
+                  "statistics, worse on validation than without them (rows made before the "
+                  "fallback existed keep them). Options per method: "
+                  f"{json.dumps(OPTIONS)}; per-teacher overrides: {overrides}.\n\nTarget "
+                  f"(ratio <= 0.5 at <= 300 CPU s) met in "
                   f"{counts[1]} of {sum(counts)} (teacher, NFE) cells.\n\n"
                   + "\n".join(lines) + "\n" + _findings(rows_path.parent / "findings.md"))
 

@@ -85,11 +85,13 @@ _DEFAULTS: dict[str, dict[str, Any]] = {}
 
 
 def _init_defaults(cls: Any) -> dict[str, Any]:
-    """The keyword defaults of a scheduler class's ``__init__`` (cached per class)."""
+    """The keyword defaults of a scheduler class's ``__init__`` (cached per class), without
+    the arguments the class keeps out of its config (``ignore_for_config``)."""
     key = f"{cls.__module__}.{cls.__qualname__}"
     if key not in _DEFAULTS:
         params = inspect.signature(cls.__init__).parameters
-        _DEFAULTS[key] = {k: p.default for k, p in params.items() if k != "self"
+        ignore = {"self", *(getattr(cls, "ignore_for_config", None) or ())}
+        _DEFAULTS[key] = {k: p.default for k, p in params.items() if k not in ignore
                           and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
     return _DEFAULTS[key]
 

@@ -78,7 +78,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 from diffusers.utils import BaseOutput
-from torch import Tensor
+from torch import Tensor, nn
 
 from .. import solvers
 from ..denoiser import NonFiniteError
@@ -86,6 +86,7 @@ from ..schedules import SCHEDULES, check_schedule_kwargs, default_schedule
 from ..solvers.driver import Request, Steps, drive
 from .diffusers import (
     Coefficients,
+    DiffusersDenoiser,
     _init_defaults,
     diffusers_process,
     drop_learned_variance,
@@ -229,6 +230,13 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
     ``"source"`` (the source scheduler's own timesteps, exactly); ``schedule_kwargs`` and
     ``solver_kwargs`` override its and the solver's defaults. The noise-process fields mirror
     diffusers' configs; ``source_config`` keeps the complete config ``from_config`` was given.
+
+    ``solver`` may be a tuned solver's directory (``fewstep tune --teacher diffusers:PATH``);
+    it runs on its own sigmas at exactly its NFE, and only for the model it was tuned on: pass
+    that network as ``model=`` (``from_config(config, solver=PATH, model=pipe.unet)``; it is
+    not saved in the config), whose identity (:func:`fewstep.tune.fingerprint` of the network
+    as a :class:`~fewstep.interop.DiffusersDenoiser`) and largest sigma under this config must
+    equal the artefact's. Raises ``ValueError`` in one line otherwise.
     """
 
     order = 1
@@ -237,6 +245,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
     _compatibles = [  # noqa: RUF012  (diffusers reads this class attribute)
         *(e.name for e in KarrasDiffusionSchedulers), "DDPMScheduler", "LCMScheduler",
         "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"]
+    ignore_for_config = ["model"]  # noqa: RUF012  (diffusers reads this class attribute)
 
     @register_to_config
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001,
@@ -247,17 +256,13 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
                  noise_process: str | None = None, solver: str = "unipc_bh2",
                  solver_kwargs: dict[str, Any] | None = None, schedule: str | None = None,
                  schedule_kwargs: dict[str, Any] | None = None,
-                 source_config: dict[str, Any] | None = None):
+                 source_config: dict[str, Any] | None = None, model: nn.Module | None = None):
         self.spec = solvers.get(solver)
         if not self.spec.plannable:
             raise ValueError(f"solver {solver!r} is {self.spec.kind}: where it evaluates the "
                              "network depends on error estimates from the sample, so its timesteps "
                              "cannot be published before sampling; use a multistep or "
                              "singlestep solver")
-        if self.spec.tuned is not None:  # its sigmas belong to the teacher it was tuned on
-            raise ValueError(f"solver {solver!r} is a tuned solver: its schedule was fitted to "
-                             "one teacher, which a scheduler cannot check; sample that teacher "
-                             "with fewstep.solvers.sample (or `fewstep sample --solver PATH`)")
         if use_dynamic_shifting:
             raise ValueError("use_dynamic_shifting=True needs the pipeline's resolution-"
                              "dependent mu; pass a static shift= instead")
@@ -267,6 +272,9 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         self.map = diffusers_process({**cfg, "noise_process": kind})
         self.process, self.prediction = self.map.process, self.map.prediction
         self.time_scale = self.map.scale
+        if self.spec.tuned is not None:  # its sigmas belong to the model it was tuned on
+            self._check_tuned(solver, model, schedule, schedule_kwargs,
+                              {**cfg, "noise_process": kind})
         self.schedule_name = schedule or default_schedule(kind)  # measured
         if self.schedule_name not in (*_SCHEDULES, SOURCE):
             raise ValueError(f"unknown schedule {self.schedule_name!r}; available: "
@@ -284,8 +292,10 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
             name = (source_config or {}).get("_class_name", "source")
             warnings.warn(f"FewstepScheduler does not honour these options of the {name} "
                           "config: " + ", ".join(f"{k}={v!r}" for k, v in self.unhonoured.items())
-                          + f" (solver {solver!r} and schedule {self.schedule_name!r} decide "
-                          "the sampling)", UserWarning, stacklevel=3)
+                          + f" (solver {solver!r} and "
+                          + ("its tuned sigmas" if self.spec.tuned else
+                             f"schedule {self.schedule_name!r}")
+                          + " decide the sampling)", UserWarning, stacklevel=3)
         self.timesteps: Tensor | None = None
         self.sigmas: Tensor | None = None
         self.num_inference_steps: int | None = None
@@ -318,6 +328,35 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         own["source_config"] = _jsonable(src)
         return super().from_config({**_init_defaults(cls), **own}, return_unused_kwargs,
                                    **kwargs)
+
+    @classmethod
+    def extract_init_dict(cls, config_dict: Any, **kwargs: Any) -> Any:
+        """diffusers' split of ``from_config`` arguments, passing ``model=`` (a tuned solver's
+        network, never part of the config) on to ``__init__``."""
+        init, unused, hidden = super().extract_init_dict(config_dict, **kwargs)
+        if "model" in unused:
+            init["model"] = unused.pop("model")
+        return init, unused, hidden
+
+    def _check_tuned(self, solver: str, model: nn.Module | None, schedule: str | None,
+                     schedule_kwargs: dict[str, Any] | None, config: dict[str, Any]) -> None:
+        """Refuse a tuned solver unless ``model`` is the network it was tuned on (under this
+        noise process) and no schedule is asked for (it runs on its own sigmas)."""
+        tuned = self.spec.tuned
+        if model is None:
+            raise ValueError(f"solver {solver!r} is a tuned solver: its schedule was fitted to "
+                             f"one model ({tuned.teacher}); pass that network so the scheduler "
+                             "can check it: FewstepScheduler.from_config(config, solver=PATH, "
+                             "model=pipe.unet)")
+        if schedule is not None or schedule_kwargs:
+            raise ValueError(f"solver {solver!r} is a tuned solver: it runs on its own sigmas; "
+                             f"schedule={schedule!r} cannot apply")
+        tuned.check_teacher(DiffusersDenoiser(model, config), type(model).__name__)
+        top = float(tuned.sigmas[0])
+        if not math.isclose(top, self.process.sigma_max, rel_tol=1e-6):
+            raise ValueError(f"tuned solver {solver!r} starts at sigma {top:g}, the largest "
+                             f"sigma of the noise process it was tuned under; this config's is "
+                             f"{self.process.sigma_max:g} (another noise process)")
 
     def __len__(self) -> int:
         return int(self.config["num_train_timesteps"])
@@ -407,8 +446,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
             self._set_timesteps(num_inference_steps, device)
 
     def _plan_for(self, nfe: int) -> _Plan:
-        p = solvers.plan(self.spec.name, nfe)
-        sigmas = self._step_sigmas(p.steps)
+        p = solvers.plan(self.spec.name, nfe)  # a tuned solver: its NFE or a ValueError
+        sigmas = p.sigmas.double() if self.spec.tuned else self._step_sigmas(p.steps)
         terminal = bool(torch.isinf(sigmas[0]))
         if terminal:  # one evaluation goes to sigma = inf: plan the solver for the rest
             self.map.check_terminal()

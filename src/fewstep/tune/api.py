@@ -82,20 +82,31 @@ def _dpm_solver_v3(D: Any, c: Calibration, nfe: int, base: str, *, init: str = "
                    grid_size: int = 80, substeps: int = 3, probes: int = 1) -> Result:
     """DPM-Solver-v3 with the teacher's EMS (:func:`fewstep.tune.ems.estimate`) on the
     calibration noises, on ``init``'s schedule; the full-order or pseudo-order predictor and
-    corrector (:data:`V3_VARIANTS`) is chosen on the validation noises. Every variant's
-    validation loss, and the chosen one's without the statistics, go to the info."""
+    corrector (:data:`V3_VARIANTS`) is chosen on the validation noises. When the best variant
+    with the EMS is no better on validation than the best without them (the training-free
+    ``l = 1, s = b = 0``; noisy statistics of a memorising denoiser do this), the EMS are
+    dropped, ``info["fallback"]`` says so and a warning is issued. Every variant's validation
+    loss, with and without the statistics, goes to the info."""
     t = c.teacher
     sigmas = _init(D, c, nfe, V3, init)
     st, info = ems.estimate(D, c.x_cal, t.sigma_min, t.sigma_max, grid_size=grid_size,
                             substeps=substeps, probes=probes)
     tensors = {f"statistics.{k}": v for k, v in st.tensors().items()}
-    val = {name: validation_loss(D.inner, c, V3, sigmas, knobs={**tensors, **v})
-           for name, v in V3_VARIANTS.items()}
+    val, plain = ({name: validation_loss(D.inner, c, V3, sigmas, knobs={**extra, **v})
+                   for name, v in V3_VARIANTS.items()} for extra in (tensors, {}))
     chosen = min(val, key=val.__getitem__)
-    info = {**info, "init": init, "validation_by_variant": val, "variant": chosen,
-            "val_without_ems": validation_loss(D.inner, c, V3, sigmas,
-                                               knobs=V3_VARIANTS[chosen])}
-    return V3, sigmas, None, None, None, info, {**tensors, **V3_VARIANTS[chosen]}
+    info = {**info, "init": init, "validation_by_variant": val,
+            "validation_without_ems": plain, "val_without_ems": plain[chosen]}
+    free = min(plain, key=plain.__getitem__)
+    if val[chosen] < plain[free]:
+        return V3, sigmas, None, None, None, {**info, "variant": chosen, "ems": "kept"}, \
+            {**tensors, **V3_VARIANTS[chosen]}
+    note = (f"EMS dropped: worse on validation ({val[chosen]:.4g}) than the training-free "
+            f"l = 1, s = b = 0 ({plain[free]:.4g})")
+    warnings.warn(f"dpm_solver_v3 at NFE {nfe}: {note}; the solver keeps the training-free "
+                  "coefficients", stacklevel=3)
+    return V3, sigmas, None, None, None, {**info, "variant": free, "ems": "dropped",
+                                          "fallback": note}, dict(V3_VARIANTS[free])
 
 
 def _init(D: Any, c: Calibration, nfe: int, base: str, init: str) -> Tensor:

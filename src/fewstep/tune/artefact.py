@@ -4,7 +4,8 @@ for learned solvers, the evaluation sigmas, multistep weights and x weights, flo
 
 It loads by path wherever a solver name goes: :func:`fewstep.solvers.get` returns its
 :class:`~fewstep.solvers.SolverSpec`, :func:`fewstep.solvers.plan` its sigmas at exactly its
-NFE, :func:`fewstep.solvers.sample` checks the teacher, and the bench runs ``tuned:PATH``.
+NFE, :func:`fewstep.solvers.sample` checks the teacher, the bench runs ``tuned:PATH`` and
+:class:`~fewstep.interop.FewstepScheduler` drives the diffusers model it was tuned on.
 """
 
 from __future__ import annotations
@@ -186,7 +187,8 @@ class TunedSolver:
         """One line: method, base, NFE, teacher, validation loss vs untuned, cost."""
         return (f"{self.method} on {self.base}, NFE {self.nfe}, teacher {self.teacher}: "
                 f"val ode_rmse {self.val_loss:.4g} (untuned {self.base_val_loss:.4g}), tuned in "
-                f"{self.tuning_seconds:.1f} s, {self.teacher_rows} teacher evaluations")
+                f"{self.tuning_seconds:.1f} s, {self.teacher_rows} teacher evaluations"
+                + (f"; {self.info['fallback']}" if "fallback" in self.info else ""))
 
 
 def nest_knobs(knob_tensors: dict[str, Any]) -> dict[str, Any]:
