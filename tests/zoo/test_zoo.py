@@ -98,6 +98,13 @@ def test_zoo_cli_lists_and_refuses_unknown(capsys):
     assert "unknown zoo entry 'nope'" in capsys.readouterr().err
 
 
+def test_zoo_build_help_names_every_recipe(capsys):
+    with pytest.raises(SystemExit):
+        main(["zoo", "build", "--help"])
+    out = "".join(capsys.readouterr().out.split())  # argparse wraps at hyphens
+    assert all(name in out for name in zoo.RECIPES)
+
+
 def _without_w(backbone):
     """A backbone spec less the guidance-scale embedding a guided-distillation student adds."""
     return {**backbone, "kwargs": {k: v for k, v in backbone["kwargs"].items()
