@@ -782,7 +782,10 @@ def build_parser() -> argparse.ArgumentParser:
     zl.set_defaults(fn=_cmd_zoo_list)
     zb = zsub.add_parser("build", help="rebuild an entry (one CPU thread; resumes) and compare "
                          "its weights hash with the recorded one")
-    zb.add_argument("name", help="zoo entry (see fewstep zoo list)")
+    from .zoo.recipes import RECIPES  # names only: no torch, no weights read
+
+    zb.add_argument("name", help=f"zoo entry, one of: {', '.join(RECIPES)} (see fewstep zoo "
+                    "list)")
     zb.add_argument("--out", default="fewstep-zoo", help="where the weights, record and run "
                     "directory go (default: fewstep-zoo)")
     zb.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -29,6 +29,15 @@ def test_quick_suite_has_trained_teachers_with_all_their_students():
             assert c.teacher == f"zoo:{zoo.recipe(c.method.removeprefix('student:zoo:')).teacher}"
 
 
+def test_the_full_suite_benches_the_16x16_zoo_teachers_with_every_solver():
+    """shapes-edm and patches-edm (too slow for make bench) run in the full suite."""
+    s = load_suite("full")
+    for t in ("zoo:shapes-edm", "zoo:patches-edm"):
+        assert zoo.built(t.removeprefix("zoo:")) and t not in load_suite("quick").teachers
+        ran = {c.method for c in s.cases() if c.teacher == t}
+        assert {m for m in s.methods if not m.startswith("baseline:")} <= ran, t
+
+
 def test_committed_entries_load_and_denoise():
     for name in zoo.available():
         if not zoo.built(name):

@@ -78,11 +78,13 @@ def _mlp(hidden: int = 128, depth: int = 3, num_classes: int = 0) -> dict[str, A
 
 
 def _unet(in_channels: int, channels: int, num_classes: int = 0,
-          w_embedding: bool = False) -> dict[str, Any]:
-    """A 2-level UNet spec; ``num_classes`` > 0 makes it class-conditional (``cond=labels``)
-    and ``w_embedding`` adds a guidance-scale input ``w=`` (a guided-distillation student)."""
+          w_embedding: bool = False, channel_mult: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
+    """A UNet spec (2 levels by default, one per ``channel_mult`` entry); ``num_classes`` > 0
+    makes it class-conditional (``cond=labels``) and ``w_embedding`` adds a guidance-scale
+    input ``w=`` (a guided-distillation student)."""
     kwargs: dict[str, Any] = {"in_channels": in_channels, "channels": channels,
-                              "channel_mult": [1, 2], "num_res_blocks": 1, "emb_dim": 64,
+                              "channel_mult": list(channel_mult), "num_res_blocks": 1,
+                              "emb_dim": 64,
                               "cond_type": "label" if num_classes else "none",
                               "num_classes": num_classes, "dropout": 0.0}
     if w_embedding:
@@ -163,6 +165,17 @@ def _hybrids(teacher: Recipe, gan_steps: int, distill_steps: int, dfno_steps: in
                  ema_decay=0.995, params={"num_pairs": 4096, "solver": "ipndm", "nfe": 16,
                                           "slots": 8}),
     ]
+
+
+def _image_teacher(data: str, in_channels: int, steps: int) -> Recipe:
+    """An EDM teacher on a 16x16 image set: a 3-level UNet (16/32/32 channels, attention at
+    4x4), digits-edm's loop settings; a third level keeps a step cheaper than two levels
+    (attention over 16 pixels instead of 64) and widens the receptive field to the image."""
+    return Recipe(f"{data}-edm", data, "edm", _unet(in_channels, 16, channel_mult=(1, 2, 2)),
+                  steps=steps, batch_size=64, lr=2e-3, sigma_data=0.5,
+                  params={"sigma_data": 0.5}, ema_decay=0.998, warmup_steps=100,
+                  description=f"EDM teacher, UNet (16/32/32 channels, 3 levels) on {data} "
+                  f"{in_channels}x16x16")
 
 
 _CHECKERBOARD = _toy_teacher("checkerboard")
@@ -283,6 +296,7 @@ _TOY_HYBRIDS = _hybrids(_CHECKERBOARD, gan_steps=1000, distill_steps=300, dfno_s
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     _CHECKERBOARD, *_TOY_STUDENTS, *_TOY_HYBRIDS, _DIGITS, *_DIGITS_STUDENTS, _DIGITS_VAE,
     _DIGITS_LATENT, _DIGITS_LATENT_LCD, _DIGITS_COND, *_DIGITS_GUIDED, _GAUSSIANS_COND,
+    _image_teacher("shapes", 1, steps=1000), _image_teacher("patches", 3, steps=1000),
     *(_toy_teacher(d) for d in ("moons", "8gaussians", "swissroll", "rings", "pinwheel")))}
 
 
