@@ -331,3 +331,17 @@ def test_sample_a_pd_student_defaults_to_its_own_steps(tmp_path, capsys):
     assert main(["sample", "--teacher", "zoo:digits-cond-edm@w=2", "--student",
                  "zoo:digits-cond-guided-pd4@w=2", "--n", "10", "--out", str(tmp_path / "s")]) == 0
     assert (tmp_path / "s" / "samples.pt").exists()
+
+
+@pytest.mark.parametrize("student,solver", [("zoo:checkerboard-add", "heun"),
+                                            ("zoo:checkerboard-ufogen", "heun"),
+                                            ("zoo:checkerboard-pd", "ddim")])
+def test_a_student_with_its_own_sampler_refuses_solver(tmp_path, capsys, student, solver):
+    """An ADD, one-step, PD or GAN student is sampled by its own sampler; --solver heun on an
+    ADD student used to run heun on it and return samples with std ~60 (noise)."""
+    code = main(["sample", "--teacher", "zoo:checkerboard-edm", "--student", student,
+                 "--solver", solver, "--n", "4", "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"--solver {solver}: {student} is a" in err and "leave --solver out" in err
+    assert not (tmp_path / "s").exists()

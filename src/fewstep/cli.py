@@ -277,7 +277,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                                  f"{args.teacher} samples {tuple(teacher.sample_shape)}")
         denoiser = students.model(f"student:{args.student}")
         method = students.method_name(args.student)
-        kind = students.sampler(method)
+        kind: str | None = students.sampler(method)
+        if solver is not None and kind in ("own_grid", "one_step", "own_levels", "gan"):
+            raise ValueError(f"--solver {solver}: {args.student} is a {method} student, sampled "
+                             f"by its own {kind.replace('_', ' ')} sampler; leave --solver out")
         if kind == "own_grid" and args.nfe is None:  # its own k steps
             args.nfe = students.own_grid(f"student:{args.student}")[0]
         if kind in ("one_step", "own_levels") and args.nfe is None:
@@ -290,7 +293,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         if solver is None:
             solver = "consistency" if kind in ("consistency", "lcm") else "ddim"
     else:
-        method = None
+        method, kind = None, None
     solver = solver or "dpmpp_2m"
     args.solver = solver
     spec = solvers.get(solver)
@@ -301,8 +304,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError(f"--nfe {args.nfe}: solver {solver!r} is {spec.kind}, its NFE follows "
                          "its error tolerances; leave --nfe out")
     if args.steps is not None and spec.kind != "parallel":
+        spends = "--nfe evaluations" if spec.plannable else f"its NFE as {spec.kind}"
         raise ValueError(f"--steps {args.steps}: only a parallel solver (paradigms) runs a "
-                         f"sequential grid; solver {solver!r} spends --nfe")
+                         f"sequential grid; solver {solver!r} spends {spends}")
     args.nfe = args.nfe or 10
     x = start_noise(teacher, args.seed, args.n).float()
     knobs: dict = {}
@@ -323,14 +327,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if spec.stochastic:
         knobs["generator"] = solvers.sample_generators(args.seed, args.n)
     with torch.no_grad():
-        if args.student and kind in ("own_grid", "one_step", "gan", "own_levels") \
-                and solver == "ddim":
+        if args.student and kind in ("own_grid", "one_step", "gan", "own_levels"):
             out = _sample_own_grid(args, denoiser, x, teacher.sigma_max)
         else:
             out = spec(denoiser, x, sigmas, **knobs)
     if info:
         args.nfe = f"{info['nfe']:.3g} ({spec.kind})"
-        rounds = (f" in {info['rounds']} sequential rounds over a {info['steps']}-step DDIM grid"
+        rounds = (f" in {info['rounds']} sequential rounds over a {info['steps']}-step grid"
                   if spec.kind == "parallel" else "")
         print(f"solver {solver!r} is {spec.kind}: it spent {info['nfe']:.3g} evaluations per "
               f"sample (mean){rounds}")

@@ -48,8 +48,10 @@ def test_grammar_parses_solver_prior_and_sigma_s():
     ("early_stop:ddim:gaussian@sigma_s=-1", "got -1"),
     ("early_stop:ddim:gaussian@sigma_s=inf", "got inf"),
     ("early_stop:ddim:gaussian@sigma_s=nan", "got nan"),
-    ("early_stop:nosuch:gaussian@sigma_s=1", "nosuch"),
+    ("early_stop:nosuch:gaussian@sigma_s=1", r"'early_stop:nosuch:gaussian@sigma_s=1': unknown "
+     "solver 'nosuch'"),
     ("early_stop:rk45:gaussian@sigma_s=1", "fixed-grid solver, not an adaptive one"),
+    ("early_stop:paradigms:gaussian@sigma_s=1", "fixed-grid solver, not a parallel one"),
     ("early_stop:ddim:uniform@sigma_s=1", "unknown prior 'uniform'"),
     ("early_stop:ddim:zoo:digits-edm@sigma_s=1", "zoo:digits-edm is not a zoo autoencoder"),
     ("early_stop:ddim:student:zoo:checkerboard-cd@sigma_s=1", "is a cd student; a prior is a "
@@ -64,6 +66,11 @@ def test_bad_entries_are_named_in_one_line(method, match):
 def test_sigma_s_above_the_teachers_sigma_max_is_refused():
     with pytest.raises(ValueError, match=r"sigma_s=100 is above the teacher's sigma_max=80"):
         Suite(name="x", teachers=["moons"], methods=["early_stop:ddim:gaussian@sigma_s=100"],
+              nfe=[2], seeds=[0]).validate()
+    # at or below sigma_min: refused when the suite is checked, not as a failed case later
+    with pytest.raises(ValueError, match=r"sigma_s=0.002 is not above the teacher's "
+                       r"sigma_min=0.002"):
+        Suite(name="x", teachers=["moons"], methods=["early_stop:ddim:gaussian@sigma_s=0.002"],
               nfe=[2], seeds=[0]).validate()
     # on a teacher it is not run on (another data set), it is skipped, not refused
     Suite(name="x", teachers=["zoo:checkerboard-edm"],

@@ -62,25 +62,31 @@ def parse(method: str) -> tuple[str, str, float]:
     except ValueError:
         raise ValueError(f"{method!r}: sigma_s must be a number; got {value!r}") from None
     if not (0 < sigma_s < math.inf):
-        raise ValueError(f"{method!r}: sigma_s must be a finite number > 0 (the prior alone, "
-                         f"sigma_s = 0, spends no teacher evaluation); got {value}")
-    spec = solvers.get(solver)  # names an unknown solver
-    if spec.tuned is not None or spec.kind == "adaptive":
+        raise ValueError(f"{method!r}: sigma_s must be a finite number > 0 (a bench row "
+                         f"spends teacher evaluations; the prior alone is not a row); got {value}")
+    try:
+        spec = solvers.get(solver)
+    except ValueError as e:
+        raise ValueError(f"{method!r}: {e}") from None
+    if spec.tuned is not None or not spec.plannable:
+        what = "tuned" if spec.tuned is not None else spec.kind
         raise ValueError(f"{method!r}: the solver from sigma_s must be a fixed-grid solver, not "
-                         f"{'a tuned' if spec.tuned is not None else 'an adaptive'} one "
-                         f"({solver})")
+                         f"{'an' if what[0] in 'aeiou' else 'a'} {what} one ({solver})")
     return solver, prior_name, sigma_s
 
 
-def check(method: str, sigma_max: float | None = None) -> None:
+def check(method: str, sigma_max: float | None = None, sigma_min: float | None = None) -> None:
     """Parse ``method`` and check its prior (a known autoencoder, a one-step student) and, with
-    ``sigma_max`` (a teacher's), that ``sigma_s <= sigma_max``; ValueError naming the bad
-    part."""
+    a teacher's ``sigma_max`` and ``sigma_min``, that ``sigma_min < sigma_s <= sigma_max``;
+    ValueError naming the bad part."""
     _, prior_name, sigma_s = parse(method)
     _prior_source(method, prior_name)
     if sigma_max is not None and sigma_s > sigma_max:
         raise ValueError(f"{method!r}: sigma_s={sigma_s:g} is above the teacher's sigma_max="
                          f"{sigma_max:g}")
+    if sigma_min is not None and sigma_s <= sigma_min:
+        raise ValueError(f"{method!r}: sigma_s={sigma_s:g} is not above the teacher's "
+                         f"sigma_min={sigma_min:g}")
 
 
 def _prior_source(method: str, prior_name: str) -> dict[str, Any]:

@@ -101,7 +101,8 @@ class Suite:
                 early_stopped.check(m)
                 for t in self.teachers:  # sigma_s within each teacher it runs on
                     if early_stopped.wrong_teacher(m, t) is None:
-                        early_stopped.check(m, teachers.get(t).sigma_max)
+                        early_stopped.check(m, teachers.get(t).sigma_max,
+                                            teachers.get(t).sigma_min)
             elif baselines.is_baseline(m):
                 baselines.get(m)
             else:
