@@ -1,4 +1,6 @@
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -345,3 +347,18 @@ def test_a_student_with_its_own_sampler_refuses_solver(tmp_path, capsys, student
     assert code == 2 and len(err.splitlines()) == 1, err
     assert f"--solver {solver}: {student} is a" in err and "leave --solver out" in err
     assert not (tmp_path / "s").exists()
+
+
+def test_building_the_parser_imports_no_registry_it_only_lists_in_help():
+    """`fewstep --help` and every other command must not pay for fewstep.tune (scipy.optimize,
+    ~1 s) or fewstep.distill; their --help still lists the registries' names."""
+    code = ("import sys; from fewstep.cli import build_parser; p = build_parser(); "
+            "print('fewstep.tune' in sys.modules, 'fewstep.distill' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "False"]
+    for command, names in (("tune", ["gits", "dpm_solver_v3", "pas"]),
+                           ("distill", ["cd", "ufogen", "lcd"])):
+        text = subprocess.run([sys.executable, "-m", "fewstep.cli", command, "--help"],
+                              capture_output=True, text=True, check=True).stdout
+        assert all(n in " ".join(text.split()) for n in names), text

@@ -84,10 +84,39 @@ def registered(kind: str, names: Callable[[], list[str]]) -> Callable[[str], str
     return check
 
 
+class _Listing(str):
+    """A help text ending in a registry's names, listed when the help is shown (argparse
+    expands every help text with ``%``), not when the parser is built: the registries behind
+    ``distill`` and ``tune`` import ~1 s of modules (scipy.optimize) that no other command
+    needs."""
+
+    names: Callable[[], list[str]]
+
+    def __new__(cls, text: str, names: Callable[[], list[str]]) -> _Listing:
+        listing = super().__new__(cls, text)
+        listing.names = names
+        return listing
+
+    def __mod__(self, params: Any) -> str:
+        return (str(self) + ", ".join(self.names())) % params
+
+
 def _datasets() -> list[str]:
     from . import data
 
     return data.available()
+
+
+def _distill_methods() -> list[str]:
+    from .distill import available_methods
+
+    return available_methods()
+
+
+def _tune_methods() -> list[str]:
+    from .tune import METHODS
+
+    return list(METHODS)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -748,12 +777,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("distill", help="distil a teacher checkpoint into a few-step student",
                        epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from .distill import available_methods
-    from .tune import METHODS as TUNE_METHODS
-
-    d.add_argument("--method", required=True, type=registered("method", available_methods),
-                   help="a registered method (fewstep.distill.available_methods()): "
-                   + ", ".join(available_methods()))
+    d.add_argument("--method", required=True, type=registered("method", _distill_methods),
+                   help=_Listing("a registered method (fewstep.distill.available_methods()): ",
+                                 _distill_methods))
     d.add_argument("--teacher", default=None, help="teacher run directory or checkpoint "
                    "(not needed by ct); a class-conditional teacher trains on --data's "
                    "labelled train split a student of its own architecture (plus a guidance "
@@ -797,9 +823,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "one NFE; writes a tuned-solver directory", epilog=EPILOG_TUNE,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     tu.add_argument("--teacher", required=True, help="built-in teacher (gmm16, moons, ...)")
-    tu.add_argument("--method", required=True, type=registered("tuning method",
-                                                               lambda: list(TUNE_METHODS)),
-                    help="a tuning method (fewstep.tune.METHODS): " + ", ".join(TUNE_METHODS))
+    tu.add_argument("--method", required=True, type=registered("tuning method", _tune_methods),
+                    help=_Listing("a tuning method (fewstep.tune.METHODS): ", _tune_methods))
     tu.add_argument("--nfe", type=positive_int, required=True)
     tu.add_argument("--base", default=None, help="registered multistep solver to start "
                     "from (default dpmpp_2m; ddim for pas, which corrects ddim or ipndm)")
