@@ -280,6 +280,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from . import solvers
     from .bench import teachers
     from .bench.runner import start_noise
+    from .distill import CONSISTENCY_SAMPLERS, OWN_SAMPLERS
     from .viz import save_samples
 
     if args.teacher.startswith("diffusers:"):
@@ -307,7 +308,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         denoiser = students.model(f"student:{args.student}")
         method = students.method_name(args.student)
         kind: str | None = students.sampler(method)
-        if solver is not None and kind in ("own_grid", "one_step", "own_levels", "gan"):
+        if solver is not None and kind in OWN_SAMPLERS:
             raise ValueError(f"--solver {solver}: {args.student} is a {method} student, sampled "
                              f"by its own {kind.replace('_', ' ')} sampler; leave --solver out")
         if kind == "own_grid" and args.nfe is None:  # its own k steps
@@ -320,7 +321,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             raise ValueError(f"--nfe {args.nfe}: {args.student} is a one-step ({method}) "
                              "student; sample it with --nfe 1")
         if solver is None:
-            solver = "consistency" if kind in ("consistency", "lcm") else "ddim"
+            solver = "consistency" if kind in CONSISTENCY_SAMPLERS else "ddim"
     else:
         method, kind = None, None
     solver = solver or "dpmpp_2m"
@@ -356,7 +357,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if spec.stochastic:
         knobs["generator"] = solvers.sample_generators(args.seed, args.n)
     with torch.no_grad():
-        if args.student and kind in ("own_grid", "one_step", "gan", "own_levels"):
+        if args.student and kind in OWN_SAMPLERS:
             out = _sample_own_grid(args, denoiser, x, teacher.sigma_max)
         else:
             out = spec(denoiser, x, sigmas, **knobs)
@@ -432,9 +433,10 @@ def _template(data_name: str, method: str, hidden: int, seed: int, sigma_max: fl
     torch.manual_seed(seed)
     if method == "dfno":
         return nets.TrajectoryOperator(list(ds.shape), sigma_max=sigma_max, width=hidden)
-    from .distill import available_methods, student_sampler
+    from .bench.students import sampler
+    from .distill import CONSISTENCY_SAMPLERS
 
-    kind = student_sampler(method) if method in available_methods() else None
+    kind = sampler(method)  # None for a method that makes no few-step student
     if kind == "gan":  # a generator and its discriminator
         from .distill import gan_pair
 
@@ -447,7 +449,7 @@ def _template(data_name: str, method: str, hidden: int, seed: int, sigma_max: fl
         net = nets.UNet(in_channels=ds.shape[0], channels=max(16, hidden // 8))
     if method in FLOW_METHODS:
         return nets.FlowPrecond(net)
-    return nets.ConsistencyPrecond(net) if kind in ("consistency", "lcm") else \
+    return nets.ConsistencyPrecond(net) if kind in CONSISTENCY_SAMPLERS else \
         nets.EDMPrecond(net)
 
 
@@ -531,7 +533,7 @@ def _conditional_template(teacher: Any, method: Any, seed: int) -> Any:
     import torch
 
     from . import nets
-    from .distill import student_sampler
+    from .distill import CONSISTENCY_SAMPLERS, student_sampler
     from .nets.spec import build_model, model_spec
 
     kind = student_sampler(method.name)
@@ -546,7 +548,7 @@ def _conditional_template(teacher: Any, method: Any, seed: int) -> Any:
         spec = {**spec, "kwargs": {**spec["kwargs"], "w_embedding": True}}
     torch.manual_seed(seed)
     net, sigma_data = build_model(spec), float(getattr(teacher, "sigma_data", 0.5))
-    if kind in ("consistency", "lcm"):
+    if kind in CONSISTENCY_SAMPLERS:
         return nets.ConsistencyPrecond(net, getattr(method, "sigma_min", 0.002), sigma_data)
     return nets.EDMPrecond(net, sigma_data)
 

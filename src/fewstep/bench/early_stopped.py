@@ -111,9 +111,8 @@ def _prior_source(method: str, prior_name: str) -> dict[str, Any]:
 
         kind = students.check(prior_name)
         if students.sampler(kind) != "one_step":
-            one_step = [m for m in student_methods() if students.sampler(m) == "one_step"]
             raise ValueError(f"{method!r}: the prior {prior_name} is a {kind} student; a prior "
-                             f"is a one-step student ({', '.join(one_step)})")
+                             f"is a one-step student ({', '.join(student_methods('one_step'))})")
         seconds, nfe = students.training_cost(prior_name)
         return {"kind": "student", "data": students.trained_on(prior_name),
                 "teacher": students.info(students._path(prior_name))["teacher"],

@@ -200,7 +200,7 @@ def check(method: str) -> str:
         raise ValueError(f"{method!r} was trained with {name!r}; the bench samples students of "
                          f"{', '.join(student_methods())}")
     w = guidance(method)
-    lcms = ", ".join(m for m in student_methods() if sampler(m) == "lcm")
+    lcms = ", ".join(student_methods("lcm"))
     if sampler(name) == "lcm" and w is None:
         raise ValueError(f"{method!r}: an LCM ({lcms}) student is sampled at a guidance scale: "
                          "student:PATH@w=SCALE")

@@ -27,6 +27,8 @@ from .adversarial import (
 )
 from .autoencoder import AutoencoderLoss
 from .base import (
+    CONSISTENCY_SAMPLERS,
+    OWN_SAMPLERS,
     STUDENT_SAMPLERS,
     Batch,
     LossContext,
@@ -62,7 +64,9 @@ from .ufogen import UFOGen
 
 __all__ = [
     "ADD",
+    "CONSISTENCY_SAMPLERS",
     "DDGAN",
+    "OWN_SAMPLERS",
     "SIDDM",
     "STUDENT_SAMPLERS",
     "AdversarialPair",

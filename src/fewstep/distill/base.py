@@ -192,6 +192,8 @@ teacher, a flow, an autoencoder):
 - ``gan``: the method's own posterior sampler, NFE = its T only;
 - ``ddim``: a denoiser at every sigma, DDIM at any NFE on the case's schedule.
 """
+CONSISTENCY_SAMPLERS = ("consistency", "lcm")  # the student is f(x, sigma) with f(x, sigma_min) = x
+OWN_SAMPLERS = ("own_grid", "one_step", "own_levels", "gan")  # never sampled by another solver
 
 
 class MethodBase:
@@ -271,6 +273,8 @@ def student_sampler(name: str) -> str | None:
     return getattr(get_method(name), "sampler", None)
 
 
-def student_methods() -> list[str]:
-    """Registered methods whose students the bench and ``fewstep sample`` can sample."""
-    return [m for m in available_methods() if student_sampler(m) is not None]
+def student_methods(sampler: str | None = None) -> list[str]:
+    """Registered methods whose students the bench and ``fewstep sample`` can sample (with
+    ``sampler``: only those sampled that way)."""
+    return [m for m in available_methods() if student_sampler(m) is not None
+            and sampler in (None, student_sampler(m))]

@@ -135,7 +135,7 @@ def _one_thread() -> Iterator[None]:
 
 def _template(r: Recipe) -> nn.Module:
     """The untrained denoiser of a recipe, initialised from its seed."""
-    from ..distill import student_sampler
+    from ..distill import CONSISTENCY_SAMPLERS, student_sampler
     from ..nets import ConsistencyPrecond, EDMPrecond
     from ..nets.spec import build_model
 
@@ -143,7 +143,7 @@ def _template(r: Recipe) -> nn.Module:
     net = build_model(dict(r.backbone))
     if r.role == "autoencoder" or r.method in WHOLE_STUDENT:
         return net
-    consistency = student_sampler(r.method) in ("consistency", "lcm")  # f(x, sigma_min) = x
+    consistency = student_sampler(r.method) in CONSISTENCY_SAMPLERS
     return ConsistencyPrecond(net, SIGMA_MIN, r.sigma_data) if consistency else \
         EDMPrecond(net, r.sigma_data)
 
