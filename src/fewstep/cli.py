@@ -383,8 +383,6 @@ EPILOG_TRAIN = """examples:
 """
 
 
-
-FLOW_METHODS = ("rf", "reflow", "rf_distill")  # students are FlowPrecond velocity fields
 EPILOG_TUNE = """examples:
   fewstep tune --teacher gmm16 --method gits --nfe 5 --out tuned/gmm16-gits-5
   fewstep tune --teacher moons --method s4s --nfe 4 --param iters=300 --out tuned/moons-s4s-4
@@ -428,18 +426,17 @@ def _template(data_name: str, method: str, hidden: int, seed: int, sigma_max: fl
     import torch
 
     from . import data, nets
+    from .distill import gan_pair, network_kind
 
     ds = data.get(data_name)
     torch.manual_seed(seed)
-    if method == "dfno":
+    kind = network_kind(method)
+    if kind == "autoencoder":
+        raise ValueError(f"--method {method} trains the autoencoder of a latent teacher, not a "
+                         "student: build one with `fewstep zoo build digits-vae` or from Python")
+    if kind == "operator":
         return nets.TrajectoryOperator(list(ds.shape), sigma_max=sigma_max, width=hidden)
-    from .bench.students import sampler
-    from .distill import CONSISTENCY_SAMPLERS
-
-    kind = sampler(method)  # None for a method that makes no few-step student
     if kind == "gan":  # a generator and its discriminator
-        from .distill import gan_pair
-
         return gan_pair(tuple(ds.shape), method,
                         width=hidden if ds.kind == "vector" else max(16, hidden // 8))
     net: Any
@@ -447,10 +444,8 @@ def _template(data_name: str, method: str, hidden: int, seed: int, sigma_max: fl
         net = nets.MLPDenoiserNet(ds.shape[0], hidden=hidden)
     else:
         net = nets.UNet(in_channels=ds.shape[0], channels=max(16, hidden // 8))
-    if method in FLOW_METHODS:
-        return nets.FlowPrecond(net)
-    return nets.ConsistencyPrecond(net) if kind in CONSISTENCY_SAMPLERS else \
-        nets.EDMPrecond(net)
+    precond = {"velocity": nets.FlowPrecond, "consistency": nets.ConsistencyPrecond}
+    return precond.get(kind, nets.EDMPrecond)(net)
 
 
 def _train_config(args: argparse.Namespace, steps: int | None = None):
@@ -533,11 +528,11 @@ def _conditional_template(teacher: Any, method: Any, seed: int) -> Any:
     import torch
 
     from . import nets
-    from .distill import CONSISTENCY_SAMPLERS, student_sampler
+    from .distill import network_kind
     from .nets.spec import build_model, model_spec
 
-    kind = student_sampler(method.name)
-    if method.name in FLOW_METHODS or method.name == "dfno" or kind == "gan":
+    kind = network_kind(method.name)
+    if kind not in ("denoiser", "consistency"):
         raise ValueError(f"--method {method.name} has no class-conditional student in the CLI; "
                          "distil a class-conditional teacher from Python with a template")
     spec = model_spec(getattr(teacher, "net", teacher))
@@ -548,7 +543,7 @@ def _conditional_template(teacher: Any, method: Any, seed: int) -> Any:
         spec = {**spec, "kwargs": {**spec["kwargs"], "w_embedding": True}}
     torch.manual_seed(seed)
     net, sigma_data = build_model(spec), float(getattr(teacher, "sigma_data", 0.5))
-    if kind in CONSISTENCY_SAMPLERS:
+    if kind == "consistency":
         return nets.ConsistencyPrecond(net, getattr(method, "sigma_min", 0.002), sigma_data)
     return nets.EDMPrecond(net, sigma_data)
 

@@ -31,6 +31,7 @@ class AutoencoderLoss(MethodBase):
     ignored."""
 
     name: ClassVar[str] = "autoencoder"
+    network: ClassVar[str | None] = "autoencoder"
     kl_weight: float = 1e-3
     sample: bool = True  # decode a posterior sample (VAE) or the posterior mean (AE)
 

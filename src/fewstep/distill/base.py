@@ -36,6 +36,7 @@ __all__ = [
     "edm_weight",
     "ema_update_",
     "get_method",
+    "network_kind",
     "register_method",
     "split_batch",
     "warm_start",
@@ -196,12 +197,22 @@ CONSISTENCY_SAMPLERS = ("consistency", "lcm")  # the student is f(x, sigma) with
 OWN_SAMPLERS = ("own_grid", "one_step", "own_levels", "gan")  # never sampled by another solver
 
 
+# What a method trains, so a caller can build its template: an EDM denoiser (EDMPrecond), a
+# consistency function (ConsistencyPrecond), a rectified-flow velocity field (FlowPrecond), or
+# a network of its own architecture with no preconditioning wrapper (WHOLE_NETWORKS: a
+# trajectory operator, a generator/discriminator pair, an autoencoder).
+NETWORK_KINDS = ("denoiser", "consistency", "velocity", "operator", "gan", "autoencoder")
+WHOLE_NETWORKS = ("operator", "gan", "autoencoder")
+
+
 class MethodBase:
     """Defaults for :class:`Method`: train ``template`` as given, no per-step hook, no
-    few-step student (``sampler`` None, see :data:`STUDENT_SAMPLERS`)."""
+    few-step student (``sampler`` None, see :data:`STUDENT_SAMPLERS`), a network that
+    :func:`network_kind` derives from the sampler (``network`` None)."""
 
     name: ClassVar[str] = ""
     sampler: ClassVar[str | None] = None
+    network: ClassVar[str | None] = None
 
     def init_student(self, teacher_model: nn.Module | None, template: nn.Module) -> nn.Module:
         return template
@@ -248,6 +259,10 @@ def register_method(cls: type) -> type:
     if (sampler := getattr(cls, "sampler", None)) is not None and sampler not in STUDENT_SAMPLERS:
         raise ValueError(f"{cls.__name__}.sampler={sampler!r}; expected one of "
                          f"{', '.join(STUDENT_SAMPLERS)} or None")
+    if (network := getattr(cls, "network", None)) is not None \
+            and network not in NETWORK_KINDS:
+        raise ValueError(f"{cls.__name__}.network={network!r}; expected one of "
+                         f"{', '.join(NETWORK_KINDS)} or None")
     _METHODS[name] = cls
     return cls
 
@@ -271,6 +286,19 @@ def student_sampler(name: str) -> str | None:
     :data:`STUDENT_SAMPLERS`), or None when the method makes no few-step student; ValueError
     for an unknown method."""
     return getattr(get_method(name), "sampler", None)
+
+
+def network_kind(name: str) -> str:
+    """What the registered method ``name`` trains, one of :data:`NETWORK_KINDS`: its
+    declared ``network``, else a consistency function for consistency-type samplers
+    (:data:`CONSISTENCY_SAMPLERS`), a generator/discriminator pair for ``gan``, an EDM
+    denoiser otherwise. Raises ValueError for an unknown method."""
+    cls = get_method(name)
+    if (network := getattr(cls, "network", None)) is not None:
+        return str(network)
+    sampler = getattr(cls, "sampler", None)
+    return ("consistency" if sampler in CONSISTENCY_SAMPLERS
+            else "gan" if sampler == "gan" else "denoiser")
 
 
 def student_methods(sampler: str | None = None) -> list[str]:

@@ -31,6 +31,7 @@ class OperatorDistillation(KnowledgeDistillation):
     name: ClassVar[str] = "dfno"
 
     sampler: ClassVar[str | None] = "one_step"
+    network: ClassVar[str | None] = "operator"
     slots: int = 8
 
     def __post_init__(self) -> None:

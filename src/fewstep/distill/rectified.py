@@ -126,6 +126,7 @@ class RectifiedFlowLoss(_Times, MethodBase):
     Eq. 1). Train a :class:`~fewstep.nets.FlowPrecond` student; no teacher."""
 
     name: ClassVar[str] = "rf"
+    network: ClassVar[str | None] = "velocity"
 
     def loss(self, student: nn.Module, batch: Batch, ctx: LossContext) -> Tensor:
         x0, cond = split_batch(batch)
@@ -285,6 +286,7 @@ class Reflow(_Coupled, _Times, MethodBase):
     (k+1)-RF (Liu et al. 2022, "Reflow")."""
 
     name: ClassVar[str] = "reflow"
+    network: ClassVar[str | None] = "velocity"
 
     def loss(self, student: nn.Module, batch: Batch, ctx: LossContext) -> Tensor:
         z, x1 = self.pairs(batch, ctx, "reflow")
@@ -302,6 +304,7 @@ class RectifiedFlowDistill(_Coupled, MethodBase):
     name: ClassVar[str] = "rf_distill"
 
     sampler: ClassVar[str | None] = "one_step"
+    network: ClassVar[str | None] = "velocity"
 
     def loss(self, student: nn.Module, batch: Batch, ctx: LossContext) -> Tensor:
         z, x1 = self.pairs(batch, ctx, "rf_distill")

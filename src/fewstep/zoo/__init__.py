@@ -34,9 +34,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .._io import atomic_write
-from .recipes import RECIPES, SIGMA_MIN, WHOLE_STUDENT, Recipe, recipe
+from .recipes import RECIPES, SIGMA_MIN, Recipe, recipe
 
-__all__ = ["RECIPES", "WHOLE_STUDENT", "Entry", "Recipe", "available", "build", "built",
+__all__ = ["RECIPES", "Entry", "Recipe", "available", "build", "built",
            "entry", "load", "recipe", "sha256", "weights_dir"]
 
 
@@ -134,18 +134,21 @@ def _one_thread() -> Iterator[None]:
 
 
 def _template(r: Recipe) -> nn.Module:
-    """The untrained denoiser of a recipe, initialised from its seed."""
-    from ..distill import CONSISTENCY_SAMPLERS, student_sampler
-    from ..nets import ConsistencyPrecond, EDMPrecond
+    """The untrained network of a recipe, initialised from its seed: the backbone wrapped as
+    its method's :func:`~fewstep.distill.network_kind` says (the backbone itself for
+    :data:`~fewstep.distill.WHOLE_NETWORKS`)."""
+    from ..distill import WHOLE_NETWORKS, network_kind
+    from ..nets import ConsistencyPrecond, EDMPrecond, FlowPrecond
     from ..nets.spec import build_model
 
     torch.manual_seed(r.seed)
     net = build_model(dict(r.backbone))
-    if r.role == "autoencoder" or r.method in WHOLE_STUDENT:
+    kind = network_kind(r.method)
+    if kind in WHOLE_NETWORKS:
         return net
-    consistency = student_sampler(r.method) in CONSISTENCY_SAMPLERS
-    return ConsistencyPrecond(net, SIGMA_MIN, r.sigma_data) if consistency else \
-        EDMPrecond(net, r.sigma_data)
+    if kind == "consistency":
+        return ConsistencyPrecond(net, SIGMA_MIN, r.sigma_data)
+    return FlowPrecond(net) if kind == "velocity" else EDMPrecond(net, r.sigma_data)
 
 
 def _method(r: Recipe) -> Any:

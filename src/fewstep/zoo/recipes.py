@@ -17,10 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RECIPES", "WHOLE_STUDENT", "Recipe", "recipe"]
+__all__ = ["RECIPES", "Recipe", "recipe"]
 
 SIGMA_MIN = 0.002
-WHOLE_STUDENT = ("ddgan", "siddm", "dfno")  # methods whose backbone spec is the whole student
 LCD_STEPS, LCD_W_MAX = 500, 4.0  # digits-latent-lcd: chosen on validation
 
 
@@ -31,7 +30,7 @@ class Recipe:
     ``backbone`` is a :func:`fewstep.nets.spec.model_spec` of the raw network, wrapped in
     ``EDMPrecond`` (teachers, PD, KD, UFOGen and ADD students) or ``ConsistencyPrecond``
     (consistency students) with ``sigma_data``; an autoencoder (method ``autoencoder``) and a
-    student of its own architecture (``WHOLE_STUDENT``: a DDGAN or SIDDM
+    student of its own architecture (``fewstep.distill.WHOLE_NETWORKS``: a DDGAN or SIDDM
     generator/discriminator pair, a DFNO trajectory operator) is the backbone itself; the
     entry keeps a pair's generator only. A latent teacher names the zoo ``autoencoder`` whose
     latents (of ``data``'s train split, labels kept, scaled to unit std) it is trained on
