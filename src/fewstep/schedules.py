@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._registry import Registry
 from .process import NoiseProcess, VPDiscrete
 
 __all__ = [
@@ -172,22 +173,20 @@ def trailing(n: int, process: NoiseProcess, *, shift: float = 1.0,
     return _finish(process.sigma(t).to(DTYPE), final_zero)
 
 
-SCHEDULES: dict[str, Callable[..., Tensor]] = {
+SCHEDULES: Registry[Callable[..., Tensor]] = Registry("schedule", {
     "karras": karras,
     "log_snr": log_snr,
     "polyexponential": polyexponential,
     "uniform_t": uniform_t,
     "quadratic_t": quadratic_t,
     "trailing": trailing,
-}
+})
 
 
 def get_schedule(name: str) -> Callable[..., Tensor]:
-    """Look a schedule up by name."""
-    try:
-        return SCHEDULES[name]
-    except KeyError:
-        raise ValueError(f"unknown schedule {name!r}; available: {sorted(SCHEDULES)}") from None
+    """Look a schedule up by name; raises :class:`~fewstep._registry.UnknownNameError` (a
+    ValueError) listing the schedules otherwise."""
+    return SCHEDULES[name]
 
 
 def check_schedule_kwargs(name: str, kwargs: Mapping[str, Any],

@@ -71,7 +71,7 @@ def test_high_quality_never_crowns_a_diverged_solver():
 
 
 def test_unknown_metric_names_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown metric 'fid'; known metrics: .*high_quality"):
+    with pytest.raises(ValueError, match=r"unknown metric 'fid'; available: .*high_quality"):
         leaderboard([], "fid")
     with pytest.raises(ValueError, match="unknown metric"):
         write_report([], "/nonexistent-never-written", metric="fid")

@@ -114,7 +114,7 @@ def test_aggregate_skips_missing_nan_and_error_rows(rows):
     assert euler.nfe == pytest.approx(5.0)
     sw = aggregate(rows, "sw")
     assert {a.teacher for a in sw} == {"gmm"} and len(sw) == 6
-    with pytest.raises(ValueError, match=r"unknown metric 'nope'; known metrics: .*ode_rmse"):
+    with pytest.raises(ValueError, match=r"unknown metric 'nope'; available: .*ode_rmse"):
         aggregate(rows, "nope")
 
 

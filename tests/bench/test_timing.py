@@ -33,11 +33,11 @@ class SlowScheduler(diffusers.EulerDiscreteScheduler):
         super().__init__(*args, **kwargs)
 
 
-def test_peer_construction_is_set_up_not_step_overhead(tmp_path, monkeypatch):
+def test_peer_construction_is_set_up_not_step_overhead(tmp_path, monkeypatch, request):
     monkeypatch.setattr(diffusers, "SlowScheduler", SlowScheduler, raising=False)
-    monkeypatch.setitem(peers.PEERS, "slow",
-                        peers.PeerSpec("SlowScheduler", {"use_karras_sigmas": True},
-                                       sigma_space=True))
+    peers.PEERS.add("slow", peers.PeerSpec("SlowScheduler", {"use_karras_sigmas": True},
+                                           sigma_space=True))
+    request.addfinalizer(lambda: peers.PEERS.remove("slow"))
     row = _row(tmp_path, "diffusers:slow")
     assert row["setup_time_s"] >= DELAY
     assert row["wall_s"] < DELAY and row["overhead_per_step_s"] * 3 < DELAY

@@ -35,7 +35,7 @@ def test_directions_of_the_reported_faults():
 
 
 def test_unknown_and_duplicate_names_are_errors():
-    with pytest.raises(ValueError, match=r"unknown metric 'nope'; known metrics: .*ode_rmse"):
+    with pytest.raises(ValueError, match=r"unknown metric 'nope'; available: .*ode_rmse"):
         registry.get("nope")
     with pytest.raises(ValueError, match="already registered"):
         registry.register("sw", higher_is_better=False, lo=0.0, hi=1.0, floor=None, unit="u",

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from .._registry import Registry
+
 __all__ = ["BASELINES", "Baseline", "available", "get", "is_baseline", "run_baseline"]
 
 PREFIX = "baseline:"
@@ -58,13 +60,13 @@ def _reference(x: Tensor, ref: Tensor, sigma_max: float) -> Tensor:
     return ref[: len(x)].to(x.dtype)
 
 
-BASELINES: dict[str, Baseline] = {b.name: b for b in (
+BASELINES: Registry[Baseline] = Registry("baseline", {b.name: b for b in (
     Baseline("baseline:noise", _noise, True,
              "start noise x / sigma_max mapped to the data's per-coordinate mean and std"),
     Baseline("baseline:mean", _mean, True, "every sample is the data mean"),
     Baseline("baseline:reference", _reference, False,
              "the teacher's tight-tolerance PF-ODE endpoints (the runner's reference)"),
-)}
+)})
 
 
 def available() -> list[str]:
@@ -78,12 +80,9 @@ def is_baseline(method: str) -> bool:
 
 
 def get(method: str) -> Baseline:
-    """The baseline called ``method``; raises ValueError listing the known ones."""
-    try:
-        return BASELINES[method]
-    except KeyError:
-        raise ValueError(f"unknown baseline {method!r}; available: {', '.join(BASELINES)}") \
-            from None
+    """The baseline called ``method``; raises :class:`~fewstep._registry.UnknownNameError` (a
+    ValueError) listing the known ones."""
+    return BASELINES[method]
 
 
 def run_baseline(method: str, x: Tensor, ref: Tensor, sigma_max: float) -> Tensor:

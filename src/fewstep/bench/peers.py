@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._registry import Registry, UnknownNameError
 from ..denoiser import Denoiser
 from ..process import VPDiscrete
 
@@ -47,7 +48,7 @@ def _heun_steps(nfe: int) -> int:
 
 
 _KARRAS = {"use_karras_sigmas": True}
-PEERS: dict[str, PeerSpec] = {
+PEERS: Registry[PeerSpec] = Registry("peer", {
     "ddim": PeerSpec("DDIMScheduler", {"timestep_spacing": "trailing", "clip_sample": False,
                                        "set_alpha_to_one": True}),
     "dpmpp_2m": PeerSpec("DPMSolverMultistepScheduler",
@@ -63,7 +64,7 @@ PEERS: dict[str, PeerSpec] = {
     "euler": PeerSpec("EulerDiscreteScheduler", dict(_KARRAS), sigma_space=True),
     "heun": PeerSpec("HeunDiscreteScheduler", dict(_KARRAS), sigma_space=True,
                      steps=_heun_steps, min_nfe=1),
-}
+})
 
 
 def available() -> list[str]:
@@ -107,7 +108,7 @@ class PreparedPeer:
 
         key = name.removeprefix("diffusers:")
         if key not in PEERS:
-            raise ValueError(f"unknown peer {name!r}; available: {available()}")
+            raise UnknownNameError(f"unknown peer {name!r}; available: {', '.join(available())}")
         self.name, self.spec, self.sigma_max = name, PEERS[key], sigma_max
         if nfe < self.spec.min_nfe:
             raise UnreachableNFEError(f"nfe={nfe} is below the minimum of {self.spec.min_nfe} "

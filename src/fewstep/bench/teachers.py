@@ -37,6 +37,7 @@ from torch import Tensor
 
 from .. import data
 from .. import data as fewstep_data
+from .._registry import Registry
 from ..analytic import EmpiricalDenoiser, GaussianMixture
 from ..data.registry import NULL_LABEL
 from ..denoiser import CFGDenoiser, Denoiser, as_batch_sigma
@@ -74,14 +75,13 @@ class Teacher:
         return samples if self.decode is None else self.decode(samples)
 
 
-_BUILDERS: dict[str, Callable[[], Teacher]] = {}
+_BUILDERS: Registry[Callable[[], Teacher]] = Registry(
+    "teacher", hint=", or checkpoint:PATH, diffusers:PATH, python:MODULE:ATTR")
 
 
 def register(name: str, builder: Callable[[], Teacher], overwrite: bool = False) -> None:
     """Register a teacher builder (called lazily, once)."""
-    if name in _BUILDERS and not overwrite:
-        raise ValueError(f"teacher {name!r} is already registered")
-    _BUILDERS[name] = builder
+    _BUILDERS.add(name, builder, overwrite=overwrite)
     get.cache_clear()
 
 
@@ -91,13 +91,10 @@ def get(name: str) -> Teacher:
     ``python:MODULE:ATTR`` are loaded on first use (see the module docstring). Raises
     ValueError (or OSError for an unreadable file) naming a bad name, path or attribute."""
     prefix = name.split(":", 1)[0]
-    if name in _BUILDERS:
-        return _BUILDERS[name]()
-    if prefix not in PREFIXES:
-        raise ValueError(f"unknown teacher {name!r}; available: {', '.join(available())}, "
-                         "or checkpoint:PATH, diffusers:PATH, python:MODULE:ATTR")
+    if name in _BUILDERS or prefix not in PREFIXES:
+        return _BUILDERS[name]()  # an unknown name raises UnknownNameError, listing the teachers
     teacher = PREFIXES[prefix](name.removeprefix(f"{prefix}:"))  # a failure registers nothing
-    _BUILDERS[name] = functools.partial(PREFIXES[prefix], name.removeprefix(f"{prefix}:"))
+    _BUILDERS.add(name, functools.partial(PREFIXES[prefix], name.removeprefix(f"{prefix}:")))
     return teacher
 
 
@@ -216,7 +213,7 @@ def _held_out(ds: Any, n: int, s: int) -> Tensor:
 def available() -> list[str]:
     """Names of the registered teachers: built-ins, built zoo teachers, and the user's models
     loaded so far."""
-    return sorted(_BUILDERS)
+    return _BUILDERS.names()
 
 
 def trained_teacher(name: str, denoiser: Denoiser, data_name: str | None, *,

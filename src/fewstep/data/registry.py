@@ -9,6 +9,8 @@ from functools import cache
 import numpy as np
 import torch
 
+from .._registry import Registry
+
 # Every split a data set may have; a set declares the ones it has (``Dataset.splits``). "val"
 # comes last so the generated sets' per-split seed streams (index in SPLITS) never moved.
 SPLITS = ("train", "test", "val")
@@ -78,34 +80,31 @@ class Dataset:
         return {"x": x, "cond": y}
 
 
-_REGISTRY: dict[str, Dataset] = {}
+_REGISTRY: Registry[Dataset] = Registry("dataset")
 
 
 def register(dataset: Dataset, overwrite: bool = False) -> Dataset:
     """Add `dataset` under its name (re-registering another under a taken name needs overwrite)."""
-    old = _REGISTRY.get(dataset.name)
-    if old is not None and old is not dataset and not overwrite:
+    if dataset.name in _REGISTRY and _REGISTRY[dataset.name] is not dataset and not overwrite:
         raise ValueError(f"dataset {dataset.name!r} is already registered; pass overwrite=True")
-    _REGISTRY[dataset.name] = dataset
-    return dataset
+    return _REGISTRY.add(dataset.name, dataset, overwrite=True)
 
 
 def unregister(name: str) -> None:
     """Remove `name` from the registry (no error if absent)."""
-    _REGISTRY.pop(name, None)
+    _REGISTRY.remove(name)
 
 
 def get(name: str) -> Dataset:
-    """Registered dataset `name`; unknown names raise KeyError listing the available ones."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown dataset {name!r}; available: {', '.join(available())}") from None
+    """Registered dataset `name`; an unknown name raises
+    :class:`~fewstep._registry.UnknownNameError` (a ValueError and a KeyError) listing the
+    available ones."""
+    return _REGISTRY[name]
 
 
 def available() -> list[str]:
     """Sorted names of all registered datasets."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def check_split(split: str) -> None:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import solvers
+from .._registry import Registry
 from ..denoiser import CountingDenoiser, Denoiser
 from .lockstep import run_lockstep
 
@@ -246,7 +247,7 @@ def warm_start(template: nn.Module, teacher_model: nn.Module | None, *,
     return student
 
 
-_METHODS: dict[str, type] = {}
+_METHODS: Registry[type] = Registry("method")
 
 
 def register_method(cls: type) -> type:
@@ -254,8 +255,6 @@ def register_method(cls: type) -> type:
     name = getattr(cls, "name", "")
     if not name:
         raise ValueError(f"{cls.__name__} needs a non-empty class attribute `name`")
-    if name in _METHODS and _METHODS[name] is not cls:
-        raise ValueError(f"method {name!r} is already registered (by {_METHODS[name].__name__})")
     if (sampler := getattr(cls, "sampler", None)) is not None and sampler not in STUDENT_SAMPLERS:
         raise ValueError(f"{cls.__name__}.sampler={sampler!r}; expected one of "
                          f"{', '.join(STUDENT_SAMPLERS)} or None")
@@ -263,22 +262,18 @@ def register_method(cls: type) -> type:
             and network not in NETWORK_KINDS:
         raise ValueError(f"{cls.__name__}.network={network!r}; expected one of "
                          f"{', '.join(NETWORK_KINDS)} or None")
-    _METHODS[name] = cls
-    return cls
+    return _METHODS.add(name, cls)
 
 
 def get_method(name: str) -> type:
-    """The method class registered as ``name`` (call it with hyper-parameters)."""
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; available: "
-                         f"{', '.join(available_methods()) or '(none)'}") from None
+    """The method class registered as ``name`` (call it with hyper-parameters); raises
+    :class:`~fewstep._registry.UnknownNameError` (a ValueError) listing the methods otherwise."""
+    return _METHODS[name]
 
 
 def available_methods() -> list[str]:
     """Registered method names, sorted."""
-    return sorted(_METHODS)
+    return _METHODS.names()
 
 
 def student_sampler(name: str) -> str | None:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import relu
 
+from .._registry import Registry
 from ..nets.backbone_disc import backbone_of
 from .adversarial import discriminator_loss, frozen, generator_loss, r1_penalty
 
@@ -32,16 +33,14 @@ def _hinge(real: Tensor, fake: Tensor, fake_g: Tensor) -> tuple[Tensor, Tensor]:
     return relu(1 - real).mean() + relu(1 + fake).mean(), -fake_g.mean()
 
 
-GAN_LOSSES: dict[str, Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]] = {
-    "nonsaturating": _nonsaturating,
-    "hinge": _hinge,
-}
+GAN_LOSSES: Registry[Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]] = Registry(
+    "GAN loss", {"nonsaturating": _nonsaturating, "hinge": _hinge})
 
 
 def check_gan_loss(kind: str) -> str:
-    """``kind`` if it names a GAN loss, else a ValueError listing them."""
-    if kind not in GAN_LOSSES:
-        raise ValueError(f"unknown GAN loss {kind!r}; available: {', '.join(GAN_LOSSES)}")
+    """``kind`` if it names a GAN loss, else :class:`~fewstep._registry.UnknownNameError` (a
+    ValueError) listing them."""
+    GAN_LOSSES[kind]
     return kind
 
 

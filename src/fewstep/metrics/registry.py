@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .._registry import Registry
+
 __all__ = ["METRICS", "MetricSpec", "available", "get", "register"]
 
 
@@ -52,33 +54,27 @@ class MetricSpec:
 
 
 _INF = math.inf
-_REGISTRY: dict[str, MetricSpec] = {}
+_REGISTRY: Registry[MetricSpec] = Registry("metric")
 
 
 def register(name: str, *, higher_is_better: bool, lo: float, hi: float,
              floor: float | None, unit: str, feature_space: str, doc: str) -> MetricSpec:
     """Add a metric; raises ValueError if the name is taken or the range is empty."""
-    if name in _REGISTRY:
-        raise ValueError(f"metric {name!r} is already registered")
     if not lo < hi:
         raise ValueError(f"metric {name!r}: empty range [{lo}, {hi}]")
-    spec = MetricSpec(name, higher_is_better, lo, hi, floor, unit, feature_space, doc)
-    _REGISTRY[name] = spec
-    return spec
+    return _REGISTRY.add(name, MetricSpec(name, higher_is_better, lo, hi, floor, unit,
+                                          feature_space, doc))
 
 
 def get(name: str) -> MetricSpec:
-    """The spec of ``name``; raises ValueError naming every registered metric otherwise."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown metric {name!r}; known metrics: {', '.join(available())}") \
-            from None
+    """The spec of ``name``; raises :class:`~fewstep._registry.UnknownNameError` (a ValueError)
+    naming every registered metric otherwise."""
+    return _REGISTRY[name]
 
 
 def available() -> list[str]:
     """Registered metric names, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 _DATA = "data space (samples as produced)"

@@ -21,6 +21,7 @@ from typing import Any
 
 from torch import Tensor
 
+from .._registry import Registry
 from ..denoiser import Denoiser
 from ..schedules import check_schedule_kwargs, get_schedule
 from .common import Callback, Generator, singlestep_orders
@@ -89,7 +90,7 @@ class SolverSpec:
                      denoiser, cond)
 
 
-_REGISTRY: dict[str, SolverSpec] = {}
+_REGISTRY: Registry[SolverSpec] = Registry("solver")
 
 
 def register(name: str, fn: SolverFunction | Callable[..., Steps], *, order: int,
@@ -104,40 +105,31 @@ def register(name: str, fn: SolverFunction | Callable[..., Steps], *, order: int
         fn = SolverFunction(fn, name)
     if kind not in KINDS:
         raise ValueError(f"unknown solver kind {kind!r}; expected one of {KINDS}")
-    if name in _REGISTRY:
-        raise ValueError(f"solver {name!r} is already registered")
     if min_nfe is None:
         min_nfe = order + 1 if kind == "singlestep" else 1
     fn.check_knobs(knobs or {}, f"solver {name!r}")
     if history < 1 or (kind == "singlestep" and history != 1):
         raise ValueError(f"history must be >= 1 (1 for a singlestep solver); got {history}")
-    spec = SolverSpec(name, fn, order, kind, stochastic, min_nfe, dict(knobs or {}), reference,
-                      requires=requires, history=history)
-    _REGISTRY[name] = spec
-    return spec
+    return _REGISTRY.add(name, SolverSpec(name, fn, order, kind, stochastic, min_nfe,
+                                          dict(knobs or {}), reference, requires=requires,
+                                          history=history))
 
 
 def alias(name: str, target: str) -> SolverSpec:
     """Register ``name`` as another name for the solver ``target`` (e.g. euler = ddim)."""
-    spec = get(target)
-    if name in _REGISTRY:
-        raise ValueError(f"solver {name!r} is already registered")
-    _REGISTRY[name] = dataclasses.replace(spec, name=name, alias_of=target)
-    return _REGISTRY[name]
+    return _REGISTRY.add(name, dataclasses.replace(get(target), name=name, alias_of=target))
 
 
 def get(name: str) -> SolverSpec:
     """Look a solver up by name; a tuned solver's directory (``PATH`` or ``tuned:PATH``, made by
-    ``fewstep tune``) loads as its spec."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
+    ``fewstep tune``) loads as its spec. Raises :class:`~fewstep._registry.UnknownNameError` (a
+    ValueError) listing the registered solvers otherwise."""
+    if name not in _REGISTRY:
         from ..tune import artefact
 
         if artefact.is_tuned_path(name):
             return artefact.load(name).spec(name)
-        raise ValueError(f"unknown solver {name!r}; available: {', '.join(available())}") \
-            from None
+    return _REGISTRY[name]
 
 
 def available(kind: str | None = None, *, aliases: bool = True) -> list[str]:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._registry import Registry
 from ..bench.teachers import Teacher
 from ..bench.teachers import get as get_teacher
 from ..solvers.pas import BASES as PAS_BASES
@@ -143,14 +144,14 @@ def _pas(D: Any, c: Calibration, nfe: int, base: str, *, init: str = "karras", k
     return "pas", sigmas, None, None, None, info, {"coords": coords, "base": base}
 
 
-METHODS: dict[str, Callable[..., Result]] = {
+METHODS: Registry[Callable[..., Result]] = Registry("tuning method", {
     "gits": _gits,                                    # Chen et al. 2024
     "ays": _ays,                                      # Sabour et al. 2024 (endpoint objective)
     "ld3": _learned(("sigmas", "eval")),              # Tong et al. 2025
     "s4s": _learned(("sigmas", "eval", "weights", "x")),  # Frankel et al. 2025 (S4S-Alt-like)
     "dpm_solver_v3": _dpm_solver_v3,                  # Zheng et al. 2023 (EMS computed once)
     "pas": _pas,                                      # Wang et al. 2024
-}
+})
 
 
 def validation_loss(D: Any, c: Calibration, base: str, sigmas: Tensor,
@@ -177,8 +178,7 @@ def tune(teacher: Teacher | str, method: str, nfe: int, *, base: str = "dpmpp_2m
     ``n_val`` start noises of the reserved seeds of ``seed``. ``tuning_seconds`` is the wall
     time of calibration and search; ``info["cpu_seconds"]`` the process CPU time.
     Raises ``ValueError`` naming a bad method, base, NFE or option."""
-    if method not in METHODS:
-        raise ValueError(f"unknown tuning method {method!r}; available: {', '.join(METHODS)}")
+    fit_method = METHODS[method]  # UnknownNameError (a ValueError) listing the methods
     spec = get_solver(base)
     if spec.kind != "multistep" or spec.stochastic:
         raise ValueError(f"base solver {base!r} must be a deterministic multistep solver "
@@ -186,7 +186,7 @@ def tune(teacher: Teacher | str, method: str, nfe: int, *, base: str = "dpmpp_2m
                          + (", stochastic" if spec.stochastic else ""))
     if int(nfe) != nfe or nfe < 2:
         raise ValueError(f"nfe must be an integer >= 2; got {nfe!r}")
-    defaults = {n: p.default for n, p in inspect.signature(METHODS[method]).parameters.items()
+    defaults = {n: p.default for n, p in inspect.signature(fit_method).parameters.items()
                 if p.kind is inspect.Parameter.KEYWORD_ONLY}
     if unknown := sorted(set(options) - set(defaults)):
         raise ValueError(f"tuning method {method!r} has no option {unknown[0]!r}; it accepts "
@@ -201,7 +201,7 @@ def tune(teacher: Teacher | str, method: str, nfe: int, *, base: str = "dpmpp_2m
     wall, cpu = time.perf_counter(), time.process_time()
     c = calibrate(teacher, n_cal, n_val, seed=seed, rtol=rtol, cache=cache)
     D = CountingDenoiser(c.denoiser)
-    base_used, sigmas, xi, W, A, info, knobs = METHODS[method](D, c, int(nfe), base, **options)
+    base_used, sigmas, xi, W, A, info, knobs = fit_method(D, c, int(nfe), base, **options)
     rows = D.counter.rows + c.teacher_rows
     seconds, cpu = time.perf_counter() - wall, time.process_time() - cpu
     untuned = validation_loss(D.inner, c, base, base_plan(base, int(nfe), teacher.sigma_min,

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._registry import Registry
+
 __all__ = ["RECIPES", "Recipe", "recipe"]
 
 SIGMA_MIN = 0.002
@@ -292,15 +294,14 @@ _DIGITS_STUDENTS = _students(
 _TOY_HYBRIDS = _hybrids(_CHECKERBOARD, gan_steps=1000, distill_steps=300, dfno_steps=400,
                         dfno_width=64)
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (
+RECIPES: Registry[Recipe] = Registry("zoo entry", {r.name: r for r in (
     _CHECKERBOARD, *_TOY_STUDENTS, *_TOY_HYBRIDS, _DIGITS, *_DIGITS_STUDENTS, _DIGITS_VAE,
     _DIGITS_LATENT, _DIGITS_LATENT_LCD, _DIGITS_COND, *_DIGITS_GUIDED, _GAUSSIANS_COND,
     _image_teacher("shapes", 1, steps=1000), _image_teacher("patches", 3, steps=1000),
-    *(_toy_teacher(d) for d in ("moons", "8gaussians", "swissroll", "rings", "pinwheel")))}
+    *(_toy_teacher(d) for d in ("moons", "8gaussians", "swissroll", "rings", "pinwheel")))})
 
 
 def recipe(name: str) -> Recipe:
-    """The recipe called ``name``; ValueError listing the zoo otherwise."""
-    if name not in RECIPES:
-        raise ValueError(f"unknown zoo entry {name!r}; available: {', '.join(RECIPES)}")
+    """The recipe called ``name``; :class:`~fewstep._registry.UnknownNameError` (a ValueError)
+    listing the zoo otherwise."""
     return RECIPES[name]
