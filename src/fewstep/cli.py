@@ -225,7 +225,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(f"suite {suite.name!r}: {summary.total} cases in this shard, {summary.already_done} "
           f"already done, {summary.ran} run ({summary.failed} failed), {summary.elsewhere} "
           f"left to another run on this --out, in {summary.seconds:.1f} s; "
-          f"{len(summary.skipped)} unreachable budgets skipped")
+          f"{len(summary.skipped)} unreachable budgets skipped (the report's 'Not run' "
+          "section lists them)")
     for i, line in enumerate(summary.failure_lines()):
         print(f"{summary.failed} failed: {line}" if i == 0 else f"  {line}")
     db = Path(args.out) / RESULTS_DB

@@ -93,3 +93,43 @@ def test_failures_are_summarised_once_per_distinct_error(tmp_path, monkeypatch):
 def test_failure_lines_order_by_count():
     s = RunSummary(3, 0, 3, 3, [], 1.0, failures=[("a", "E1"), ("b", "E2"), ("c", "E2")])
     assert s.failure_lines() == ["2 x E2 (e.g. b)", "1 x E1 (e.g. a)"]
+
+
+def test_skipped_budgets_are_stored_and_reported(tmp_path, monkeypatch):
+    """heun cannot spend NFE 1 or 2: the run records why, and the report's 'Not run' section
+    lists it (merged per method and reason), so what was not measured is visible."""
+    from fewstep.bench.report import write_report
+    from fewstep.bench.store import merge
+
+    monkeypatch.setattr(runner, "run_case", lambda case, ctx: {
+        "key": case.key, "suite": case.suite, "teacher": case.teacher, "method": case.method,
+        "nfe_target": case.nfe, "seed": case.seed, "status": "ok",
+        "metrics": {"ode_rmse": 0.1 + 0.01 * case.seed}})
+    suite = Suite(name="tiny", teachers=["gmm2"], methods=["ddim", "heun"], nfe=[1, 2, 3],
+                  seeds=[0, 1], n_samples=16, reference_rtol=1e-5)
+    summary = run_suite(suite, tmp_path / "a", progress=False)
+    reasons = ["heun at NFE 1: below its minimum of 3", "heun at NFE 2: below its minimum of 3"]
+    assert summary.skipped == reasons
+    assert Store(tmp_path / "a" / "results.sqlite").skipped() == [("tiny", r) for r in reasons]
+    run_suite(suite, tmp_path / "a", progress=False)  # a resumed run records nothing twice
+    merge(tmp_path / "m.sqlite", [tmp_path / "a" / "results.sqlite"])
+    for db in (tmp_path / "a" / "results.sqlite", tmp_path / "m.sqlite"):
+        assert Store(db).skipped("tiny") == [("tiny", r) for r in reasons]
+        assert Store(db).skipped("other") == []
+        text = write_report(db, tmp_path / "out", suite="tiny").read_text(encoding="utf-8")
+        assert "<h2>Not run</h2>" in text and "NFE 1, 2: below its minimum of 3" in text
+
+
+def test_skipped_summary_merges_nfes_per_method_and_reason():
+    from fewstep.bench.report import skipped_summary
+
+    assert skipped_summary([
+        "heun at NFE 1: below its minimum of 3",
+        "diffusers:heun at NFE 4: diffusers Heun spends 2N-1 evaluations; nfe=4 is even",
+        "heun at NFE 2: below its minimum of 3",
+        "diffusers:heun at NFE 2: diffusers Heun spends 2N-1 evaluations; nfe=2 is even",
+        "paradigms: parallel sampler, not run on an NFE grid",
+    ]) == [("heun", "NFE 1, 2: below its minimum of 3"),
+           ("diffusers:heun",
+            "NFE 2, 4: diffusers Heun spends 2N-1 evaluations; this NFE is even"),
+           ("paradigms", "parallel sampler, not run on an NFE grid")]

@@ -425,6 +425,7 @@ def run_suite(suite: Suite, out_dir: str | Path, *, shard: tuple[int, int] = (0,
     out_dir = Path(out_dir)
     store = Store(out_dir / "results.sqlite")
     cases = [c for c in suite.cases() if int(c.key, 16) % shard[1] == shard[0]]
+    store.put_skipped(suite.name, suite.skipped)
     done = store.done()
     todo = [c for c in cases if c.key not in done]
     ctx, elsewhere, t0 = _Context(out_dir, device), 0, time.perf_counter()

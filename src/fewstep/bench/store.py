@@ -60,6 +60,9 @@ COLUMNS: dict[str, str] = {
 }
 _JSON = ("metrics", "config", "env")
 _CLAIMS = "key TEXT PRIMARY KEY, host TEXT, pid INTEGER, owner TEXT, expires REAL"
+# Why a suite's budgets were not run (a method below its minimum NFE, a student off its
+# teacher...), so the report lists what was not measured beside what was.
+_SKIPPED = "suite TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (suite, reason)"
 LEASE_S = 3600.0  # a claim not released within this time is taken over (other hosts)
 # Errors that describe the file (not a bug in the caller): not a database, malformed, locked,
 # cannot be opened. ProgrammingError, IntegrityError etc. are subclasses and pass through.
@@ -125,6 +128,7 @@ class Store:
             cols = ", ".join(f"{k} {v}" for k, v in COLUMNS.items())
             con.execute(f"CREATE TABLE IF NOT EXISTS cases ({cols})")
             con.execute(f"CREATE TABLE IF NOT EXISTS claims ({_CLAIMS})")
+            con.execute(f"CREATE TABLE IF NOT EXISTS skipped ({_SKIPPED})")
             have = {r[1] for r in con.execute("PRAGMA table_info(cases)")}
             for k in COLUMNS.keys() - have:  # migrate an older schema: NULL in old rows
                 con.execute(f"ALTER TABLE cases ADD COLUMN {k} {COLUMNS[k]}")
@@ -233,6 +237,22 @@ class Store:
             con.row_factory = sqlite3.Row
             return [dict(r) for r in con.execute("SELECT * FROM claims")]
 
+    def put_skipped(self, suite: str, reasons: Iterable[str]) -> None:
+        """Record why budgets of ``suite`` were not run (each reason once)."""
+        with self._db(write=True) as con:
+            con.executemany("INSERT OR IGNORE INTO skipped VALUES (?, ?)",
+                            [(suite, r) for r in reasons])
+
+    def skipped(self, suite: str | None = None) -> list[tuple[str, str]]:
+        """``(suite, reason)`` of every recorded skipped budget (optionally of one suite), in
+        the order recorded; empty for a database written before skips were recorded."""
+        with self._db() as con:
+            if not con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                               "name = 'skipped'").fetchone():
+                return []
+            rows = con.execute("SELECT suite, reason FROM skipped ORDER BY rowid").fetchall()
+        return [(s, r) for s, r in rows if suite is None or s == suite]
+
     def rows(self, suite: str | None = None, status: str | None = "ok") -> list[dict[str, Any]]:
         """All rows (optionally of one suite / status) with JSON columns decoded."""
         query, args = "SELECT * FROM cases WHERE 1=1", list[str]()
@@ -265,6 +285,9 @@ def merge(target: str | Path, sources: Iterable[str | Path]) -> int:
     if any(Path(s.path).resolve() == Path(target).resolve() for s in stores):
         raise StoreError(f"merge target {target} is also a source")
     dst = Store(target)
+    for src in stores:
+        for suite, reason in src.skipped():
+            dst.put_skipped(suite, [reason])
     return sum(dst.offer(row) for src in stores for row in src.rows(status=None))
 
 

@@ -8,7 +8,7 @@ tables), :mod:`.plots` (figures), :mod:`.peers` (fewstep beside diffusers), :mod
 page).
 """
 
-from .aggregate import Agg, aggregate, failure_summary, load, metrics_present
+from .aggregate import Agg, aggregate, failure_summary, load, metrics_present, skipped_summary
 from .convergence import Convergence, convergence
 from .cost import AMORTISE_OVER, CostPoint, amortised, amortised_fronts, one_off_cost
 from .html import write_report
@@ -68,5 +68,6 @@ __all__ = [
     "plot_quality_vs_nfe",
     "rank",
     "sanity_flags",
+    "skipped_summary",
     "write_report",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from fewstep.metrics import Summary, mean_ci, range_ci
 from fewstep.metrics import registry as metric_registry
 
 __all__ = ["Agg", "GroupKey", "Row", "aggregate", "failure_summary", "load", "metrics_present",
-           "role"]
+           "role", "skipped_summary"]
 
 Row = dict[str, Any]
 GroupKey = tuple[str, str, int]
@@ -171,6 +172,27 @@ def load(store_or_rows: Store | str | os.PathLike[str] | Iterable[Row],
         rows = [r for r in store_or_rows if suite is None or r.get("suite") == suite]
     ok = [r for r in rows if r.get("status", "ok") == "ok"]
     return ok, [r for r in rows if r.get("status", "ok") != "ok"]
+
+
+_SKIP = re.compile(r"^(?P<method>\S+) at NFE (?P<nfe>\d+): (?P<why>.*)$")
+
+
+def skipped_summary(reasons: Iterable[str]) -> list[tuple[str, str]]:
+    """``(method, what was not run and why)``, one per method and reason, in first-seen order:
+    the runner's "METHOD at NFE n: WHY" lines of one method and reason merge into
+    "NFE 1, 2: WHY" (``nfe=n`` inside WHY reads "this NFE"); any other "METHOD: WHY" line
+    stands alone."""
+    nfes: dict[tuple[str, str], list[int]] = {}
+    for reason in reasons:
+        if m := _SKIP.match(reason):
+            n = int(m["nfe"])
+            why = re.sub(rf"\bnfe={n}\b", "this NFE", m["why"])
+            nfes.setdefault((m["method"], why), []).append(n)
+        else:
+            method, _, why = reason.partition(": ")
+            nfes.setdefault((method, why or reason), [])
+    return [(method, f"NFE {', '.join(map(str, sorted(ns)))}: {why}" if ns else why)
+            for (method, why), ns in nfes.items()]
 
 
 def failure_summary(rows: Iterable[Row]) -> list[tuple[str, int, Row]]:

@@ -37,6 +37,7 @@ from .aggregate import (
     metric_summary,
     metric_value,
     metrics_present,
+    skipped_summary,
 )
 from .convergence import MIN_NFE, PLATEAU_TOL, convergence, nominal_order
 from .cost import AMORTISE_OVER, amortised, amortised_fronts, one_off_cost
@@ -308,6 +309,16 @@ def _failed_section(failed: Sequence[Row], n_ok: int) -> str:
             + _table(["error", "cases", "one case key", "that case"], trs))
 
 
+def _skipped_section(skipped: Sequence[str]) -> str:
+    if not skipped:
+        return ""
+    trs = [_tr([_td(_name(method)), _td(what)]) for method, what in skipped_summary(skipped)]
+    return ("<h2>Not run</h2><p>Budgets the suite names that a method cannot spend exactly "
+            "(never silently changed to another budget), and methods not run on this grid, "
+            f"with the reason ({len(skipped)} in all).</p>"
+            + _table(["method", "not run: NFE and reason"], trs))
+
+
 # ---------------------------------------------------------------- plots, peers, full results
 
 
@@ -505,10 +516,15 @@ def write_report(store_or_rows: Store | str | os.PathLike[str] | Iterable[Row],
     """Write ``out_dir/report.html`` (plots embedded and saved alongside); returns its path.
 
     ``store_or_rows``: a Store, its path, or rows (failed rows, status "error", are listed
-    in the failed-cases section). Raises ValueError for an unregistered ``metric``.
+    in the failed-cases section; a Store also gives the budgets the run skipped, in the "Not
+    run" section). Raises ValueError for an unregistered ``metric``.
     """
     metric_registry.get(metric)
+    if isinstance(store_or_rows, str | os.PathLike):
+        store_or_rows = Store(os.fspath(store_or_rows))
     rows, failed = load(store_or_rows, suite)
+    skipped = [r for _, r in store_or_rows.skipped(suite)] if isinstance(store_or_rows, Store) \
+        else []
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     present = metrics_present(rows)
@@ -517,7 +533,7 @@ def write_report(store_or_rows: Store | str | os.PathLike[str] | Iterable[Row],
     title = f"fewstep benchmark report{f' — suite {suite}' if suite else ''}"
     token = _LABELS.set(short_labels(r.get("method") for r in [*rows, *failed]))
     try:
-        body = _body(rows, failed, metric, metrics, out)
+        body = _body(rows, failed, skipped, metric, metrics, out)
     finally:
         _LABELS.reset(token)
     path = out / "report.html"
@@ -526,14 +542,15 @@ def write_report(store_or_rows: Store | str | os.PathLike[str] | Iterable[Row],
     return path
 
 
-def _body(rows: Sequence[Row], failed: Sequence[Row], metric: str, metrics: Sequence[str],
-          out: Path) -> str:
+def _body(rows: Sequence[Row], failed: Sequence[Row], skipped: Sequence[str], metric: str,
+          metrics: Sequence[str], out: Path) -> str:
     alarm = (f"<p><b>All {len(failed)} cases failed</b>: see Failed cases.</p>"
              if failed and not rows else "")
     return "".join([
         alarm, _decision_section(rows, metric), _board_section(rows, metric),
         _disagreement_section(rows, metrics), _amortised_section(rows, metric, out),
         _convergence_section(rows, metrics), _failed_section(failed, len(rows)),
+        _skipped_section(skipped),
         f"<h2>Plots</h2><p>Primary metric: {_E(metric)}. Per panel: the frontier (thick grey "
         "line: best eligible case at each cost), the best method of each family in colour "
         "with its 95% band, every other method in light grey; hollow markers: flagged cases; "
