@@ -9,8 +9,8 @@ For each data set and each training seed (``--train-seeds``; it seeds the networ
 initialisation, the training noise and batch order, and for the 2-D toys the training draw):
 
 1. Train an EDM teacher (``EDMPrecond``): an MLP for the 2-D toys; for images the zoo
-   teachers' UNet (16 base channels), which a 2-core CPU trains 3 seeds of every student
-   of in about 1.5 hours per image set.
+   teachers' UNet (16 base channels): one training seed of every student costs 13-38 minutes
+   of one CPU core.
 2. Score the teacher at NFE 1, 2, 4, 10, 50, with the solver chosen per NFE on validation.
 3. Distil CD, iCT (``ct``, from data alone), ECT, PD, KD and Direct CM students from it and
    score each at 1 and 2 steps: consistency students with the ``consistency`` sampler (the
